@@ -1,0 +1,623 @@
+#include "config/config.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace corral {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr unsigned kMaxWorkers = 16384;
+
+const std::vector<std::string> kTopKeys = {"scoreboard_dir", "jobs"};
+const std::vector<std::string> kJobKeys = {
+    "command", "mode", "listen", "workers", "accept_mutex", "max_per_source", "restart",
+    "user", "group", "env", "cwd", "graceful_timeout", "busy_timeout"};
+const std::vector<std::string> kListenerKeys = {"address", "name", "mode", "owner", "group",
+                                                "backlog"};
+const std::vector<std::string> kWorkersKeys = {"start", "min_spare", "max_spare", "max",
+                                               "max_requests", "start_timeout"};
+const std::vector<std::string> kRestartKeys = {"backoff_max", "max_failures"};
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string did_you_mean(const std::string& key, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_distance = 3;
+  for (const auto& candidate : known) {
+    size_t d = edit_distance(key, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best.empty() ? "" : "; did you mean \"" + best + "\"?";
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+bool valid_job_name(const std::string& name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+  });
+}
+
+bool user_exists(const std::string& name) {
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* result = nullptr;
+  return getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &result) == 0 && result != nullptr;
+}
+
+bool group_exists(const std::string& name) {
+  std::vector<char> buf(16384);
+  group gr{};
+  group* result = nullptr;
+  return getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &result) == 0 && result != nullptr;
+}
+
+bool is_executable_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+}
+
+// Walks a YAML document into a Config, collecting every problem instead of stopping.
+class Loader {
+ public:
+  Loader(std::string file, std::string base_dir)
+      : file_(std::move(file)), base_dir_(std::move(base_dir)) {}
+
+  Config load(const YAML::Node& root) {
+    Config config;
+    config.file = file_;
+    if (!root || root.IsNull()) {
+      issue(root, "the file is empty; it needs a \"jobs:\" map");
+      return config;
+    }
+    if (!root.IsMap()) {
+      issue(root, "the top level must be a map with \"jobs:\"");
+      return config;
+    }
+    check_keys(root, kTopKeys, "top level");
+    if (auto dir = root["scoreboard_dir"]) {
+      if (auto s = scalar(dir, "scoreboard_dir")) config.scoreboard_dir = absolute(*s);
+    }
+    auto jobs = root["jobs"];
+    if (!jobs) {
+      issue(root, "\"jobs:\" is missing; define at least one job");
+    } else if (!jobs.IsMap() || jobs.size() == 0) {
+      issue(jobs, "\"jobs\" must be a map of job names to job definitions");
+    } else {
+      for (auto it = jobs.begin(); it != jobs.end(); ++it) {
+        config.jobs.push_back(load_job(it->first, it->second));
+      }
+    }
+    return config;
+  }
+
+  std::vector<ConfigIssue>& issues() { return issues_; }
+
+ private:
+  SourceMark mark_of(const YAML::Node& node) const {
+    if (!node.IsDefined()) return SourceMark{file_, 0, 0};
+    auto m = node.Mark();
+    if (m.line < 0) return SourceMark{file_, 0, 0};
+    return SourceMark{file_, m.line + 1, m.column + 1};
+  }
+
+  void issue(const YAML::Node& node, std::string message) {
+    issues_.push_back(ConfigIssue{mark_of(node), std::move(message)});
+  }
+
+  void check_keys(const YAML::Node& map, const std::vector<std::string>& known,
+                  const std::string& where) {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+      if (std::find(known.begin(), known.end(), key) == known.end()) {
+        issue(it->first, "unknown key \"" + key + "\" in " + where + did_you_mean(key, known) +
+                             " (known keys: " + join(known) + ")");
+      }
+    }
+  }
+
+  std::optional<std::string> scalar(const YAML::Node& node, const std::string& what) {
+    if (!node.IsScalar()) {
+      issue(node, what + " must be a single value");
+      return std::nullopt;
+    }
+    return node.Scalar();
+  }
+
+  std::optional<std::uint64_t> integer(const YAML::Node& node, const std::string& what,
+                                       std::uint64_t min, std::uint64_t max) {
+    auto text = scalar(node, what);
+    if (!text) return std::nullopt;
+    std::uint64_t value = 0;
+    auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+    if (ec != std::errc() || ptr != text->data() + text->size()) {
+      issue(node, what + " must be a whole number, not \"" + *text + "\"");
+      return std::nullopt;
+    }
+    if (value < min || value > max) {
+      issue(node, what + " must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                      ", not " + *text);
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  std::optional<Duration> duration(const YAML::Node& node, const std::string& what) {
+    auto text = scalar(node, what);
+    if (!text) return std::nullopt;
+    try {
+      return parse_duration(*text);
+    } catch (const ConfigError& e) {
+      issue(node, what + ": " + e.issues().front().message);
+      return std::nullopt;
+    }
+  }
+
+  std::string absolute(const std::string& path) const {
+    if (path.empty() || path.front() == '/') return path;
+    return (fs::path(base_dir_) / path).lexically_normal().string();
+  }
+
+  JobConfig load_job(const YAML::Node& key, const YAML::Node& node) {
+    JobConfig job;
+    job.mark = mark_of(key);
+    job.name = key.IsScalar() ? key.Scalar() : "";
+    if (!valid_job_name(job.name)) {
+      issue(key, "job name \"" + job.name + "\" may use only letters, digits, '-' and '_'");
+    }
+    if (!node.IsMap()) {
+      issue(node, "job \"" + job.name + "\" must be a map (with at least \"command:\")");
+      return job;
+    }
+    check_keys(node, kJobKeys, "job \"" + job.name + "\"");
+
+    if (auto cmd = node["command"]) {
+      if (cmd.IsScalar()) {
+        // A single string is split on whitespace, as systemd's ExecStart= would (no quoting).
+        std::istringstream words(cmd.Scalar());
+        for (std::string w; words >> w;) job.command.push_back(w);
+      } else if (cmd.IsSequence()) {
+        for (const auto& arg : cmd) {
+          if (auto s = scalar(arg, "each command argument")) job.command.push_back(*s);
+        }
+      } else {
+        issue(cmd, "command must be a list of strings, e.g. [\"./server\", \"--flag\"]");
+      }
+      if (job.command.empty() && (cmd.IsScalar() || cmd.IsSequence()))
+        issue(cmd, "command is empty; name the program to run");
+      job_command_marks_[job.name] = mark_of(cmd);
+    } else {
+      issue(key, "job \"" + job.name + "\" has no \"command:\"; name the program to run");
+    }
+
+    if (auto m = node["mode"]) {
+      if (auto s = scalar(m, "mode")) {
+        if (*s == "prefork") job.mode = Mode::prefork;
+        else if (*s == "inetd") job.mode = Mode::inetd;
+        else if (*s == "plain") job.mode = Mode::plain;
+        else issue(m, "mode must be prefork, inetd or plain, not \"" + *s + "\"");
+      }
+    }
+
+    if (auto l = node["listen"]) {
+      if (l.IsScalar()) {
+        load_listener(job, l);
+      } else if (l.IsSequence()) {
+        for (const auto& item : l) load_listener(job, item);
+      } else {
+        issue(l, "listen must be a list of addresses");
+      }
+    }
+
+    if (auto w = node["workers"]) load_workers(job, w);
+
+    if (auto a = node["accept_mutex"]) {
+      if (auto s = scalar(a, "accept_mutex")) {
+        if (*s == "auto") job.accept_mutex = AcceptMutex::automatic;
+        else if (*s == "fcntl") job.accept_mutex = AcceptMutex::fcntl;
+        else if (*s == "pipe") job.accept_mutex = AcceptMutex::pipe;
+        else if (*s == "epoll") job.accept_mutex = AcceptMutex::epoll;
+        else if (*s == "none") job.accept_mutex = AcceptMutex::none;
+        else issue(a, "accept_mutex must be auto, pipe, fcntl, epoll or none, not \"" + *s + "\"");
+      }
+    }
+    if (auto m = node["max_per_source"]) {
+      if (auto v = integer(m, "max_per_source", 0, 1000000)) job.max_per_source = unsigned(*v);
+    }
+    if (auto r = node["restart"]) {
+      if (!r.IsMap()) {
+        issue(r, "restart must be a map, e.g. { backoff_max: 30s, max_failures: 10 }");
+      } else {
+        check_keys(r, kRestartKeys, "restart");
+        if (auto b = r["backoff_max"]) {
+          if (auto d = duration(b, "restart.backoff_max")) job.restart.backoff_max = *d;
+        }
+        if (auto f = r["max_failures"]) {
+          if (auto v = integer(f, "restart.max_failures", 0, 1000000))
+            job.restart.max_failures = unsigned(*v);
+        }
+      }
+    }
+    if (auto u = node["user"]) {
+      if (auto s = scalar(u, "user")) job.user = *s;
+      user_marks_[job.name] = mark_of(u);
+    }
+    if (auto g = node["group"]) {
+      if (auto s = scalar(g, "group")) job.group = *s;
+      group_marks_[job.name] = mark_of(g);
+    }
+    if (auto e = node["env"]) {
+      if (!e.IsMap()) {
+        issue(e, "env must be a map of NAME: value");
+      } else {
+        for (auto it = e.begin(); it != e.end(); ++it) {
+          std::string name = it->first.IsScalar() ? it->first.Scalar() : "";
+          if (name.empty() || name.find('=') != std::string::npos ||
+              name.find('\0') != std::string::npos) {
+            issue(it->first, "environment variable name \"" + name + "\" is not valid");
+            continue;
+          }
+          if (auto v = scalar(it->second, "env." + name)) job.env.emplace_back(name, *v);
+        }
+      }
+    }
+    if (auto c = node["cwd"]) {
+      if (auto s = scalar(c, "cwd")) {
+        job.cwd = absolute(*s);
+        cwd_marks_[job.name] = mark_of(c);
+      }
+    }
+    if (auto g = node["graceful_timeout"]) {
+      if (auto d = duration(g, "graceful_timeout")) job.graceful_timeout = *d;
+    }
+    if (auto b = node["busy_timeout"]) {
+      if (auto d = duration(b, "busy_timeout")) job.busy_timeout = *d;
+    }
+    return job;
+  }
+
+  void load_listener(JobConfig& job, const YAML::Node& node) {
+    ListenerSpec spec;
+    spec.mark = mark_of(node);
+    YAML::Node address_node = node;
+    if (node.IsMap()) {
+      check_keys(node, kListenerKeys, "listener");
+      address_node = node["address"];
+      if (!address_node) {
+        issue(node, "listener has no \"address:\"");
+        return;
+      }
+      if (auto n = node["name"]) {
+        if (auto s = scalar(n, "listener name")) {
+          if (s->empty() || s->find(':') != std::string::npos)
+            issue(n, "listener name \"" + *s + "\" must be non-empty and may not contain ':'");
+          spec.name = *s;
+        }
+      }
+      if (auto m = node["mode"]) {
+        if (auto s = scalar(m, "listener mode")) {
+          unsigned value = 0;
+          auto [ptr, ec] = std::from_chars(s->data(), s->data() + s->size(), value, 8);
+          if (ec != std::errc() || ptr != s->data() + s->size() || value > 07777)
+            issue(m, "listener mode must be octal permissions such as \"0660\", not \"" + *s + "\"");
+          else
+            spec.unix_mode = static_cast<mode_t>(value);
+        }
+      }
+      if (auto o = node["owner"]) {
+        if (auto s = scalar(o, "listener owner")) {
+          spec.owner = *s;
+          if (check_users_ && !user_exists(*s)) issue(o, "user \"" + *s + "\" does not exist");
+        }
+      }
+      if (auto g = node["group"]) {
+        if (auto s = scalar(g, "listener group")) {
+          spec.group = *s;
+          if (check_users_ && !group_exists(*s)) issue(g, "group \"" + *s + "\" does not exist");
+        }
+      }
+      if (auto b = node["backlog"]) {
+        if (auto v = integer(b, "backlog", 1, 65535)) spec.backlog = int(*v);
+      }
+    }
+    auto text = scalar(address_node, "a listen address");
+    if (!text) return;
+    try {
+      spec.address = parse_listen_address(*text);
+    } catch (const ConfigError& e) {
+      issue(address_node, e.issues().front().message);
+      return;
+    }
+    bool is_unix = std::holds_alternative<UnixAddress>(spec.address);
+    if (!is_unix && (spec.unix_mode || !spec.owner.empty() || !spec.group.empty())) {
+      issue(node, "mode, owner and group apply to unix: sockets only");
+    }
+    if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
+      un->path = absolute(un->path);
+      if (un->path.size() >= 108) issue(address_node, "unix socket path too long (108 bytes at most)");
+    }
+    if (auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
+      if (spec.name.empty()) spec.name = sd->name;
+    }
+    job.listeners.push_back(std::move(spec));
+  }
+
+  void load_workers(JobConfig& job, const YAML::Node& node) {
+    if (!node.IsMap()) {
+      issue(node, "workers must be a map, e.g. { start: 4, min_spare: 2, max_spare: 8, max: 64 }");
+      return;
+    }
+    check_keys(node, kWorkersKeys, "workers");
+    auto& w = job.workers;
+    if (auto n = node["start"]) {
+      if (auto v = integer(n, "workers.start", 0, kMaxWorkers)) w.start = unsigned(*v);
+    }
+    if (auto n = node["min_spare"]) {
+      if (auto v = integer(n, "workers.min_spare", 0, kMaxWorkers)) w.min_spare = unsigned(*v);
+    }
+    if (auto n = node["max_spare"]) {
+      if (auto v = integer(n, "workers.max_spare", 1, kMaxWorkers)) w.max_spare = unsigned(*v);
+    }
+    if (auto n = node["max"]) {
+      if (auto v = integer(n, "workers.max", 1, kMaxWorkers)) w.max = unsigned(*v);
+    }
+    if (auto n = node["max_requests"]) {
+      if (auto v = integer(n, "workers.max_requests", 0, UINT64_MAX / 2)) w.max_requests = *v;
+    }
+    if (auto n = node["start_timeout"]) {
+      if (auto d = duration(n, "workers.start_timeout")) w.start_timeout = *d;
+    }
+    workers_marks_[job.name] = mark_of(node);
+  }
+
+ public:
+  bool check_users_ = true;
+  std::map<std::string, SourceMark> job_command_marks_, user_marks_, group_marks_, cwd_marks_,
+      workers_marks_;
+
+ private:
+  std::string file_;
+  std::string base_dir_;
+  std::vector<ConfigIssue> issues_;
+};
+
+struct Marks {
+  const std::map<std::string, SourceMark>* command = nullptr;
+  const std::map<std::string, SourceMark>* user = nullptr;
+  const std::map<std::string, SourceMark>* group = nullptr;
+  const std::map<std::string, SourceMark>* cwd = nullptr;
+  const std::map<std::string, SourceMark>* workers = nullptr;
+};
+
+SourceMark lookup(const std::map<std::string, SourceMark>* marks, const JobConfig& job) {
+  if (marks != nullptr) {
+    auto it = marks->find(job.name);
+    if (it != marks->end()) return it->second;
+  }
+  return job.mark;
+}
+
+// Checks that need the whole model: ranges between keys, the system (users, files),
+// duplicates across jobs.
+void validate_model(Config& config, const CheckOptions& options, const Marks& marks,
+                    const std::string& base_dir, std::vector<ConfigIssue>& issues) {
+  std::map<std::string, std::string> address_owner;  // canonical address -> job
+  std::set<std::string> names;
+  for (auto& job : config.jobs) {
+    auto add = [&](const SourceMark& m, std::string msg) {
+      issues.push_back(ConfigIssue{m, "job \"" + job.name + "\": " + std::move(msg)});
+    };
+    if (!names.insert(job.name).second) add(job.mark, "defined twice");
+    const auto& w = job.workers;
+    auto wmark = lookup(marks.workers, job);
+    if (job.mode != Mode::plain) {
+      if (w.min_spare > w.max_spare)
+        add(wmark, "workers.min_spare (" + std::to_string(w.min_spare) +
+                       ") must not exceed workers.max_spare (" + std::to_string(w.max_spare) + ")");
+      if (w.min_spare > w.max)
+        add(wmark, "workers.min_spare (" + std::to_string(w.min_spare) +
+                       ") must not exceed workers.max (" + std::to_string(w.max) + ")");
+      if (job.listeners.empty())
+        add(job.mark, "mode " + std::string(to_string(job.mode)) +
+                          " needs at least one address under \"listen:\"");
+    }
+    if (w.start > w.max)
+      add(wmark, "workers.start (" + std::to_string(w.start) + ") must not exceed workers.max (" +
+                     std::to_string(w.max) + ")");
+    if (job.mode == Mode::plain && w.start == 0) add(wmark, "plain mode needs workers.start >= 1");
+    if (job.mode != Mode::inetd && job.max_per_source != 0)
+      add(job.mark, "max_per_source applies to mode inetd only");
+    if (job.mode == Mode::inetd && job.accept_mutex == AcceptMutex::epoll)
+      add(job.mark, "accept_mutex epoll is not available in inetd mode");
+
+    for (auto& l : job.listeners) {
+      if (l.name.empty()) l.name = job.name;
+      if (const auto* tcp = std::get_if<TcpAddress>(&l.address); tcp && tcp->port == 0) continue;
+      auto key = to_string(l.address);
+      auto [it, inserted] = address_owner.emplace(key, job.name);
+      if (!inserted)
+        issues.push_back(ConfigIssue{l.mark, "job \"" + job.name + "\": address " + key +
+                                                 " is already used by job \"" + it->second + "\""});
+    }
+
+    if (!job.command.empty()) {
+      auto cmark = lookup(marks.command, job);
+      const std::string& dir = base_dir;
+      std::string resolved = resolve_command(job.command[0], dir);
+      if (!resolved.empty()) {
+        job.command[0] = resolved;
+      } else if (options.check_commands) {
+        add(cmark, "command \"" + job.command[0] + "\" is not an executable file" +
+                       (job.command[0].find('/') == std::string::npos ? " found in PATH" : "") +
+                       "; check the path and its permissions");
+      } else if (job.command[0].find('/') != std::string::npos && job.command[0].front() != '/') {
+        job.command[0] = (fs::path(base_dir) / job.command[0]).lexically_normal().string();
+      }
+    }
+    if (!job.cwd.empty() && options.check_commands) {
+      std::error_code ec;
+      if (!fs::is_directory(job.cwd, ec)) add(lookup(marks.cwd, job), "cwd " + job.cwd + " is not a directory");
+    }
+    if (options.check_users) {
+      if (!job.user.empty() && !user_exists(job.user))
+        add(lookup(marks.user, job), "user \"" + job.user + "\" does not exist");
+      if (!job.group.empty() && !group_exists(job.group))
+        add(lookup(marks.group, job), "group \"" + job.group + "\" does not exist");
+    }
+  }
+}
+
+std::string directory_of(const std::string& file) {
+  auto parent = fs::absolute(fs::path(file)).parent_path();
+  return parent.lexically_normal().string();
+}
+
+}  // namespace
+
+const char* to_string(Mode mode) {
+  switch (mode) {
+    case Mode::prefork: return "prefork";
+    case Mode::inetd: return "inetd";
+    case Mode::plain: return "plain";
+  }
+  return "?";
+}
+
+const char* to_string(AcceptMutex kind) {
+  switch (kind) {
+    case AcceptMutex::automatic: return "auto";
+    case AcceptMutex::fcntl: return "fcntl";
+    case AcceptMutex::pipe: return "pipe";
+    case AcceptMutex::epoll: return "epoll";
+    case AcceptMutex::none: return "none";
+  }
+  return "?";
+}
+
+std::string resolve_command(const std::string& program, const std::string& base_dir) {
+  if (program.empty()) return "";
+  if (program.find('/') != std::string::npos) {
+    std::string path = program.front() == '/'
+                           ? program
+                           : (fs::path(base_dir) / program).lexically_normal().string();
+    return is_executable_file(path) ? path : "";
+  }
+  const char* env_path = std::getenv("PATH");
+  std::string search = env_path != nullptr ? env_path : "/usr/local/bin:/usr/bin:/bin";
+  std::istringstream dirs(search);
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    if (dir.empty()) dir = ".";
+    std::string candidate = (fs::path(dir) / program).string();
+    if (is_executable_file(candidate)) return candidate;
+  }
+  return "";
+}
+
+Config load_config_text(const std::string& text, const std::string& file,
+                        const CheckOptions& options) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(SourceMark{file, e.mark.line + 1, e.mark.column + 1}, e.msg);
+  }
+  Loader loader(file, directory_of(file));
+  loader.check_users_ = options.check_users;
+  Config config;
+  try {
+    config = loader.load(root);
+  } catch (const YAML::Exception& e) {
+    loader.issues().push_back(ConfigIssue{SourceMark{file, e.mark.line + 1, e.mark.column + 1}, e.msg});
+  }
+  Marks marks{&loader.job_command_marks_, &loader.user_marks_, &loader.group_marks_,
+              &loader.cwd_marks_, &loader.workers_marks_};
+  validate_model(config, options, marks, directory_of(file), loader.issues());
+  if (!loader.issues().empty()) throw ConfigError(std::move(loader.issues()));
+  return config;
+}
+
+Config load_config_file(const std::string& path, const CheckOptions& options) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(SourceMark{path, 0, 0}, std::string("cannot read the file: ") + std::strerror(errno));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return load_config_text(buffer.str(), path, options);
+}
+
+void validate_config(Config& config, const CheckOptions& options) {
+  std::vector<ConfigIssue> issues;
+  std::error_code ec;
+  validate_model(config, options, Marks{}, fs::current_path(ec).string(), issues);
+  if (!issues.empty()) throw ConfigError(std::move(issues));
+}
+
+std::string default_scoreboard_dir() {
+  if (const char* d = std::getenv("RUNTIME_DIRECTORY"); d != nullptr && *d != '\0') {
+    // systemd may list several directories separated by ':'; the first is ours.
+    std::string dirs(d);
+    return dirs.substr(0, dirs.find(':'));
+  }
+  if (::geteuid() == 0) return "/run/corral";
+  if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x != nullptr && *x == '/')
+    return std::string(x) + "/corral";
+  return "/tmp/corral-" + std::to_string(::getuid());
+}
+
+std::string scoreboard_dir_of(const Config& config) {
+  return config.scoreboard_dir.empty() ? default_scoreboard_dir() : config.scoreboard_dir;
+}
+
+std::string summarize(const Config& config) {
+  std::ostringstream out;
+  out << (config.file.empty() ? "command line" : config.file) << ": " << config.jobs.size()
+      << (config.jobs.size() == 1 ? " job" : " jobs") << ", scoreboards in "
+      << scoreboard_dir_of(config) << "\n";
+  for (const auto& job : config.jobs) {
+    out << "  " << job.name << ": " << to_string(job.mode) << ", ";
+    if (job.mode == Mode::plain) {
+      out << job.workers.start << " copies";
+    } else {
+      out << "start " << job.workers.start << ", spare " << job.workers.min_spare << ".."
+          << job.workers.max_spare << ", max " << job.workers.max;
+    }
+    out << ", listen";
+    if (job.listeners.empty()) out << " (none)";
+    for (const auto& l : job.listeners) out << " " << to_string(l.address);
+    out << ", command " << (job.command.empty() ? "?" : job.command[0]) << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace corral

@@ -1,0 +1,105 @@
+// The configuration model, the YAML loader and the validation `corral check` runs.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/duration.h"
+#include "common/error.h"
+#include "listen/address.h"
+
+namespace corral {
+
+enum class Mode { prefork, inetd, plain };
+/// `automatic` is resolved by resolve_accept_mutex() (see docs/PROTOCOL.md).
+enum class AcceptMutex { automatic, fcntl, pipe, epoll, none };
+
+const char* to_string(Mode mode);
+const char* to_string(AcceptMutex kind);
+
+struct ListenerSpec {
+  ListenAddress address;
+  std::string name;               // defaults to the job's name
+  std::optional<mode_t> unix_mode;  // unix sockets: default 0666
+  std::string owner;              // unix sockets: user name, "" = the supervisor's
+  std::string group;
+  int backlog = 1024;
+  SourceMark mark;
+};
+
+struct WorkersSpec {
+  unsigned start = 4;
+  unsigned min_spare = 2;
+  unsigned max_spare = 8;
+  unsigned max = 64;
+  std::uint64_t max_requests = 0;  // 0: unlimited
+  Duration start_timeout = std::chrono::seconds(30);
+};
+
+struct RestartSpec {
+  Duration backoff_max = std::chrono::seconds(30);
+  unsigned max_failures = 10;  // consecutive failures before the job is marked failed; 0: never
+};
+
+struct JobConfig {
+  std::string name;
+  std::vector<std::string> command;  // command[0] resolved to an absolute path when found
+  Mode mode = Mode::prefork;
+  std::vector<ListenerSpec> listeners;
+  WorkersSpec workers;
+  AcceptMutex accept_mutex = AcceptMutex::automatic;
+  unsigned max_per_source = 0;
+  RestartSpec restart;
+  std::string user;   // "" = no privilege change
+  std::string group;  // "" = the user's primary group
+  std::vector<std::pair<std::string, std::string>> env;
+  std::string cwd;  // absolute, or "" = the supervisor's
+  Duration graceful_timeout = std::chrono::seconds(30);
+  Duration busy_timeout{0};
+  SourceMark mark;
+};
+
+struct Config {
+  std::string file;           // "" when built from the command line
+  std::string scoreboard_dir;  // "" = default_scoreboard_dir()
+  std::vector<JobConfig> jobs;
+};
+
+/// What the checks that touch the system may look at. Tests may turn them off.
+struct CheckOptions {
+  bool check_users = true;     // users and groups exist
+  bool check_commands = true;  // each command resolves to an executable file
+};
+
+/// Reads and validates a YAML file. Throws ConfigError carrying every problem found,
+/// each with FILE:LINE:COLUMN. Binds nothing.
+Config load_config_file(const std::string& path, const CheckOptions& options = {});
+
+/// The same from text already read; `file` names it in messages and anchors
+/// relative paths (its directory).
+Config load_config_text(const std::string& text, const std::string& file,
+                        const CheckOptions& options = {});
+
+/// Validates a configuration built elsewhere (the command line). Throws ConfigError.
+void validate_config(Config& config, const CheckOptions& options = {});
+
+/// The default scoreboard directory (PRODUCT.md): $RUNTIME_DIRECTORY, /run/corral as
+/// root, $XDG_RUNTIME_DIR/corral, /tmp/corral-$UID.
+std::string default_scoreboard_dir();
+
+/// The scoreboard directory a configuration uses.
+std::string scoreboard_dir_of(const Config& config);
+
+/// Looks a bare program name up in PATH, or resolves a relative path against `base_dir`.
+/// Returns "" when nothing executable is found.
+std::string resolve_command(const std::string& program, const std::string& base_dir);
+
+/// One line per job, for `corral check`.
+std::string summarize(const Config& config);
+
+}  // namespace corral

@@ -1,0 +1,266 @@
+#include "listen/listener.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace corral {
+namespace {
+
+bool same_socket_address(const SocketAddress& want, int fd) {
+  sockaddr_storage got{};
+  socklen_t len = sizeof got;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&got), &len) != 0) return false;
+  if (got.ss_family != want.storage.ss_family) return false;
+  if (got.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&got);
+    const auto* b = reinterpret_cast<const sockaddr_in*>(&want.storage);
+    return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+  }
+  if (got.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&got);
+    const auto* b = reinterpret_cast<const sockaddr_in6*>(&want.storage);
+    return a->sin6_port == b->sin6_port &&
+           std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0;
+  }
+  if (got.ss_family == AF_UNIX) {
+    const auto* a = reinterpret_cast<const sockaddr_un*>(&got);
+    const auto* b = reinterpret_cast<const sockaddr_un*>(&want.storage);
+    return std::strncmp(a->sun_path, b->sun_path, sizeof a->sun_path) == 0;
+  }
+  return false;
+}
+
+bool is_listening_stream(int fd) {
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) return false;
+  int listening = 0;
+  len = sizeof listening;
+  return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening != 0;
+}
+
+// A unix socket path that already exists is replaced only when it is a socket nobody
+// listens on (connect() refused): never a regular file, never a live socket.
+void remove_stale_unix_socket(const std::string& path, const std::string& text) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw SetupError("stat", path, errno);
+  }
+  if (!S_ISSOCK(st.st_mode))
+    throw SetupError(text + ": " + path +
+                     " exists and is not a socket; refusing to replace it (remove it or choose "
+                     "another path)");
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!probe) throw SetupError("socket", text, errno);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, path.data(), path.size());
+  if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0)
+    throw SetupError("bind", text, EADDRINUSE);
+  if (errno != ECONNREFUSED && errno != ENOENT) throw SetupError("connect", text, errno);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw SetupError("unlink", path, errno);
+  spdlog::info("replaced stale unix socket {}", path);
+}
+
+uid_t lookup_uid(const std::string& user) {
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* result = nullptr;
+  if (getpwnam_r(user.c_str(), &pw, buf.data(), buf.size(), &result) != 0 || result == nullptr)
+    throw SetupError("user \"" + user + "\" does not exist");
+  return pw.pw_uid;
+}
+
+gid_t lookup_gid(const std::string& group_name) {
+  std::vector<char> buf(16384);
+  group gr{};
+  group* result = nullptr;
+  if (getgrnam_r(group_name.c_str(), &gr, buf.data(), buf.size(), &result) != 0 || result == nullptr)
+    throw SetupError("group \"" + group_name + "\" does not exist");
+  return gr.gr_gid;
+}
+
+std::string key_of(const JobConfig& job, size_t index) {
+  const auto& spec = job.listeners[index];
+  auto text = to_string(spec.address);
+  if (const auto* tcp = std::get_if<TcpAddress>(&spec.address); tcp && tcp->port == 0)
+    return text + "#" + job.name + "#" + std::to_string(index);  // each port 0 is its own socket
+  return text;
+}
+
+}  // namespace
+
+std::string local_address_of(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "unknown";
+  return format_socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+UniqueFd bind_listener(const ListenerSpec& spec) {
+  const auto text = to_string(spec.address);
+  const auto sa = to_socket_address(spec.address);
+  UniqueFd fd(::socket(sa.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw SetupError("socket", text, errno);
+  int one = 1;
+  int zero = 0;
+  if (sa.family() != AF_UNIX) {
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  }
+  if (sa.family() == AF_INET6) {
+    // ":port" serves IPv4 clients too (PRODUCT.md); an explicit IPv6 address stays IPv6.
+    const auto& tcp = std::get<TcpAddress>(spec.address);
+    int v6only = tcp.host.empty() ? zero : one;
+    if (::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
+      throw SetupError("setsockopt IPV6_V6ONLY", text, errno);
+  }
+  if (const auto* un = std::get_if<UnixAddress>(&spec.address)) {
+    remove_stale_unix_socket(un->path, text);
+  }
+  if (::bind(fd.get(), sa.get(), sa.length) != 0) throw SetupError("bind", text, errno);
+  if (const auto* un = std::get_if<UnixAddress>(&spec.address)) {
+    mode_t mode = spec.unix_mode.value_or(0666);
+    if (::chmod(un->path.c_str(), mode) != 0) throw SetupError("chmod", un->path, errno);
+    if (!spec.owner.empty() || !spec.group.empty()) {
+      uid_t uid = spec.owner.empty() ? static_cast<uid_t>(-1) : lookup_uid(spec.owner);
+      gid_t gid = spec.group.empty() ? static_cast<gid_t>(-1) : lookup_gid(spec.group);
+      if (::chown(un->path.c_str(), uid, gid) != 0) throw SetupError("chown", un->path, errno);
+    }
+  }
+  if (::listen(fd.get(), spec.backlog) != 0) throw SetupError("listen", text, errno);
+  return fd;
+}
+
+int ListenerSet::adopt_systemd_listeners() {
+  const char* pid_text = std::getenv("LISTEN_PID");
+  if (pid_text != nullptr && std::strtol(pid_text, nullptr, 10) != ::getpid()) {
+    spdlog::warn("ignoring LISTEN_FDS: LISTEN_PID={} is not this process ({})", pid_text, ::getpid());
+  }
+  char** names = nullptr;
+  // unset_environment=1: the variables must not leak on to workers.
+  int n = sd_listen_fds_with_names(1, &names);
+  if (n < 0) {
+    spdlog::warn("cannot take the sockets systemd passed: {}", std::strerror(-n));
+    return 0;
+  }
+  for (int i = 0; i < n; ++i) {
+    int raw = SD_LISTEN_FDS_START + i;
+    std::string name = names != nullptr && names[i] != nullptr ? names[i] : "unknown";
+    // Move the socket out of the 3.. range that workers' listeners use and keep it CLOEXEC.
+    int fd = ::fcntl(raw, F_DUPFD_CLOEXEC, 3 + n);
+    if (fd < 0) {
+      spdlog::error("cannot keep inherited fd {} ({}): {}", raw, name, std::strerror(errno));
+      continue;
+    }
+    ::close(raw);
+    if (!is_listening_stream(fd)) {
+      spdlog::warn("inherited fd {} ({}) is not a listening stream socket; ignored", raw, name);
+      ::close(fd);
+      continue;
+    }
+    auto l = std::make_shared<Listener>();
+    l->fd = UniqueFd(fd);
+    l->name = name;
+    l->display = local_address_of(fd);
+    l->key = "systemd-fd:" + std::to_string(raw);
+    l->inherited = true;
+    spdlog::info("adopted socket {} ({}) from systemd", l->display, name);
+    listeners_.push_back(std::move(l));
+  }
+  if (names != nullptr) {
+    for (int i = 0; i < n; ++i) std::free(names[i]);
+    std::free(names);
+  }
+  return n;
+}
+
+void ListenerSet::begin_generation() {
+  for (auto& l : listeners_) l->used = false;
+}
+
+std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig& job) {
+  std::vector<std::shared_ptr<Listener>> out;
+  for (size_t i = 0; i < job.listeners.size(); ++i) {
+    const auto& spec = job.listeners[i];
+    if (const auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
+      size_t before = out.size();
+      for (size_t k = 0; k < listeners_.size(); ++k) {
+        if (listeners_[k]->inherited && listeners_[k]->name == sd->name) out.push_back(listeners_[k]);
+      }
+      if (out.size() == before)
+        throw SetupError("job " + job.name + ": no socket named \"" + sd->name +
+                         "\" was passed by systemd (LISTEN_FDNAMES); check FileDescriptorName= "
+                         "in the .socket unit");
+      for (size_t k = before; k < out.size(); ++k) out[k]->used = true;
+      continue;
+    }
+    auto key = key_of(job, i);
+    size_t found = listeners_.size();
+    for (size_t k = 0; k < listeners_.size(); ++k) {
+      if (listeners_[k]->key == key) found = k;
+    }
+    if (found == listeners_.size()) {
+      // A host:port listener adopts an inherited socket bound to the same address.
+      auto sa = to_socket_address(spec.address);
+      for (size_t k = 0; k < listeners_.size(); ++k) {
+        if (listeners_[k]->inherited && !listeners_[k]->used &&
+            same_socket_address(sa, listeners_[k]->fd.get())) {
+          found = k;
+          listeners_[k]->key = key;
+          spdlog::info("job {}: {} uses the socket systemd passed", job.name, to_string(spec.address));
+          break;
+        }
+      }
+    }
+    if (found == listeners_.size()) {
+      auto l = std::make_shared<Listener>();
+      l->fd = bind_listener(spec);
+      l->key = key;
+      l->display = local_address_of(l->fd.get());
+      spdlog::info("job {}: listening on {}", job.name, l->display);
+      listeners_.push_back(std::move(l));
+    }
+    listeners_[found]->name = spec.name.empty() ? job.name : spec.name;
+    listeners_[found]->used = true;
+    out.push_back(listeners_[found]);
+  }
+  return out;
+}
+
+std::vector<std::string> ListenerSet::close_unused() {
+  std::vector<std::string> closed;
+  std::vector<std::shared_ptr<Listener>> kept;
+  for (auto& l : listeners_) {
+    if (l->used || l->inherited) {
+      kept.push_back(std::move(l));
+    } else {
+      closed.push_back(l->display);
+    }
+  }
+  listeners_ = std::move(kept);
+  return closed;
+}
+
+void ListenerSet::report_unused_inherited() const {
+  for (const auto& l : listeners_) {
+    if (l->inherited && !l->used)
+      spdlog::warn("socket {} ({}) passed by systemd is used by no job; kept open for a reload",
+                   l->display, l->name);
+  }
+}
+
+}  // namespace corral

@@ -1,0 +1,62 @@
+// Listening sockets: bound by corral, or inherited from systemd; kept across reloads.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "config/config.h"
+
+namespace corral {
+
+/// One open listening socket.
+struct Listener {
+  UniqueFd fd;
+  std::string key;      // identity across reloads: the configured address text
+  std::string name;     // LISTEN_FDNAMES entry handed to workers
+  std::string display;  // the bound address as clients reach it ("127.0.0.1:41234")
+  bool inherited = false;  // passed in by systemd (LISTEN_FDS)
+  bool used = false;       // taken by a job of the current configuration
+};
+
+/// Owns every listening socket of the supervisor. Not thread-safe; single loop.
+class ListenerSet {
+ public:
+  /// Takes the sockets passed through LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (checking
+  /// LISTEN_PID, as sd_listen_fds does) and unsets those variables so that they do not
+  /// leak to workers. Returns the number adopted. Logs a warning on a LISTEN_PID mismatch.
+  int adopt_systemd_listeners();
+
+  /// Opens (or reuses, or adopts from systemd) the sockets of `job`, in configuration
+  /// order (a systemd:NAME listener may yield several). A job keeps its sockets alive
+  /// for as long as it holds them, even after the set dropped them. Sockets already open under the same key are reused untouched, so a reload
+  /// keeps their backlog. Throws SetupError naming the address (e.g. "bind 127.0.0.1:80:
+  /// Address already in use").
+  std::vector<std::shared_ptr<Listener>> open_for_job(const JobConfig& job);
+
+  /// Marks every socket unused; open_for_job marks the ones it returns.
+  void begin_generation();
+  /// Closes the sockets no job uses, except inherited ones (kept for a later reload).
+  /// Returns the displays of what was closed.
+  std::vector<std::string> close_unused();
+  /// Logs inherited sockets that no job uses.
+  void report_unused_inherited() const;
+
+  [[nodiscard]] size_t size() const { return listeners_.size(); }
+  /// Every socket (for the binary upgrade hand-over and the fd store).
+  [[nodiscard]] const std::vector<std::shared_ptr<Listener>>& all() const { return listeners_; }
+
+ private:
+  std::vector<std::shared_ptr<Listener>> listeners_;
+};
+
+/// Binds and listens on one TCP or unix address. Sets IPV6_V6ONLY off for ":port",
+/// SO_REUSEADDR for TCP; replaces a stale unix socket file but never another kind of
+/// file; applies unix mode/owner/group. Throws SetupError.
+UniqueFd bind_listener(const ListenerSpec& spec);
+
+/// The address a listening socket is bound to, formatted for users.
+std::string local_address_of(int fd);
+
+}  // namespace corral

@@ -1,0 +1,263 @@
+#include "spawn/spawn.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/close_range.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/unique_fd.h"
+
+extern char** environ;
+
+namespace corral {
+namespace {
+
+enum class Step : int { dup, setpgid, chdir, setgroups, setgid, setuid, pdeathsig, exec };
+
+const char* step_name(Step step) {
+  switch (step) {
+    case Step::dup: return "place fds for";
+    case Step::setpgid: return "setpgid for";
+    case Step::chdir: return "chdir for";
+    case Step::setgroups: return "setgroups for";
+    case Step::setgid: return "setgid for";
+    case Step::setuid: return "setuid for";
+    case Step::pdeathsig: return "prctl PR_SET_PDEATHSIG for";
+    case Step::exec: return "exec";
+  }
+  return "spawn";
+}
+
+struct ChildReport {
+  int step;
+  int err;
+};
+
+// Everything the child touches, laid out before fork so the child allocates nothing.
+struct Prepared {
+  const SpawnPlan* plan = nullptr;
+  std::vector<char*> argv;
+  std::vector<std::string> env_storage;
+  std::vector<char*> envp;
+  char* listen_pid_slot = nullptr;  // points into env_storage: "LISTEN_PID=" + digits
+  int devnull = -1;
+};
+
+[[noreturn]] void child_fail(int report_fd, Step step) {
+  ChildReport r{static_cast<int>(step), errno};
+  // A short write to a pipe of this size is atomic; nothing to do if it fails.
+  [[maybe_unused]] auto n = ::write(report_fd, &r, sizeof r);
+  _exit(127);
+}
+
+void format_pid(char* out, pid_t pid) {
+  char digits[16];
+  int n = 0;
+  auto v = static_cast<unsigned>(pid);
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+}
+
+// Runs in the child between fork and exec: only async-signal-safe calls.
+void prepare_child(const Prepared& p, int& report_fd) {
+  const SpawnPlan& plan = *p.plan;
+  // Dispositions first, then the mask: a signal pending in the supervisor's blocked set
+  // must not reach a handler that does not exist here.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+
+  if (::setpgid(0, 0) != 0) child_fail(report_fd, Step::setpgid);
+
+  // Move every source above the target range first, so a dup2 onto 3+i never
+  // clobbers a source still to be placed (or the report pipe).
+  const int n = static_cast<int>(plan.inherit.size());
+  const int floor = 3 + n;
+  int moved_report = ::fcntl(report_fd, F_DUPFD_CLOEXEC, floor);
+  if (moved_report < 0) child_fail(report_fd, Step::dup);
+  ::close(report_fd);  // the copy below floor would outlive a body that never execs
+  report_fd = moved_report;
+  int tmp[64];
+  if (n > 64) {
+    errno = EMFILE;
+    child_fail(report_fd, Step::dup);
+  }
+  for (int i = 0; i < n; ++i) {
+    tmp[i] = ::fcntl(plan.inherit[static_cast<size_t>(i)], F_DUPFD_CLOEXEC, floor);
+    if (tmp[i] < 0) child_fail(report_fd, Step::dup);
+  }
+  int in = plan.stdin_fd >= 0 ? plan.stdin_fd : p.devnull;
+  int std_src[3] = {in, plan.stdout_fd, plan.stderr_fd};
+  for (int& fd : std_src) {
+    if (fd >= 0) {
+      fd = ::fcntl(fd, F_DUPFD_CLOEXEC, floor);
+      if (fd < 0) child_fail(report_fd, Step::dup);
+    }
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (std_src[i] >= 0 && ::dup2(std_src[i], i) < 0) child_fail(report_fd, Step::dup);
+  }
+  // dup2 onto a different fd clears FD_CLOEXEC on the new one: exactly the inheritance wanted.
+  for (int i = 0; i < n; ++i) {
+    if (::dup2(tmp[i], 3 + i) < 0) child_fail(report_fd, Step::dup);
+  }
+  // Anything else still open without CLOEXEC (leaked to corral by whoever started it)
+  // must not reach the worker either.
+  ::syscall(SYS_close_range, static_cast<unsigned>(floor), ~0U, CLOSE_RANGE_CLOEXEC);
+
+  if (!plan.cwd.empty() && ::chdir(plan.cwd.c_str()) != 0) child_fail(report_fd, Step::chdir);
+
+  if (plan.credentials) {
+    const auto& c = *plan.credentials;
+    if (::setgroups(c.groups.size(), c.groups.data()) != 0) child_fail(report_fd, Step::setgroups);
+    if (::setgid(c.gid) != 0) child_fail(report_fd, Step::setgid);
+    if (::setuid(c.uid) != 0) child_fail(report_fd, Step::setuid);
+  }
+  // After the uid change, which clears it (prctl(2)); then close the race with a
+  // supervisor that died before this point.
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report_fd, Step::pdeathsig);
+  if (plan.parent != 0 && ::getppid() != plan.parent) _exit(1);
+
+  if (p.listen_pid_slot != nullptr) format_pid(p.listen_pid_slot, ::getpid());
+}
+
+void prepare_vectors(const SpawnPlan& plan, Prepared& p) {
+  p.plan = &plan;
+  for (const auto& a : plan.argv) p.argv.push_back(const_cast<char*>(a.c_str()));
+  p.argv.push_back(nullptr);
+  p.env_storage = plan.env;
+  if (plan.listen_pid) p.env_storage.emplace_back("LISTEN_PID=" + std::string(20, '\0'));
+  for (auto& e : p.env_storage) p.envp.push_back(e.data());
+  p.envp.push_back(nullptr);
+  if (plan.listen_pid) p.listen_pid_slot = p.env_storage.back().data() + std::strlen("LISTEN_PID=");
+}
+
+Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg) noexcept {
+  try {
+    Prepared p;
+    prepare_vectors(plan, p);
+    UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!devnull) return errno_error("open /dev/null");
+    p.devnull = devnull.get();
+    int pipefd[2];
+    if (::pipe2(pipefd, O_CLOEXEC) != 0) return errno_error("pipe2");
+    UniqueFd report_r(pipefd[0]);
+    UniqueFd report_w(pipefd[1]);
+
+    pid_t pid = ::fork();
+    if (pid < 0) return errno_error("fork for " + plan.path);
+    if (pid == 0) {
+      int report_fd = report_w.get();
+      prepare_child(p, report_fd);
+      if (body != nullptr) {
+        // No exec will close the supervisor's other fds (other jobs' listeners, the
+        // signalfd...): close them now, so that no socket outlives its use here.
+        auto floor = static_cast<unsigned>(3 + plan.inherit.size());
+        auto report = static_cast<unsigned>(report_fd);
+        if (report > floor) ::syscall(SYS_close_range, floor, report - 1, 0U);
+        ::syscall(SYS_close_range, report + 1, ~0U, 0U);
+        ::close(report_fd);  // EOF tells the parent the child is ready
+        _exit(body(arg));
+      }
+      ::execve(plan.path.c_str(), p.argv.data(), p.envp.data());
+      child_fail(report_fd, Step::exec);
+    }
+    report_w.reset();
+    ChildReport report{};
+    ssize_t got;
+    do {
+      got = ::read(report_r.get(), &report, sizeof report);
+    } while (got < 0 && errno == EINTR);
+    if (got == static_cast<ssize_t>(sizeof report)) {
+      int status = 0;
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      auto step = static_cast<Step>(report.step);
+      return Error{report.err, std::string(step_name(step)) + " " + plan.path};
+    }
+    return pid;
+  } catch (const std::exception& e) {
+    return Error{ENOMEM, std::string("spawn ") + plan.path + ": " + e.what()};
+  }
+}
+
+}  // namespace
+
+Result<pid_t> spawn_process(const SpawnPlan& plan) noexcept { return do_spawn(plan, nullptr, nullptr); }
+
+Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void*), void* arg) noexcept {
+  return do_spawn(plan, body, arg);
+}
+
+Credentials resolve_credentials(const std::string& user, const std::string& group_name) {
+  Credentials c;
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* pwr = nullptr;
+  if (getpwnam_r(user.c_str(), &pw, buf.data(), buf.size(), &pwr) != 0 || pwr == nullptr)
+    throw SetupError("user \"" + user + "\" does not exist");
+  c.uid = pw.pw_uid;
+  c.gid = pw.pw_gid;
+  c.home = pw.pw_dir != nullptr ? pw.pw_dir : "/";
+  c.user = user;
+  if (!group_name.empty()) {
+    group gr{};
+    group* grr = nullptr;
+    std::vector<char> gbuf(16384);
+    if (getgrnam_r(group_name.c_str(), &gr, gbuf.data(), gbuf.size(), &grr) != 0 || grr == nullptr)
+      throw SetupError("group \"" + group_name + "\" does not exist");
+    c.gid = gr.gr_gid;
+  }
+  int count = 64;
+  std::vector<gid_t> groups(static_cast<size_t>(count));
+  if (getgrouplist(user.c_str(), c.gid, groups.data(), &count) < 0) {
+    groups.resize(static_cast<size_t>(count));
+    getgrouplist(user.c_str(), c.gid, groups.data(), &count);
+  }
+  groups.resize(static_cast<size_t>(count));
+  c.groups = groups;
+  return c;
+}
+
+std::vector<std::string> inheritable_environment() {
+  std::vector<std::string> out;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    auto key = kv.substr(0, kv.find('='));
+    if (key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID" ||
+        key.starts_with("LISTEN_"))
+      continue;
+    out.emplace_back(kv);
+  }
+  return out;
+}
+
+void set_env(std::vector<std::string>& env, const std::string& key, const std::string& value) {
+  std::string prefix = key + "=";
+  for (auto& e : env) {
+    if (e.starts_with(prefix)) {
+      e = prefix + value;
+      return;
+    }
+  }
+  env.push_back(prefix + value);
+}
+
+}  // namespace corral

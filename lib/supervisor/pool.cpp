@@ -1,0 +1,25 @@
+#include "supervisor/pool.h"
+
+#include <algorithm>
+
+namespace corral {
+
+PoolAction plan_pool(const JobConfig& job, const PoolCounts& c, bool initial) {
+  const auto& w = job.workers;
+  PoolAction action;
+  const unsigned total = c.starting + c.idle + c.busy;
+  const unsigned room = w.max > total ? w.max - total : 0;
+  if (job.mode == Mode::plain) {
+    action.spawn = w.start > total ? w.start - total : 0;
+    return action;
+  }
+  unsigned want_total = 0;
+  if (initial) want_total = w.start;
+  unsigned available = c.idle + c.starting;
+  if (available < w.min_spare) want_total = std::max(want_total, total + (w.min_spare - available));
+  action.spawn = std::min(want_total > total ? want_total - total : 0, room);
+  if (c.idle > w.max_spare) action.retire = c.idle - w.max_spare;
+  return action;
+}
+
+}  // namespace corral

@@ -1,0 +1,815 @@
+#include "supervisor/supervisor.h"
+
+#include <corral/protocol.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "common/unique_fd.h"
+#include "listen/listener.h"
+#include "scoreboard/scoreboard.h"
+#include "spawn/spawn.h"
+#include "supervisor/inetd.h"
+#include "supervisor/pool.h"
+
+namespace corral {
+namespace {
+
+constexpr std::uint64_t kMs = 1000000ULL;
+constexpr std::uint64_t kSec = 1000000000ULL;
+constexpr std::uint64_t kBackoffBase = 100 * kMs;
+constexpr std::uint64_t kPlainCrashWindow = 1 * kSec;
+constexpr std::uint64_t kFastTick = 50 * kMs;
+constexpr std::uint64_t kSlowTick = 1 * kSec;
+constexpr std::uint64_t kRetireInterval = 200 * kMs;  // at most one idle worker retired per interval
+constexpr std::uint64_t kRetireHysteresis = 1 * kSec;  // ... once the excess lasted this long
+constexpr unsigned kMaxSpawnPerTick = 64;
+
+std::uint64_t to_ns(Duration d) { return d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0; }
+
+corral_job_mode wire_mode(Mode m) {
+  switch (m) {
+    case Mode::prefork: return CORRAL_MODE_PREFORK;
+    case Mode::inetd: return CORRAL_MODE_INETD;
+    case Mode::plain: return CORRAL_MODE_PLAIN;
+  }
+  return CORRAL_MODE_PREFORK;
+}
+
+enum class JobState { running, backing_off, failed };
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const char* name = sigabbrev_np(WTERMSIG(status));
+    return std::string("killed by signal ") + (name != nullptr ? std::string("SIG") + name
+                                                               : std::to_string(WTERMSIG(status)));
+  }
+  return "ended with status " + std::to_string(status);
+}
+
+struct WorkerRec {
+  pid_t pid = 0;
+  unsigned slot = 0;
+  std::uint32_t generation = 0;
+  std::uint64_t started_ns = 0;
+  bool ready = false;        // has been idle (prefork/inetd) or lived 1 s (plain)
+  bool term_sent = false;    // asked to stop (SIGTERM, or stop without a signal in inetd)
+  bool kill_sent = false;
+  std::uint64_t kill_at = 0;  // SIGKILL deadline once asked to stop; 0 = none
+  corral_slot_state last_state = CORRAL_SLOT_STARTING;
+  bool garbage_logged = false;
+};
+
+// The accept mutex of one generation of a job.
+struct AcceptLock {
+  AcceptMutex kind = AcceptMutex::none;
+  UniqueFd fd;       // handed to workers (pipe: FIFO O_RDWR; fcntl: memfd)
+  UniqueFd private_fd;  // pipe: the supervisor's own non-blocking end, for audits
+  int audit_strikes = 0;
+};
+
+AcceptMutex resolve_accept_mutex(const JobConfig& job) {
+  if (job.mode == Mode::plain) return AcceptMutex::none;
+  if (job.accept_mutex != AcceptMutex::automatic) return job.accept_mutex;
+  // docs/PROTOCOL.md, "Choosing accept_mutex": the token pipe wakes one waiter
+  // whatever the number of listeners and idle workers.
+  return AcceptMutex::pipe;
+}
+
+Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& dir, const std::string& job,
+                                    std::uint32_t generation) {
+  AcceptLock lock;
+  lock.kind = kind;
+  if (kind == AcceptMutex::fcntl) {
+    lock.fd = UniqueFd(::memfd_create("corral-accept-lock", MFD_CLOEXEC));
+    if (!lock.fd) return errno_error("memfd_create for the accept lock of job " + job);
+    if (::ftruncate(lock.fd.get(), 1) != 0) return errno_error("ftruncate accept lock");
+  } else if (kind == AcceptMutex::pipe) {
+    std::string path = dir + "/." + job + ".lock." + std::to_string(::getpid()) + "." +
+                       std::to_string(generation);
+    ::unlink(path.c_str());
+    if (::mkfifo(path.c_str(), 0600) != 0) return errno_error("mkfifo " + path);
+    // O_RDWR on a FIFO never blocks on Linux (fifo(7)); the workers' end must stay
+    // blocking (a blocking read is what wakes exactly one waiter), the supervisor's
+    // own end is a separate open file description and non-blocking.
+    lock.fd = UniqueFd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    int err = errno;
+    lock.private_fd = UniqueFd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
+    ::unlink(path.c_str());
+    if (!lock.fd || !lock.private_fd) return Error{err != 0 ? err : errno, "open " + path};
+    if (::write(lock.private_fd.get(), "T", 1) != 1) return errno_error("write the accept token");
+  }
+  return lock;
+}
+
+// Slots for the current generation plus old-generation workers still finishing.
+unsigned slots_for(const JobConfig& cfg) { return std::max(2 * cfg.workers.max, cfg.workers.max + 16); }
+
+const char* lock_env_kind(AcceptMutex kind) {
+  switch (kind) {
+    case AcceptMutex::pipe: return "pipe";
+    case AcceptMutex::fcntl: return "fcntl";
+    case AcceptMutex::epoll: return "epoll";
+    default: return "none";
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+class Job {
+ public:
+  JobConfig cfg;
+  std::uint32_t generation = 0;
+  std::vector<std::shared_ptr<Listener>> listeners;
+  Scoreboard sb;
+  AcceptLock lock;
+  std::map<pid_t, WorkerRec> workers;
+  std::map<pid_t, UniqueFd> exec_errors;  // inetd: errno of a failed exec, per acceptor
+  std::vector<bool> slot_used;
+  JobState state = JobState::running;
+  unsigned failures = 0;
+  std::uint64_t backoff_ns = 0;
+  std::uint64_t retry_at = 0;
+  bool initial = true;
+  bool removed = false;  // dropped by a reload: stop and forget once empty
+  std::uint64_t excess_since = 0;
+  std::uint64_t last_retire = 0;
+  std::vector<std::string> base_env;
+  std::optional<Credentials> credentials;
+  std::string listeners_text;
+
+  [[nodiscard]] bool has_current_workers() const {
+    return std::any_of(workers.begin(), workers.end(),
+                       [&](const auto& kv) { return kv.second.generation == generation; });
+  }
+};
+
+class Supervisor::Impl {
+ public:
+  explicit Impl(SupervisorOptions options) : options_(std::move(options)) {}
+
+  int run();
+
+ private:
+  // set-up
+  void block_signals();
+  std::unique_ptr<Job> build_job(const JobConfig& cfg, bool reuse_scoreboard);
+  void apply_config(Config config, bool initial);
+
+  // loop
+  void handle_signals() noexcept;
+  void reap() noexcept;
+  void on_worker_exit(Job& job, WorkerRec rec, int status) noexcept;
+  void maintain() noexcept;
+  void maintain_job(Job& job, std::uint64_t now) noexcept;
+  void audit_token(Job& job) noexcept;
+  void spawn_worker(Job& job, std::uint64_t now) noexcept;
+  void stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bool signal) noexcept;
+  void signal_worker(const Job& job, const WorkerRec& w, int sig) noexcept;
+  void record_failure(Job& job, std::uint64_t now, bool counts, const std::string& why) noexcept;
+  void begin_stop(bool fast) noexcept;
+  void reload() noexcept;
+  std::uint64_t next_deadline(std::uint64_t now) const noexcept;
+  void write_headers(std::uint64_t now) noexcept;
+  bool all_failed() const noexcept;
+
+  SupervisorOptions options_;
+  ListenerSet listeners_;
+  std::vector<std::unique_ptr<Job>> jobs_;
+  std::vector<std::string> environment_;
+  std::string scoreboard_dir_;
+  UniqueFd epoll_;
+  UniqueFd signal_fd_;
+  pid_t self_ = 0;
+  std::uint64_t started_realtime_ = 0;
+  std::uint32_t generation_ = 1;
+  bool stopping_ = false;
+  bool fast_stop_ = false;
+  bool failed_exit_ = false;
+  std::uint64_t next_tick_ = 0;
+};
+
+Supervisor::Supervisor(SupervisorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Supervisor::~Supervisor() = default;
+int Supervisor::run() { return impl_->run(); }
+
+void Supervisor::Impl::block_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, sig);
+  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw SetupError("sigprocmask", "", errno);
+  signal_fd_ = UniqueFd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_) throw SetupError("signalfd", "", errno);
+  // A worker's closed socket must not kill the supervisor.
+  ::signal(SIGPIPE, SIG_IGN);
+}
+
+std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reuse_scoreboard) {
+  auto job = std::make_unique<Job>();
+  job->cfg = cfg;
+  job->generation = generation_;
+  if (!cfg.user.empty()) job->credentials = resolve_credentials(cfg.user, cfg.group);
+  job->listeners = listeners_.open_for_job(cfg);
+  for (const auto& l : job->listeners) {
+    job->listeners_text += (job->listeners_text.empty() ? "" : "\n") + l->display;
+    // prefork and inetd workers poll several listeners and accept without blocking
+    // (docs/PROTOCOL.md); plain programs get the sockets as they are.
+    if (cfg.mode != Mode::plain) {
+      int flags = ::fcntl(l->fd.get(), F_GETFL);
+      if (flags >= 0) ::fcntl(l->fd.get(), F_SETFL, flags | O_NONBLOCK);
+    }
+  }
+  if (!reuse_scoreboard) {
+    job->sb = Scoreboard::create(scoreboard_dir_, cfg.name, slots_for(cfg));
+    job->slot_used.assign(job->sb.slot_count(), false);
+  }
+  auto lock = make_accept_lock(resolve_accept_mutex(cfg), scoreboard_dir_, cfg.name, generation_);
+  if (!lock) throw SetupError(lock.error().to_string());
+  job->lock = std::move(lock.value());
+
+  auto& env = job->base_env;
+  env = environment_;
+  for (const auto& [k, v] : cfg.env) set_env(env, k, v);
+  if (job->credentials) {
+    set_env(env, "HOME", job->credentials->home);
+    set_env(env, "USER", job->credentials->user);
+    set_env(env, "LOGNAME", job->credentials->user);
+  }
+  set_env(env, CORRAL_ENV_JOB, cfg.name);
+  return job;
+}
+
+void Supervisor::Impl::apply_config(Config config, bool initial) {
+  const auto previous_generation = generation_;
+  generation_ = initial ? 1 : generation_ + 1;
+  listeners_.begin_generation();
+  auto find_old = [&](const std::string& name) -> Job* {
+    Job* found = nullptr;
+    for (auto& o : jobs_) {
+      if (o->cfg.name == name && (found == nullptr || !o->removed)) found = o.get();
+    }
+    return found;
+  };
+  // Phase 1: everything that can fail (binding, scoreboards, locks, users). Nothing
+  // running is touched, so a failure leaves the running configuration intact.
+  std::vector<std::unique_ptr<Job>> next;
+  try {
+    for (const auto& cfg : config.jobs) next.push_back(build_job(cfg, find_old(cfg.name) != nullptr));
+  } catch (...) {
+    generation_ = previous_generation;
+    throw;
+  }
+  // Phase 2: the new jobs take over the scoreboards, slots and (old-generation)
+  // workers of the jobs with the same name.
+  for (auto& job : next) {
+    Job* old = find_old(job->cfg.name);
+    if (old == nullptr) continue;
+    job->sb = std::move(old->sb);
+    if (!job->sb.grow(slots_for(job->cfg)))
+      spdlog::warn("job {}: cannot grow scoreboard {}: {}", job->cfg.name, job->sb.path(),
+                   std::strerror(errno));
+    job->slot_used.assign(job->sb.slot_count(), false);
+    job->workers = std::move(old->workers);
+    job->exec_errors = std::move(old->exec_errors);
+    old->workers.clear();
+    for (const auto& [pid, w] : job->workers) {
+      if (w.slot < job->slot_used.size()) job->slot_used[w.slot] = true;
+    }
+    old->cfg.name.clear();  // taken over: dropped below
+    old->removed = true;
+  }
+  for (auto& old : jobs_) {
+    if (old->cfg.name.empty()) continue;
+    if (!old->removed) {
+      old->removed = true;
+      spdlog::info("job {}: removed by the new configuration; stopping its workers", old->cfg.name);
+    }
+    if (!old->workers.empty()) next.push_back(std::move(old));
+  }
+  jobs_ = std::move(next);
+  options_.config = std::move(config);
+  for (const auto& closed : listeners_.close_unused()) spdlog::info("closed listener {}", closed);
+  listeners_.report_unused_inherited();
+  auto now = monotonic_ns();
+  for (auto& job : jobs_) {
+    for (auto& [pid, w] : job->workers) {
+      if ((w.generation != job->generation || job->removed) && !w.term_sent) {
+        bool running_program = job->cfg.mode == Mode::inetd && w.last_state == CORRAL_SLOT_BUSY;
+        stop_worker(*job, w, now, !running_program);
+      }
+    }
+  }
+}
+
+int Supervisor::Impl::run() {
+  self_ = ::getpid();
+  started_realtime_ = realtime_ns();
+  block_signals();
+  listeners_.adopt_systemd_listeners();
+  environment_ = inheritable_environment();
+  scoreboard_dir_ = scoreboard_dir_of(options_.config);
+  apply_config(options_.config, true);
+
+  epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) throw SetupError("epoll_create1", "", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = signal_fd_.get();
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, signal_fd_.get(), &ev) != 0)
+    throw SetupError("epoll_ctl", "signalfd", errno);
+
+  spdlog::info("corral {} started (pid {}), {} job(s), scoreboards in {}", CORRAL_VERSION, self_,
+               jobs_.size(), scoreboard_dir_);
+  maintain();
+  for (;;) {
+    auto now = monotonic_ns();
+    if (stopping_ && jobs_.empty()) break;
+    if (!stopping_ && all_failed()) {
+      spdlog::error("every job has failed; exiting");
+      failed_exit_ = true;
+      begin_stop(false);
+      continue;
+    }
+    auto deadline = next_deadline(now);
+    int timeout_ms = deadline <= now ? 0 : static_cast<int>(std::min<std::uint64_t>((deadline - now + kMs - 1) / kMs, 60000));
+    epoll_event events[8];
+    int n = ::epoll_wait(epoll_.get(), events, 8, timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      spdlog::critical("epoll_wait: {}", std::strerror(errno));
+      return 1;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.fd == signal_fd_.get()) handle_signals();
+    }
+    maintain();
+  }
+  for (const auto& l : listeners_.all()) {
+    // Unix socket files we bound ourselves go with us.
+    if (!l->inherited && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+  }
+  spdlog::info("corral stopped");
+  return failed_exit_ ? 1 : 0;
+}
+
+void Supervisor::Impl::handle_signals() noexcept {
+  signalfd_siginfo info{};
+  while (::read(signal_fd_.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+    switch (info.ssi_signo) {
+      case SIGCHLD: reap(); break;
+      case SIGTERM:
+      case SIGINT:
+        spdlog::info("{}: stopping gracefully", info.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        begin_stop(false);
+        break;
+      case SIGQUIT:
+        spdlog::info("SIGQUIT: stopping now");
+        begin_stop(true);
+        break;
+      case SIGHUP:
+        if (!stopping_) reload();
+        break;
+      case SIGUSR2:
+        spdlog::warn("SIGUSR2: binary upgrade is not implemented yet; ignored");
+        break;
+      default: break;
+    }
+  }
+  reap();  // SIGCHLD coalesces: reap whatever is there
+}
+
+void Supervisor::Impl::reap() noexcept {
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    bool found = false;
+    for (auto& job : jobs_) {
+      auto it = job->workers.find(pid);
+      if (it == job->workers.end()) continue;
+      WorkerRec rec = it->second;
+      job->workers.erase(it);
+      on_worker_exit(*job, rec, status);
+      found = true;
+      break;
+    }
+    if (!found) spdlog::debug("reaped unknown child {} ({})", pid, describe_status(status));
+  }
+}
+
+void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexcept {
+  auto now = monotonic_ns();
+  SlotView slot = job.sb.read_slot(rec.slot);
+  if (rec.slot < job.slot_used.size()) job.slot_used[rec.slot] = false;
+  job.sb.free_slot(rec.slot, now);
+  const bool current = rec.generation == job.generation && !job.removed;
+  const auto& name = job.cfg.name;
+  auto how = describe_status(status);
+  int exec_errno = 0;
+  if (auto it = job.exec_errors.find(rec.pid); it != job.exec_errors.end()) {
+    int err = 0;
+    if (::read(it->second.get(), &err, sizeof err) == static_cast<ssize_t>(sizeof err)) exec_errno = err;
+    job.exec_errors.erase(it);
+  }
+  if (exec_errno != 0) {
+    spdlog::error("job {}: cannot execute {}: {} (connection closed)", name, job.cfg.command.front(),
+                  std::strerror(exec_errno));
+    if (current && !stopping_ && job.state != JobState::failed)
+      record_failure(job, now, true, "could not execute the program");
+    return;
+  }
+  if (rec.term_sent || stopping_) {
+    spdlog::info("job {}: worker {} (slot {}) {}", name, rec.pid, rec.slot, how);
+  } else {
+    spdlog::warn("job {}: worker {} (slot {}) {}", name, rec.pid, rec.slot, how);
+  }
+  if (!current || stopping_ || job.state == JobState::failed) return;
+
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (job.cfg.mode == Mode::prefork && code == CORRAL_EXIT_FATAL) {
+    spdlog::error("job {}: worker {} reported a broken configuration (exit {}); not respawning the job",
+                  name, rec.pid, CORRAL_EXIT_FATAL);
+    job.state = JobState::failed;
+    return;
+  }
+  if (job.cfg.mode == Mode::prefork && code == CORRAL_EXIT_SICK) {
+    record_failure(job, now, false, "reported resources short (exit 75)");
+    return;
+  }
+  bool crashed = false;
+  switch (job.cfg.mode) {
+    case Mode::prefork:
+      crashed = !rec.ready && slot.state == CORRAL_SLOT_STARTING && !rec.term_sent;
+      break;
+    case Mode::inetd:
+      crashed = !rec.ready && !rec.term_sent;
+      break;
+    case Mode::plain:
+      crashed = !rec.term_sent && now - rec.started_ns < kPlainCrashWindow;
+      break;
+  }
+  if (crashed) record_failure(job, now, true, "exited before it was ready");
+}
+
+void Supervisor::Impl::record_failure(Job& job, std::uint64_t now, bool counts,
+                                      const std::string& why) noexcept {
+  if (counts) ++job.failures;
+  auto max = job.cfg.restart.max_failures;
+  if (counts && max != 0 && job.failures >= max) {
+    spdlog::error("job {}: {} consecutive failures; giving up (the job is marked failed)",
+                  job.cfg.name, job.failures);
+    job.state = JobState::failed;
+    return;
+  }
+  auto cap = std::max<std::uint64_t>(to_ns(job.cfg.restart.backoff_max), kBackoffBase);
+  job.backoff_ns = job.backoff_ns == 0 ? kBackoffBase : std::min(cap, job.backoff_ns * 2);
+  job.retry_at = now + job.backoff_ns;
+  job.state = JobState::backing_off;
+  spdlog::warn("job {}: a worker {}; backing off, next try in {} (failure {}{})", job.cfg.name, why,
+               format_duration(Duration(job.backoff_ns)), job.failures,
+               max != 0 ? " of " + std::to_string(max) : "");
+}
+
+void Supervisor::Impl::signal_worker(const Job& job, const WorkerRec& w, int sig) noexcept {
+  // Only pids from our own table, not yet reaped (a zombie keeps its pid), ever get a
+  // signal (Apache's ap_mpm_safe_kill). Never a pid read from the scoreboard.
+  if (w.pid <= 1 || job.workers.find(w.pid) == job.workers.end()) return;
+  ::kill(w.pid, sig);
+}
+
+void Supervisor::Impl::stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bool send) noexcept {
+  if (w.term_sent) return;
+  w.term_sent = true;
+  auto grace = to_ns(job.cfg.graceful_timeout);
+  w.kill_at = grace == 0 ? now : now + grace;
+  if (send) signal_worker(job, w, SIGTERM);
+  job.sb.set_slot_state(w.slot, CORRAL_SLOT_STOPPING, now);
+}
+
+void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
+  unsigned slot = 0;
+  while (slot < job.slot_used.size() && job.slot_used[slot]) ++slot;
+  if (slot >= job.slot_used.size()) {
+    spdlog::error("job {}: no free scoreboard slot", job.cfg.name);
+    return;
+  }
+  const auto& cfg = job.cfg;
+  SpawnPlan plan;
+  plan.path = cfg.command.front();
+  plan.argv = cfg.command;
+  plan.env = job.base_env;
+  plan.cwd = cfg.cwd;
+  plan.credentials = job.credentials;
+  plan.parent = self_;
+  std::string names;
+  for (const auto& l : job.listeners) {
+    plan.inherit.push_back(l->fd.get());
+    names += (names.empty() ? "" : ":") + l->name;
+  }
+  if (cfg.mode != Mode::inetd && !job.listeners.empty()) {
+    set_env(plan.env, "LISTEN_FDS", std::to_string(job.listeners.size()));
+    set_env(plan.env, "LISTEN_FDNAMES", names);
+    plan.listen_pid = true;
+  }
+  if (cfg.mode == Mode::prefork) {
+    if (job.lock.fd) {
+      set_env(plan.env, CORRAL_ENV_LOCK_FD, std::to_string(3 + plan.inherit.size()));
+      plan.inherit.push_back(job.lock.fd.get());
+    }
+    set_env(plan.env, CORRAL_ENV_LOCK_KIND, lock_env_kind(job.lock.kind));
+    set_env(plan.env, CORRAL_ENV_SCOREBOARD_FD, std::to_string(3 + plan.inherit.size()));
+    plan.inherit.push_back(job.sb.fd());
+    set_env(plan.env, CORRAL_ENV_SLOT, std::to_string(slot));
+    set_env(plan.env, CORRAL_ENV_GENERATION, std::to_string(job.generation));
+  }
+  // Claim the slot before the fork so the worker never sees it EMPTY.
+  job.sb.claim_slot(slot, 0, job.generation, now);
+  Result<pid_t> pid = Error{};
+  UniqueFd exec_errors;
+  if (cfg.mode == Mode::inetd) {
+    if (job.lock.fd) plan.inherit.push_back(job.lock.fd.get());
+    plan.inherit.push_back(job.sb.fd());
+    InetdParams params;
+    params.job = cfg.name;
+    params.listener_names = names;
+    params.listener_count = static_cast<unsigned>(job.listeners.size());
+    params.lock_kind = lock_env_kind(job.lock.kind);
+    params.has_lock_fd = job.lock.fd.valid();
+    params.slot = slot;
+    params.max_per_source = cfg.max_per_source;
+    pid = spawn_inetd_acceptor(plan, params, exec_errors);
+  } else {
+    pid = spawn_process(plan);
+  }
+  if (!pid) {
+    job.sb.free_slot(slot, now);
+    spdlog::error("job {}: spawn worker (slot {}): {}", cfg.name, slot, pid.error().to_string());
+    record_failure(job, now, true, "could not be started");
+    return;
+  }
+  WorkerRec w;
+  w.pid = *pid;
+  w.slot = slot;
+  w.generation = job.generation;
+  w.started_ns = now;
+  job.slot_used[slot] = true;
+  job.sb.claim_slot(slot, w.pid, job.generation, now);
+  if (cfg.mode == Mode::plain) job.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
+  job.workers.emplace(w.pid, w);
+  if (exec_errors) job.exec_errors.emplace(w.pid, std::move(exec_errors));
+  spdlog::info("job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
+}
+
+void Supervisor::Impl::audit_token(Job& job) noexcept {
+  // The token pipe's invariant: exactly one token, either in the pipe or held by a
+  // live worker whose slot says HELD. A holder killed while holding it takes the token
+  // with it; restore it. Transient states (a worker between read() and marking HELD)
+  // are filtered by requiring two consecutive bad audits (docs/PROTOCOL.md).
+  if (job.lock.kind != AcceptMutex::pipe || !job.lock.private_fd) return;
+  int in_pipe = 0;
+  if (::ioctl(job.lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return;
+  int held = 0;
+  for (const auto& [pid, w] : job.workers) {
+    if (w.generation != job.generation) continue;
+    if (job.sb.read_slot(w.slot).lock == CORRAL_LOCK_HELD) ++held;
+  }
+  int tokens = in_pipe + held;
+  if (tokens == 1) {
+    job.lock.audit_strikes = 0;
+    return;
+  }
+  if (++job.lock.audit_strikes < 2) return;
+  job.lock.audit_strikes = 0;
+  if (tokens == 0) {
+    spdlog::warn("job {}: the accept token was lost (its holder died); restoring it", job.cfg.name);
+    [[maybe_unused]] auto r = ::write(job.lock.private_fd.get(), "T", 1);
+  } else if (in_pipe > 0) {
+    spdlog::warn("job {}: {} accept tokens found; removing the extra", job.cfg.name, tokens);
+    char buf[64];
+    auto extra = static_cast<size_t>(std::min(tokens - 1, in_pipe));
+    [[maybe_unused]] auto r = ::read(job.lock.private_fd.get(), buf, std::min(extra, sizeof buf));
+  }
+}
+
+void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
+  PoolCounts counts;
+  std::vector<WorkerRec*> idle_current;
+  for (auto& [pid, w] : job.workers) {
+    // Deadlines of workers asked to stop.
+    if (w.term_sent && !w.kill_sent && w.kill_at != 0 && now >= w.kill_at) {
+      spdlog::warn("job {}: worker {} (slot {}) did not stop within graceful_timeout; SIGKILL",
+                   job.cfg.name, w.pid, w.slot);
+      signal_worker(job, w, SIGKILL);
+      w.kill_sent = true;
+    }
+    if (w.term_sent || w.generation != job.generation) continue;
+    SlotView s = job.sb.read_slot(w.slot);
+    if (!s.state_valid && !w.garbage_logged) {
+      spdlog::warn("job {}: worker {} wrote garbage into scoreboard slot {}; ignoring it",
+                   job.cfg.name, w.pid, w.slot);
+      w.garbage_logged = true;
+    }
+    corral_slot_state state = s.state;
+    if (job.cfg.mode == Mode::plain) {
+      state = CORRAL_SLOT_RUNNING;
+      if (!w.ready && now - w.started_ns >= kPlainCrashWindow) w.ready = true;
+    } else if (state == CORRAL_SLOT_EMPTY || state == CORRAL_SLOT_RUNNING) {
+      state = w.ready ? CORRAL_SLOT_IDLE : CORRAL_SLOT_STARTING;  // nonsense from the worker
+    }
+    if (state == CORRAL_SLOT_IDLE || state == CORRAL_SLOT_BUSY) {
+      if (!w.ready) {
+        w.ready = true;
+        if (job.failures > 0 || job.state == JobState::backing_off) {
+          spdlog::info("job {}: worker {} is up; failure count reset", job.cfg.name, w.pid);
+        }
+        job.failures = 0;
+        job.backoff_ns = 0;
+        if (job.state == JobState::backing_off) job.state = JobState::running;
+      }
+    }
+    if (job.cfg.mode == Mode::plain && w.ready) {
+      job.failures = 0;
+      job.backoff_ns = 0;
+      if (job.state == JobState::backing_off) job.state = JobState::running;
+    }
+    w.last_state = state;
+    auto since = s.state_since_ns;
+    switch (state) {
+      case CORRAL_SLOT_STARTING: {
+        ++counts.starting;
+        auto limit = to_ns(job.cfg.workers.start_timeout);
+        if (job.cfg.mode != Mode::plain && limit != 0 && now - w.started_ns > limit) {
+          spdlog::warn("job {}: worker {} (slot {}) still starting after {}; killing it",
+                       job.cfg.name, w.pid, w.slot, format_duration(job.cfg.workers.start_timeout));
+          signal_worker(job, w, SIGKILL);
+          w.term_sent = true;
+          w.kill_sent = true;
+        }
+        break;
+      }
+      case CORRAL_SLOT_IDLE:
+        ++counts.idle;
+        if (job.cfg.mode == Mode::prefork && job.cfg.workers.max_requests != 0 &&
+            s.requests >= job.cfg.workers.max_requests) {
+          spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", job.cfg.name,
+                       w.pid, w.slot, s.requests);
+          stop_worker(job, w, now, true);
+          --counts.idle;
+        } else {
+          idle_current.push_back(&w);
+        }
+        break;
+      case CORRAL_SLOT_BUSY:
+      case CORRAL_SLOT_RUNNING: {
+        ++counts.busy;
+        auto limit = to_ns(job.cfg.busy_timeout);
+        if (state == CORRAL_SLOT_BUSY && limit != 0 && since != 0 && since <= now &&
+            now - since > limit) {
+          spdlog::warn("job {}: worker {} (slot {}) busy for more than {}; killing it", job.cfg.name,
+                       w.pid, w.slot, format_duration(job.cfg.busy_timeout));
+          signal_worker(job, w, SIGKILL);
+          w.term_sent = true;
+          w.kill_sent = true;
+        }
+        break;
+      }
+      default: break;
+    }
+  }
+  if (job.cfg.mode == Mode::prefork) audit_token(job);
+  if (job.removed || stopping_) return;
+  if (job.state == JobState::failed) return;
+  if (job.state == JobState::backing_off && now < job.retry_at) return;
+
+  PoolAction action = plan_pool(job.cfg, counts, job.initial);
+  unsigned spawn = std::min(action.spawn, kMaxSpawnPerTick);
+  if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
+  if (job.state == JobState::backing_off && spawn > 0) job.retry_at = now + job.backoff_ns;
+  for (unsigned i = 0; i < spawn && job.state != JobState::failed; ++i) spawn_worker(job, now);
+  if (spawn == action.spawn) job.initial = false;
+
+  // Retire idle workers above max_spare gradually: only once the excess has lasted
+  // kRetireHysteresis, and one per kRetireInterval, so an oscillating load causes no churn.
+  if (action.retire == 0) {
+    job.excess_since = 0;
+  } else if (job.excess_since == 0) {
+    job.excess_since = now;
+  } else if (now - job.excess_since >= kRetireHysteresis && now - job.last_retire >= kRetireInterval &&
+             !idle_current.empty()) {
+    auto* victim = *std::max_element(idle_current.begin(), idle_current.end(),
+                                     [](auto* a, auto* b) { return a->slot < b->slot; });
+    spdlog::info("job {}: {} idle workers, max_spare {}; retiring worker {} (slot {})", job.cfg.name,
+                 counts.idle, job.cfg.workers.max_spare, victim->pid, victim->slot);
+    stop_worker(job, *victim, now, true);
+    job.last_retire = now;
+  }
+}
+
+void Supervisor::Impl::maintain() noexcept {
+  auto now = monotonic_ns();
+  for (auto& job : jobs_) maintain_job(*job, now);
+  // Forget removed jobs whose workers are all gone.
+  std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return (j->removed) && j->workers.empty(); });
+  if (stopping_) {
+    std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return j->workers.empty(); });
+  }
+  write_headers(now);
+}
+
+void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
+  for (auto& job : jobs_) {
+    if (job->removed) continue;
+    corral_job_state state = CORRAL_JOB_RUNNING;
+    if (stopping_) state = CORRAL_JOB_STOPPING;
+    else if (job->state == JobState::failed) state = CORRAL_JOB_FAILED;
+    else if (job->state == JobState::backing_off && job->retry_at > now) state = CORRAL_JOB_BACKING_OFF;
+    const auto& w = job->cfg.workers;
+    job->sb.write_header(self_, job->generation, started_realtime_, wire_mode(job->cfg.mode), state,
+                         job->retry_at, w.min_spare, w.max_spare, w.max, job->cfg.name,
+                         job->listeners_text);
+  }
+}
+
+std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept {
+  std::uint64_t deadline = now + kSlowTick;
+  bool fast = false;
+  for (const auto& job : jobs_) {
+    for (const auto& [pid, w] : job->workers) {
+      if (w.term_sent && !w.kill_sent && w.kill_at != 0) deadline = std::min(deadline, w.kill_at);
+      if (!w.term_sent && !w.ready) fast = true;  // watch new workers come up
+    }
+    if (job->state == JobState::backing_off && !job->removed) deadline = std::min(deadline, std::max(job->retry_at, now));
+    if (job->excess_since != 0) fast = true;
+  }
+  if (fast) deadline = std::min(deadline, now + kFastTick);
+  return deadline;
+}
+
+bool Supervisor::Impl::all_failed() const noexcept {
+  bool any = false;
+  for (const auto& job : jobs_) {
+    if (job->removed) continue;
+    any = true;
+    if (job->state != JobState::failed) return false;
+  }
+  return any;
+}
+
+void Supervisor::Impl::begin_stop(bool fast) noexcept {
+  auto now = monotonic_ns();
+  if (stopping_ && !fast) return;
+  stopping_ = true;
+  fast_stop_ = fast_stop_ || fast;
+  for (auto& job : jobs_) {
+    for (auto& [pid, w] : job->workers) {
+      if (fast) {
+        signal_worker(*job, w, SIGKILL);
+        w.term_sent = true;
+        w.kill_sent = true;
+        continue;
+      }
+      // inetd: a running program is left to finish within graceful_timeout; idle
+      // acceptors are stopped.
+      bool running_program = job->cfg.mode == Mode::inetd && w.last_state == CORRAL_SLOT_BUSY;
+      stop_worker(*job, w, now, !running_program);
+    }
+  }
+}
+
+void Supervisor::Impl::reload() noexcept {
+  if (options_.config_path.empty()) {
+    spdlog::info("SIGHUP: restarting workers with the command-line configuration");
+  } else {
+    spdlog::info("SIGHUP: reloading {}", options_.config_path);
+  }
+  try {
+    Config config = options_.config_path.empty()
+                        ? options_.config
+                        : load_config_file(options_.config_path, options_.check);
+    if (scoreboard_dir_of(config) != scoreboard_dir_) {
+      spdlog::warn("scoreboard_dir changes only at restart; keeping {}", scoreboard_dir_);
+      config.scoreboard_dir = scoreboard_dir_;
+    }
+    apply_config(std::move(config), false);
+    spdlog::info("reload done: generation {}", generation_);
+  } catch (const ConfigError& e) {
+    for (const auto& issue : e.issues()) spdlog::error("{}", issue.to_string());
+    spdlog::error("reload rejected: the running configuration stays");
+  } catch (const std::exception& e) {
+    spdlog::error("reload failed: {}; the running configuration stays", e.what());
+  }
+}
+
+}  // namespace corral
