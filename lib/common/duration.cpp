@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 #include "common/error.h"
 
@@ -41,7 +42,13 @@ Duration parse_duration(std::string_view text) {
     std::string number(text.substr(start, i - start));
     if (number.find('.') != number.rfind('.') || number == ".")
       bad_duration(text, "malformed number");
-    double value = std::stod(number);
+    double value = 0;
+    try {
+      value = std::stod(number);
+    } catch (const std::out_of_range&) {
+      // More digits than a double holds: std::stod throws instead of returning inf.
+      bad_duration(text, "too long");
+    }
     size_t ustart = i;
     while (i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]))) ++i;
     std::string_view unit = text.substr(ustart, i - ustart);
@@ -63,6 +70,7 @@ std::string format_duration(Duration d) {
   auto ns = d.count();
   if (ns == 0) return "0s";
   std::string out;
+  if (ns % 1000 != 0) return std::to_string(ns) + "ns";  // "1us" for 1500ns would not be exact
   if (ns % 1000000 != 0) return std::to_string(ns / 1000) + "us";
   if (ns % 1000000000 != 0) return std::to_string(ns / 1000000) + "ms";
   auto s = ns / 1000000000;

@@ -311,10 +311,12 @@ class Loader {
   void load_listener(JobConfig& job, const YAML::Node& node) {
     ListenerSpec spec;
     spec.mark = mark_of(node);
-    YAML::Node address_node = node;
+    // yaml-cpp's Node::operator= writes through to the referenced node: reset() rebinds.
+    YAML::Node address_node;
+    address_node.reset(node);
     if (node.IsMap()) {
       check_keys(node, kListenerKeys, "listener");
-      address_node = node["address"];
+      address_node.reset(node["address"]);
       if (!address_node) {
         issue(node, "listener has no \"address:\"");
         return;

@@ -20,9 +20,11 @@ std::uint16_t parse_port(std::string_view text, std::string_view port) {
   if (port.empty()) bad_address(text, "the port is missing (write e.g. 127.0.0.1:8080)");
   unsigned value = 0;
   auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (ec != std::errc() || ptr != port.data() + port.size())
+  if ((ec != std::errc() && ec != std::errc::result_out_of_range) ||
+      ptr != port.data() + port.size())
     bad_address(text, "the port \"" + std::string(port) + "\" is not a number");
-  if (value > 65535) bad_address(text, "the port must be between 0 and 65535");
+  // A port too large even for `unsigned` is out of range, not "not a number".
+  if (ec == std::errc::result_out_of_range || value > 65535) bad_address(text, "the port must be between 0 and 65535");
   return static_cast<std::uint16_t>(value);
 }
 

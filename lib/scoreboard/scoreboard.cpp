@@ -71,10 +71,19 @@ SlotView decode_slot(const corral_sb_slot& raw) {
     v.state_valid = false;
   }
   v.pid = load(&raw.pid);
-  if (v.pid < 0) v.pid = 0;
+  if (v.pid < 0) {
+    // Never hand out a negative pid: kill() would read it as a process group.
+    v.pid = 0;
+    v.pid_valid = false;
+  }
   v.generation = load(&raw.generation);
   auto lock = load(&raw.lock);
-  v.lock = lock <= CORRAL_LOCK_HELD ? static_cast<corral_lock_state>(lock) : CORRAL_LOCK_NONE;
+  if (lock <= CORRAL_LOCK_HELD) {
+    v.lock = static_cast<corral_lock_state>(lock);
+  } else {
+    v.lock = CORRAL_LOCK_NONE;
+    v.lock_valid = false;
+  }
   v.requests = load(&raw.requests);
   v.state_since_ns = load(&raw.state_since_ns);
   v.lock_since_ns = load(&raw.lock_since_ns);

@@ -20,8 +20,10 @@ struct SlotView {
   corral_slot_state state = CORRAL_SLOT_EMPTY;
   bool state_valid = true;  // false: the byte was garbage (state is then EMPTY)
   pid_t pid = 0;
+  bool pid_valid = true;  // false: the pid was negative (pid is then 0)
   std::uint32_t generation = 0;
   corral_lock_state lock = CORRAL_LOCK_NONE;
+  bool lock_valid = true;  // false: the lock word was garbage (lock is then NONE)
   std::uint64_t requests = 0;
   std::uint64_t state_since_ns = 0;
   std::uint64_t lock_since_ns = 0;

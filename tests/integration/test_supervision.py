@@ -1,0 +1,110 @@
+"""Supervision: respawn, crash-loop backoff, graceful and fast stop."""
+import os
+import re
+import signal
+import time
+
+from harness import CorralTest, PROBE, PYTHON, wait_until, pid_alive
+
+
+class SupervisionTest(CorralTest):
+    def config(self, mode="prefork", env="", extra="", workers="{ start: 2, min_spare: 0, max_spare: 8, max: 8 }",
+               command=None, name="probe"):
+        probe_dir = os.path.join(self.tmp, "probes")
+        os.makedirs(probe_dir, exist_ok=True)
+        command = command or f'["{PYTHON}", "{PROBE}"]'
+        return probe_dir, f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  {name}:
+    command: {command}
+    mode: {mode}
+    listen: ["127.0.0.1:0"]
+    workers: {workers}
+    env: {{ PROBE_DIR: "{probe_dir}", PROBE_IDLE: "1" {env} }}
+{extra}"""
+
+    def test_a_dead_worker_is_replaced(self):
+        probe_dir, config = self.config(workers="{ start: 2, min_spare: 2, max_spare: 8, max: 8 }")
+        c = self.corral(["run", "{config}"], config=config)
+        first = wait_until(lambda: (lambda r: r if len(r) >= 2 else None)(self.probes(probe_dir)))
+        victim = sorted(first)[0]
+        os.kill(victim, signal.SIGKILL)
+        c.wait_log(rf"worker {victim} \(slot \d+\) killed by signal SIGKILL")
+        wait_until(lambda: len(self.probes(probe_dir)) >= 3, what="a replacement")
+        job = wait_until(lambda: (lambda j: j if j and len(j["workers"]) == 2 and
+                                  victim not in [w["pid"] for w in j["workers"]] else None)(c.job(self.sbdir, "probe")))
+        self.assertEqual(job["state"], "running")
+        self.assertEqual(c.stop(), 0)
+
+    def test_crash_loop_backs_off_then_fails_and_exits_1(self):
+        probe_dir, config = self.config(env=', PROBE_EXIT: "3"', extra="    restart: { backoff_max: 400ms, max_failures: 5 }\n",
+                                        workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }")
+        c = self.corral(["run", "{config}"], config=config)
+        self.assertEqual(c.wait_exit(timeout=20), 1)
+        log = c.log_text()
+        delays = re.findall(r"backing off, next try in (\S+) \(failure (\d) of 5\)", log)
+        self.assertEqual([d for d, _ in delays], ["100ms", "200ms", "400ms", "400ms"], log)
+        self.assertIn("5 consecutive failures; giving up", log)
+        self.assertIn("every job has failed", log)
+        # Never a fork storm: one start per failure.
+        self.assertEqual(len(self.probes(probe_dir)), 5)
+
+    def test_backing_off_is_visible_in_status(self):
+        probe_dir, config = self.config(env=', PROBE_EXIT: "1"', extra="    restart: { backoff_max: 30s, max_failures: 0 }\n",
+                                        workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }")
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_log(r"next try in 800ms")
+        job = wait_until(lambda: (lambda j: j if j and j["state"] == "backing-off" else None)(c.job(self.sbdir, "probe")))
+        self.assertGreater(job["retry_in"], 0)
+        out = self.run_cli(["status", "--scoreboard-dir", self.sbdir])
+        self.assertIn("backing off, next try in", out.stdout)
+        self.assertEqual(c.stop(), 0)
+
+    def test_graceful_stop_terms_then_kills_after_graceful_timeout(self):
+        probe_dir, config = self.config(env=', PROBE_IGNORE_TERM: "1"', extra="    graceful_timeout: 700ms\n")
+        c = self.corral(["run", "{config}"], config=config)
+        pids = list(wait_until(lambda: (lambda r: r if len(r) >= 2 else None)(self.probes(probe_dir))))
+        c.wait_idle(self.sbdir, "probe", 2)
+        start = time.monotonic()
+        c.signal(signal.SIGTERM)
+        self.assertEqual(c.wait_exit(), 0)
+        elapsed = time.monotonic() - start
+        self.assertGreaterEqual(elapsed, 0.6)
+        self.assertIn("did not stop within graceful_timeout; SIGKILL", c.log_text())
+        for p in pids:
+            self.assertFalse(pid_alive(p))
+
+    def test_sigint_and_sigquit_stop_with_0(self):
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            probe_dir, config = self.config(env=', PROBE_IGNORE_TERM: "1"', extra="    graceful_timeout: 60s\n",
+                                            name=f"probe{int(sig)}")
+            c = self.corral(["run", "{config}"], config=config, name=f"corral{int(sig)}")
+            c.wait_idle(self.sbdir, f"probe{int(sig)}", 2)
+            pids = [w["pid"] for w in c.job(self.sbdir, f"probe{int(sig)}")["workers"]]
+            c.signal(sig)
+            if sig == signal.SIGINT:
+                # Workers ignore SIGTERM and graceful_timeout is long: SIGINT waits, SIGQUIT then ends it.
+                c.wait_log("SIGINT: stopping gracefully")
+                self.assertIsNone(c.proc.poll())
+                c.signal(signal.SIGQUIT)
+            self.assertEqual(c.wait_exit(), 0)
+            for p in pids:
+                self.assertFalse(pid_alive(p))
+            self.assertFalse(os.path.exists(os.path.join(self.sbdir, f"probe{int(sig)}.scoreboard")) and
+                             self.run_cli(["status", "--scoreboard-dir", self.sbdir]).returncode == 0)
+
+    def test_plain_mode_keeps_exact_copies(self):
+        probe_dir, config = self.config(mode="plain", workers="{ start: 3 }")
+        c = self.corral(["run", "{config}"], config=config)
+        reports = wait_until(lambda: (lambda r: r if len(r) >= 3 else None)(self.probes(probe_dir)))
+        os.kill(sorted(reports)[0], signal.SIGTERM)
+        wait_until(lambda: len(self.probes(probe_dir)) >= 4, what="replacement copy")
+        job = wait_until(lambda: (lambda j: j if j and len(j["workers"]) == 3 else None)(c.job(self.sbdir, "probe")))
+        self.assertEqual(len(job["workers"]), 3)
+        self.assertEqual(c.stop(), 0)
+
+    def test_status_says_when_nothing_runs(self):
+        out = self.run_cli(["status", "--scoreboard-dir", self.sbdir])
+        self.assertEqual(out.returncode, 3)
+        self.assertIn("no supervisor is running", out.stderr)

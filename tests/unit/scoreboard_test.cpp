@@ -1,0 +1,369 @@
+// lib/scoreboard: header validation and slot decoding against garbage (a worker's
+// bytes are untrusted), and the file's lifecycle in a temporary directory.
+#include "scoreboard/scoreboard.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include <climits>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/corral-sb-test.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+corral_sb_header good_header(std::uint32_t slots) {
+  corral_sb_header h{};
+  std::memcpy(h.magic, CORRAL_SB_MAGIC, 8);
+  h.version = CORRAL_SB_VERSION;
+  h.header_size = CORRAL_SB_HEADER_SIZE;
+  h.slot_size = CORRAL_SB_SLOT_SIZE;
+  h.slot_count = slots;
+  return h;
+}
+
+std::uint64_t size_for(std::uint64_t slots) {
+  return CORRAL_SB_HEADER_SIZE + slots * CORRAL_SB_SLOT_SIZE;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+}  // namespace
+
+TEST_CASE("validate_header accepts a well-formed header") {
+  CHECK(corral::validate_header(good_header(4), size_for(4)) == "");
+  CHECK(corral::validate_header(good_header(0), size_for(0)) == "");
+  CHECK(corral::validate_header(good_header(4), size_for(4) + 100) == "");  // grown, not yet re-read
+}
+
+TEST_CASE("validate_header refuses a bad magic") {
+  auto h = good_header(4);
+  std::memcpy(h.magic, "NOTCORRL", 8);
+  CHECK(corral::validate_header(h, size_for(4)) == "not a corral scoreboard (bad magic)");
+  corral_sb_header zero{};
+  CHECK(corral::validate_header(zero, size_for(4)) == "not a corral scoreboard (bad magic)");
+}
+
+TEST_CASE("validate_header refuses another version") {
+  auto h = good_header(4);
+  h.version = CORRAL_SB_VERSION + 1;
+  CHECK(corral::validate_header(h, size_for(4)) ==
+        "scoreboard version " + std::to_string(CORRAL_SB_VERSION + 1) + ", expected " +
+            std::to_string(CORRAL_SB_VERSION));
+  h.version = 0xffffffffU;
+  CHECK_FALSE(corral::validate_header(h, size_for(4)).empty());
+}
+
+TEST_CASE("validate_header refuses other header and slot sizes") {
+  auto h = good_header(4);
+  h.header_size = 512;
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected header size");
+  h = good_header(4);
+  h.slot_size = 128;
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size");
+  h.slot_size = 0;
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size");
+}
+
+TEST_CASE("validate_header refuses a slot count out of range") {
+  auto h = good_header(CORRAL_SB_MAX_SLOTS + 1);
+  CHECK(corral::validate_header(h, size_for(CORRAL_SB_MAX_SLOTS + 1)) == "slot count out of range");
+  h.slot_count = 0xffffffffU;  // would overflow a 32-bit size computation
+  CHECK(corral::validate_header(h, UINT64_MAX) == "slot count out of range");
+  CHECK(corral::validate_header(good_header(CORRAL_SB_MAX_SLOTS), size_for(CORRAL_SB_MAX_SLOTS)) == "");
+}
+
+TEST_CASE("validate_header refuses a file shorter than its slots") {
+  CHECK(corral::validate_header(good_header(4), size_for(4) - 1) == "file shorter than its slots");
+  CHECK(corral::validate_header(good_header(0), CORRAL_SB_HEADER_SIZE - 1) ==
+        "file shorter than its slots");
+  CHECK(corral::validate_header(good_header(4), 0) == "file shorter than its slots");
+}
+
+TEST_CASE("decode_slot passes valid values through") {
+  corral_sb_slot raw{};
+  raw.state = CORRAL_SLOT_BUSY;
+  raw.pid = 1234;
+  raw.generation = 3;
+  raw.lock = CORRAL_LOCK_HELD;
+  raw.requests = 17;
+  raw.state_since_ns = 111;
+  raw.lock_since_ns = 222;
+  auto v = corral::decode_slot(raw);
+  CHECK(v.state == CORRAL_SLOT_BUSY);
+  CHECK(v.state_valid);
+  CHECK(v.pid == 1234);
+  CHECK(v.pid_valid);
+  CHECK(v.generation == 3);
+  CHECK(v.lock == CORRAL_LOCK_HELD);
+  CHECK(v.lock_valid);
+  CHECK(v.requests == 17);
+  CHECK(v.state_since_ns == 111);
+  CHECK(v.lock_since_ns == 222);
+}
+
+TEST_CASE("decode_slot flags a garbage state and reads it as empty") {
+  for (std::uint32_t garbage : {6U, 99U, 0x80000000U, 0xffffffffU}) {
+    CAPTURE(garbage);
+    corral_sb_slot raw{};
+    raw.state = garbage;
+    raw.pid = 42;
+    auto v = corral::decode_slot(raw);
+    CHECK(v.state == CORRAL_SLOT_EMPTY);
+    CHECK_FALSE(v.state_valid);
+    CHECK(v.pid == 42);
+  }
+  corral_sb_slot raw{};
+  raw.state = CORRAL_SLOT_RUNNING;  // the largest valid state
+  CHECK(corral::decode_slot(raw).state_valid);
+}
+
+TEST_CASE("decode_slot flags a garbage lock value and reads it as none") {
+  for (std::uint32_t garbage : {3U, 1000U, 0xffffffffU}) {
+    CAPTURE(garbage);
+    corral_sb_slot raw{};
+    raw.state = CORRAL_SLOT_IDLE;
+    raw.lock = garbage;
+    auto v = corral::decode_slot(raw);
+    CHECK(v.lock == CORRAL_LOCK_NONE);
+    CHECK_FALSE(v.lock_valid);
+    CHECK(v.state == CORRAL_SLOT_IDLE);
+    CHECK(v.state_valid);
+  }
+}
+
+TEST_CASE("decode_slot flags a negative pid and never yields one") {
+  for (std::int32_t garbage : {-1, -12345, INT32_MIN}) {
+    CAPTURE(garbage);
+    corral_sb_slot raw{};
+    raw.state = CORRAL_SLOT_IDLE;
+    raw.pid = garbage;
+    auto v = corral::decode_slot(raw);
+    CHECK(v.pid == 0);  // never a pid that kill() would read as a process group
+    CHECK_FALSE(v.pid_valid);
+  }
+}
+
+TEST_CASE("decode_slot survives a slot full of random bytes") {
+  corral_sb_slot raw{};
+  auto* bytes = reinterpret_cast<unsigned char*>(&raw);
+  unsigned x = 12345;
+  for (int round = 0; round < 1000; ++round) {
+    for (size_t i = 0; i < sizeof raw; ++i) {
+      x = x * 1103515245U + 12345U;
+      bytes[i] = static_cast<unsigned char>(x >> 16);
+    }
+    auto v = corral::decode_slot(raw);
+    CHECK(static_cast<unsigned>(v.state) <= CORRAL_SLOT_RUNNING);
+    CHECK(static_cast<unsigned>(v.lock) <= CORRAL_LOCK_HELD);
+    CHECK(v.pid >= 0);
+  }
+}
+
+TEST_CASE("create makes the directory and a file sized for its slots, mode 0644") {
+  TempDir tmp;
+  std::string dir = tmp.path() + "/nested/sb";
+  auto sb = corral::Scoreboard::create(dir, "web", 4);
+  CHECK(sb.valid());
+  CHECK(sb.slot_count() == 4);
+  CHECK(sb.path() == dir + "/web.scoreboard");
+  struct stat st {};
+  REQUIRE(::stat(sb.path().c_str(), &st) == 0);
+  CHECK(static_cast<std::uint64_t>(st.st_size) == size_for(4));
+  CHECK((st.st_mode & 07777) == 0644);
+  // The fd workers inherit is close-on-exec until the supervisor clears it in the child.
+  CHECK((::fcntl(sb.fd(), F_GETFD) & FD_CLOEXEC) != 0);
+  auto h = sb.header();
+  CHECK(std::memcmp(h.magic, CORRAL_SB_MAGIC, 8) == 0);
+  CHECK(h.slot_count == 4);
+  CHECK(corral::validate_header(h, static_cast<std::uint64_t>(st.st_size)) == "");
+}
+
+TEST_CASE("a second create of the same job's scoreboard fails: it is in use") {
+  TempDir tmp;
+  auto first = corral::Scoreboard::create(tmp.path(), "web", 2);
+  first.write_header(::getpid(), 1, corral::realtime_ns(), CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0,
+                     2, 8, 64, "web", "127.0.0.1:8080");
+  first.claim_slot(0, 4242, 1, corral::monotonic_ns());
+
+  std::string message;
+  try {
+    (void)corral::Scoreboard::create(tmp.path(), "web", 2);
+  } catch (const corral::SetupError& e) {
+    message = e.what();
+  }
+  CHECK(message.find("in use") != std::string::npos);
+  CHECK(message.find(tmp.path() + "/web.scoreboard") != std::string::npos);
+  CHECK(message.find("(pid " + std::to_string(::getpid()) + ")") != std::string::npos);
+
+  // The failed attempt must not have wiped the running supervisor's slots.
+  CHECK(first.read_slot(0).pid == 4242);
+  CHECK(first.read_slot(0).state == CORRAL_SLOT_STARTING);
+
+  // Another job in the same directory is fine.
+  CHECK_NOTHROW((void)corral::Scoreboard::create(tmp.path(), "api", 2));
+}
+
+TEST_CASE("once the first supervisor is gone, its scoreboard can be created again, from zero") {
+  TempDir tmp;
+  {
+    auto first = corral::Scoreboard::create(tmp.path(), "web", 2);
+    first.claim_slot(1, 4242, 1, 5);
+  }
+  auto second = corral::Scoreboard::create(tmp.path(), "web", 2);
+  CHECK(second.read_slot(1).state == CORRAL_SLOT_EMPTY);
+  CHECK(second.read_slot(1).pid == 0);
+}
+
+TEST_CASE("claim, set and free a slot; read_slot sees each step") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 3);
+  auto empty = sb.read_slot(1);
+  CHECK(empty.state == CORRAL_SLOT_EMPTY);
+  CHECK(empty.pid == 0);
+
+  sb.claim_slot(1, 4242, 7, 1000);
+  auto s = sb.read_slot(1);
+  CHECK(s.state == CORRAL_SLOT_STARTING);
+  CHECK(s.state_valid);
+  CHECK(s.pid == 4242);
+  CHECK(s.generation == 7);
+  CHECK(s.lock == CORRAL_LOCK_NONE);
+  CHECK(s.requests == 0);
+  CHECK(s.state_since_ns == 1000);
+
+  sb.set_slot_state(1, CORRAL_SLOT_STOPPING, 2000);
+  s = sb.read_slot(1);
+  CHECK(s.state == CORRAL_SLOT_STOPPING);
+  CHECK(s.state_since_ns == 2000);
+  CHECK(s.pid == 4242);
+
+  sb.free_slot(1, 3000);
+  s = sb.read_slot(1);
+  CHECK(s.state == CORRAL_SLOT_EMPTY);
+  CHECK(s.pid == 0);
+  CHECK(s.state_since_ns == 3000);
+
+  // Neighbours are untouched.
+  CHECK(sb.read_slot(0).state == CORRAL_SLOT_EMPTY);
+  CHECK(sb.read_slot(2).state == CORRAL_SLOT_EMPTY);
+}
+
+TEST_CASE("slot indexes out of range are ignored, not written past the map") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 2);
+  sb.claim_slot(2, 4242, 1, 1);
+  sb.set_slot_state(99, CORRAL_SLOT_BUSY, 1);
+  sb.free_slot(UINT_MAX, 1);
+  auto s = sb.read_slot(2);
+  CHECK(s.state == CORRAL_SLOT_EMPTY);
+  CHECK(s.pid == 0);
+}
+
+TEST_CASE("open_read_only sees what the supervisor writes") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 4);
+  sb.write_header(1234, 2, 99, CORRAL_MODE_INETD, CORRAL_JOB_BACKING_OFF, 77, 2, 8, 64, "web",
+                  "127.0.0.1:8080\nunix:/run/web.sock");
+  sb.claim_slot(3, 4242, 2, 1000);
+  sb.set_slot_state(3, CORRAL_SLOT_IDLE, 1500);
+
+  auto ro = corral::Scoreboard::open_read_only(sb.path());
+  REQUIRE(ro.ok());
+  CHECK(ro->valid());
+  CHECK(ro->slot_count() == 4);
+  auto h = ro->header();
+  CHECK(h.supervisor_pid == 1234);
+  CHECK(h.generation == 2);
+  CHECK(h.mode == CORRAL_MODE_INETD);
+  CHECK(h.job_state == CORRAL_JOB_BACKING_OFF);
+  CHECK(std::string(h.job_name) == "web");
+  CHECK(std::string(h.listeners) == "127.0.0.1:8080\nunix:/run/web.sock");
+  auto s = ro->read_slot(3);
+  CHECK(s.state == CORRAL_SLOT_IDLE);
+  CHECK(s.pid == 4242);
+  CHECK(s.generation == 2);
+
+  // Later writes show through the shared mapping.
+  sb.free_slot(3, 2000);
+  CHECK(ro->read_slot(3).state == CORRAL_SLOT_EMPTY);
+
+  // A read-only map never writes.
+  ro->claim_slot(0, 1, 1, 1);
+  CHECK(sb.read_slot(0).pid == 0);
+}
+
+TEST_CASE("grow adds slots that readers opening afterwards see") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 2);
+  sb.claim_slot(1, 4242, 1, 1);
+  REQUIRE(sb.grow(8));
+  CHECK(sb.slot_count() == 8);
+  CHECK(sb.read_slot(1).pid == 4242);
+  sb.claim_slot(7, 4343, 1, 1);
+  auto ro = corral::Scoreboard::open_read_only(sb.path());
+  REQUIRE(ro.ok());
+  CHECK(ro->slot_count() == 8);
+  CHECK(ro->read_slot(7).pid == 4343);
+  CHECK(sb.grow(4));  // never shrinks
+  CHECK(sb.slot_count() == 8);
+}
+
+TEST_CASE("open_read_only refuses files that are not scoreboards") {
+  TempDir tmp;
+  auto missing = corral::Scoreboard::open_read_only(tmp.path() + "/nope.scoreboard");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code == ENOENT);
+  CHECK(missing.error().to_string().find("nope.scoreboard") != std::string::npos);
+
+  std::string short_file = tmp.path() + "/short.scoreboard";
+  write_file(short_file, "CORRALSB");
+  auto too_short = corral::Scoreboard::open_read_only(short_file);
+  REQUIRE_FALSE(too_short.ok());
+  CHECK(too_short.error().to_string() == short_file + ": not a corral scoreboard (too short)");
+
+  std::string garbage_file = tmp.path() + "/garbage.scoreboard";
+  write_file(garbage_file, std::string(4096, 'x'));
+  auto garbage = corral::Scoreboard::open_read_only(garbage_file);
+  REQUIRE_FALSE(garbage.ok());
+  CHECK(garbage.error().to_string() == garbage_file + ": not a corral scoreboard (bad magic)");
+
+  // A valid header that claims more slots than the file holds.
+  auto h = good_header(100);
+  std::string truncated(reinterpret_cast<const char*>(&h), sizeof h);
+  truncated += std::string(CORRAL_SB_SLOT_SIZE, '\0');
+  std::string truncated_file = tmp.path() + "/truncated.scoreboard";
+  write_file(truncated_file, truncated);
+  auto t = corral::Scoreboard::open_read_only(truncated_file);
+  REQUIRE_FALSE(t.ok());
+  CHECK(t.error().to_string() == truncated_file + ": file shorter than its slots");
+}
