@@ -187,7 +187,10 @@ class Loader {
 
   std::string absolute(const std::string& path) const {
     if (path.empty() || path.front() == '/') return path;
-    return (fs::path(base_dir_) / path).lexically_normal().string();
+    auto p = (fs::path(base_dir_) / path).lexically_normal();
+    // "." normalises to "/dir/": drop the trailing slash so joined paths stay clean.
+    if (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
+    return p.string();
   }
 
   JobConfig load_job(const YAML::Node& key, const YAML::Node& node) {
@@ -311,12 +314,11 @@ class Loader {
   void load_listener(JobConfig& job, const YAML::Node& node) {
     ListenerSpec spec;
     spec.mark = mark_of(node);
-    // yaml-cpp's Node::operator= writes through to the referenced node: reset() rebinds.
-    YAML::Node address_node;
-    address_node.reset(node);
+    // Bound once, never assigned: yaml-cpp's Node::operator= writes through to the referenced
+    // node, and reset() throws InvalidNode when the key is missing (a zombie node).
+    const YAML::Node address_node = node.IsMap() ? node["address"] : node;
     if (node.IsMap()) {
       check_keys(node, kListenerKeys, "listener");
-      address_node.reset(node["address"]);
       if (!address_node) {
         issue(node, "listener has no \"address:\"");
         return;

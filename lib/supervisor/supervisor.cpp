@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -72,12 +73,17 @@ struct WorkerRec {
   bool garbage_logged = false;
 };
 
+enum class AuditFinding { fine, lost, stalled, extra };
+constexpr std::uint64_t kAuditSpacing = 200 * kMs;
+
 // The accept mutex of one generation of a job.
 struct AcceptLock {
   AcceptMutex kind = AcceptMutex::none;
-  UniqueFd fd;       // handed to workers (pipe: FIFO O_RDWR; fcntl: memfd)
+  UniqueFd fd;          // handed to workers (pipe: FIFO O_RDWR; fcntl: memfd)
   UniqueFd private_fd;  // pipe: the supervisor's own non-blocking end, for audits
-  int audit_strikes = 0;
+  AuditFinding finding = AuditFinding::fine;
+  std::uint64_t finding_since = 0;
+  std::uint64_t last_requests = 0;
 };
 
 AcceptMutex resolve_accept_mutex(const JobConfig& job) {
@@ -175,7 +181,7 @@ class Supervisor::Impl {
   void on_worker_exit(Job& job, WorkerRec rec, int status) noexcept;
   void maintain() noexcept;
   void maintain_job(Job& job, std::uint64_t now) noexcept;
-  void audit_token(Job& job) noexcept;
+  void audit_token(Job& job, std::uint64_t now) noexcept;
   void spawn_worker(Job& job, std::uint64_t now) noexcept;
   void stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bool signal) noexcept;
   void signal_worker(const Job& job, const WorkerRec& w, int sig) noexcept;
@@ -572,35 +578,66 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   spdlog::info("job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
 }
 
-void Supervisor::Impl::audit_token(Job& job) noexcept {
-  // The token pipe's invariant: exactly one token, either in the pipe or held by a
-  // live worker whose slot says HELD. A holder killed while holding it takes the token
-  // with it; restore it. Transient states (a worker between read() and marking HELD)
-  // are filtered by requiring two consecutive bad audits (docs/PROTOCOL.md).
+void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
+  // The token pipe holds one token, in the pipe or with the worker that read it. A
+  // holder killed while holding it takes it along: restore it. What workers write in
+  // their slots is untrusted, so a token is restored when no live worker claims it, or
+  // when connections wait while the pipe is empty and no connection was accepted
+  // since the last audit (a stall, whoever claims the token). Extra tokens (from a
+  // wrong guess) only cost a little herd, and are drained once back in the pipe.
+  // Every action needs two observations at least kAuditSpacing apart.
   if (job.lock.kind != AcceptMutex::pipe || !job.lock.private_fd) return;
+  auto& lock = job.lock;
   int in_pipe = 0;
-  if (::ioctl(job.lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return;
+  if (::ioctl(lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return;
   int held = 0;
+  std::uint64_t requests = 0;
   for (const auto& [pid, w] : job.workers) {
-    if (w.generation != job.generation) continue;
-    if (job.sb.read_slot(w.slot).lock == CORRAL_LOCK_HELD) ++held;
+    if (w.generation != job.generation || w.term_sent) continue;
+    auto slot = job.sb.read_slot(w.slot);
+    if (slot.lock == CORRAL_LOCK_HELD) ++held;
+    requests += slot.requests;
   }
-  int tokens = in_pipe + held;
-  if (tokens == 1) {
-    job.lock.audit_strikes = 0;
+  bool progress = requests != lock.last_requests;
+  lock.last_requests = requests;
+  AuditFinding finding = AuditFinding::fine;
+  if (in_pipe >= 2) {
+    finding = AuditFinding::extra;
+  } else if (in_pipe == 0) {
+    if (held == 0) {
+      finding = AuditFinding::lost;
+    } else if (!progress) {
+      for (const auto& l : job.listeners) {
+        pollfd p{l->fd.get(), POLLIN, 0};
+        if (::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0) finding = AuditFinding::stalled;
+      }
+    }
+  }
+  if (finding == AuditFinding::fine || finding != lock.finding) {
+    lock.finding = finding;
+    lock.finding_since = now;
     return;
   }
-  if (++job.lock.audit_strikes < 2) return;
-  job.lock.audit_strikes = 0;
-  if (tokens == 0) {
-    spdlog::warn("job {}: the accept token was lost (its holder died); restoring it", job.cfg.name);
-    [[maybe_unused]] auto r = ::write(job.lock.private_fd.get(), "T", 1);
-  } else if (in_pipe > 0) {
-    spdlog::warn("job {}: {} accept tokens found; removing the extra", job.cfg.name, tokens);
-    char buf[64];
-    auto extra = static_cast<size_t>(std::min(tokens - 1, in_pipe));
-    [[maybe_unused]] auto r = ::read(job.lock.private_fd.get(), buf, std::min(extra, sizeof buf));
+  if (now - lock.finding_since < kAuditSpacing) return;
+  lock.finding = AuditFinding::fine;
+  switch (finding) {
+    case AuditFinding::lost:
+      spdlog::warn("job {}: the accept token was lost (its holder died); restoring it", job.cfg.name);
+      break;
+    case AuditFinding::stalled:
+      spdlog::warn("job {}: connections wait but the accept token is not coming back; adding one",
+                   job.cfg.name);
+      break;
+    case AuditFinding::extra: {
+      spdlog::info("job {}: {} accept tokens in the pipe; removing the extra", job.cfg.name, in_pipe);
+      char buf[64];
+      auto extra = std::min<size_t>(static_cast<size_t>(in_pipe - 1), sizeof buf);
+      [[maybe_unused]] auto r = ::read(lock.private_fd.get(), buf, extra);
+      return;
+    }
+    default: return;
   }
+  [[maybe_unused]] auto r = ::write(lock.private_fd.get(), "T", 1);
 }
 
 void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
@@ -688,7 +725,7 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
       default: break;
     }
   }
-  if (job.cfg.mode == Mode::prefork) audit_token(job);
+  if (job.cfg.mode != Mode::plain) audit_token(job, now);
   if (job.removed || stopping_) return;
   if (job.state == JobState::failed) return;
   if (job.state == JobState::backing_off && now < job.retry_at) return;

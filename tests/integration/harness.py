@@ -49,6 +49,22 @@ def pid_alive(pid):
         return False
 
 
+def children_of(pid):
+    """Pids whose parent is pid (live or zombie), from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return out
+
+
 def connect(port, host="127.0.0.1", timeout=5.0):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)

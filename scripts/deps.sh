@@ -1,0 +1,11 @@
+#!/bin/sh
+# Installs everything corral needs to build and test, from Debian 12's packages.
+set -eu
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential cmake ninja-build pkg-config \
+  libsystemd-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev libcli11-dev nlohmann-json3-dev \
+  python3 systemd clang-format clang-tidy >/dev/null
