@@ -106,7 +106,6 @@ int run_command(const RunOptions& o, int log_level) {
     return print_config_error(e);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
-    std::cerr << "corral: " << e.what() << "\n";
     return kExitSetup;
   }
 }

@@ -251,6 +251,12 @@ void Scoreboard::set_slot_state(unsigned slot, corral_slot_state state, std::uin
   store(&s->state, static_cast<std::uint32_t>(state));
 }
 
+void Scoreboard::set_slot_pid(unsigned slot, pid_t pid) {
+  auto* s = slot_ptr(slot);
+  if (s == nullptr || !writable_) return;
+  store(&s->pid, static_cast<std::int32_t>(pid));
+}
+
 void Scoreboard::free_slot(unsigned slot, std::uint64_t now_ns) {
   auto* s = slot_ptr(slot);
   if (s == nullptr || !writable_) return;

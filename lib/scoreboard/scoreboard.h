@@ -67,6 +67,8 @@ class Scoreboard {
   /// Supervisor side of a slot: claim it for a new worker, mark it stopping, free it.
   void claim_slot(unsigned slot, pid_t pid, std::uint32_t generation, std::uint64_t now_ns);
   void set_slot_state(unsigned slot, corral_slot_state state, std::uint64_t now_ns);
+  /// Records the pid once fork returned (the worker may already have written its state).
+  void set_slot_pid(unsigned slot, pid_t pid);
   void free_slot(unsigned slot, std::uint64_t now_ns);
 
   /// Validated snapshot of one slot.

@@ -436,7 +436,11 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
       record_failure(job, now, true, "could not execute the program");
     return;
   }
-  if (rec.term_sent || stopping_) {
+  // In inetd mode a program ending is the end of a connection, not an event.
+  const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
+  if (program_done) {
+    spdlog::debug("job {}: program {} (slot {}) {}", name, rec.pid, rec.slot, how);
+  } else if (rec.term_sent || stopping_) {
     spdlog::info("job {}: worker {} (slot {}) {}", name, rec.pid, rec.slot, how);
   } else {
     spdlog::warn("job {}: worker {} (slot {}) {}", name, rec.pid, rec.slot, how);
@@ -460,7 +464,8 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
       crashed = !rec.ready && slot.state == CORRAL_SLOT_STARTING && !rec.term_sent;
       break;
     case Mode::inetd:
-      crashed = !rec.ready && !rec.term_sent;
+      // An acceptor that accepted marked its slot busy; the program's exit is its own.
+      crashed = !rec.ready && slot.state == CORRAL_SLOT_STARTING && !rec.term_sent;
       break;
     case Mode::plain:
       crashed = !rec.term_sent && now - rec.started_ns < kPlainCrashWindow;
@@ -571,11 +576,12 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   w.generation = job.generation;
   w.started_ns = now;
   job.slot_used[slot] = true;
-  job.sb.claim_slot(slot, w.pid, job.generation, now);
+  job.sb.set_slot_pid(slot, w.pid);
   if (cfg.mode == Mode::plain) job.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
   job.workers.emplace(w.pid, w);
   if (exec_errors) job.exec_errors.emplace(w.pid, std::move(exec_errors));
-  spdlog::info("job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
+  spdlog::log(cfg.mode == Mode::inetd && !job.initial ? spdlog::level::debug : spdlog::level::info,
+              "job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
 }
 
 void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
