@@ -18,6 +18,7 @@ struct Listener {
   std::string display;  // the bound address as clients reach it ("127.0.0.1:41234")
   bool inherited = false;  // passed in by systemd (LISTEN_FDS)
   bool used = false;       // taken by a job of the current configuration
+  bool stored = false;     // handed to the service manager's fd store
 };
 
 /// Owns every listening socket of the supervisor. Not thread-safe; single loop.

@@ -19,6 +19,7 @@
 
 #include "common/unique_fd.h"
 #include "listen/listener.h"
+#include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
 #include "supervisor/inetd.h"
@@ -190,6 +191,8 @@ class Supervisor::Impl {
   void reload() noexcept;
   std::uint64_t next_deadline(std::uint64_t now) const noexcept;
   void write_headers(std::uint64_t now) noexcept;
+  void notify_manager(std::uint64_t now) noexcept;
+  void store_bound_listeners() noexcept;
   bool all_failed() const noexcept;
 
   SupervisorOptions options_;
@@ -199,6 +202,8 @@ class Supervisor::Impl {
   std::string scoreboard_dir_;
   UniqueFd epoll_;
   UniqueFd signal_fd_;
+  Notifier notifier_;
+  bool ready_sent_ = false;
   pid_t self_ = 0;
   std::uint64_t started_realtime_ = 0;
   std::uint32_t generation_ = 1;
@@ -323,11 +328,13 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
 int Supervisor::Impl::run() {
   self_ = ::getpid();
   started_realtime_ = realtime_ns();
+  notifier_ = Notifier::from_environment();
   block_signals();
   listeners_.adopt_systemd_listeners();
   environment_ = inheritable_environment();
   scoreboard_dir_ = scoreboard_dir_of(options_.config);
   apply_config(options_.config, true);
+  store_bound_listeners();
 
   epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_) throw SetupError("epoll_create1", "", errno);
@@ -349,6 +356,7 @@ int Supervisor::Impl::run() {
       begin_stop(false);
       continue;
     }
+    notifier_.watchdog(now);
     auto deadline = next_deadline(now);
     int timeout_ms = deadline <= now ? 0 : static_cast<int>(std::min<std::uint64_t>((deadline - now + kMs - 1) / kMs, 60000));
     epoll_event events[8];
@@ -769,6 +777,57 @@ void Supervisor::Impl::maintain() noexcept {
     std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return j->workers.empty(); });
   }
   write_headers(now);
+  notify_manager(now);
+}
+
+void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
+  if (!notifier_.enabled() || stopping_) return;
+  std::string text;
+  bool ready = true;
+  for (const auto& job : jobs_) {
+    if (job->removed) continue;
+    unsigned idle = 0;
+    unsigned busy = 0;
+    unsigned total = 0;
+    for (const auto& [pid, w] : job->workers) {
+      if (w.generation != job->generation || w.term_sent) continue;
+      ++total;
+      if (w.last_state == CORRAL_SLOT_IDLE) ++idle;
+      if (w.last_state == CORRAL_SLOT_BUSY || w.last_state == CORRAL_SLOT_RUNNING) ++busy;
+    }
+    if (!text.empty()) text += "; ";
+    text += job->cfg.name + ": ";
+    if (job->state == JobState::failed) {
+      text += "failed";
+      continue;
+    }
+    if (job->cfg.mode == Mode::plain) {
+      text += std::to_string(busy) + " running";
+      if (total < job->cfg.workers.start) ready = false;
+    } else {
+      text += std::to_string(idle) + " idle, " + std::to_string(busy) + " busy";
+      if (job->initial || idle == 0) ready = false;
+    }
+  }
+  if (!ready_sent_ && ready) {
+    notifier_.ready(text);
+    ready_sent_ = true;
+  } else {
+    notifier_.status(text, now);
+    notifier_.flush_status(now);
+  }
+}
+
+void Supervisor::Impl::store_bound_listeners() noexcept {
+  if (!notifier_.enabled()) return;
+  std::vector<std::pair<int, std::string>> fds;
+  for (const auto& l : listeners_.all()) {
+    if (!l->inherited && !l->stored) {
+      fds.emplace_back(l->fd.get(), l->name);
+      l->stored = true;
+    }
+  }
+  notifier_.store_fds(fds);
 }
 
 void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
@@ -797,6 +856,7 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
     if (job->excess_since != 0) fast = true;
   }
   if (fast) deadline = std::min(deadline, now + kFastTick);
+  if (auto n = notifier_.next_deadline(); n != 0) deadline = std::min(deadline, std::max(n, now));
   return deadline;
 }
 
@@ -813,6 +873,7 @@ bool Supervisor::Impl::all_failed() const noexcept {
 void Supervisor::Impl::begin_stop(bool fast) noexcept {
   auto now = monotonic_ns();
   if (stopping_ && !fast) return;
+  if (!stopping_) notifier_.stopping();
   stopping_ = true;
   fast_stop_ = fast_stop_ || fast;
   for (auto& job : jobs_) {
@@ -837,6 +898,7 @@ void Supervisor::Impl::reload() noexcept {
   } else {
     spdlog::info("SIGHUP: reloading {}", options_.config_path);
   }
+  notifier_.reloading();
   try {
     Config config = options_.config_path.empty()
                         ? options_.config
@@ -846,6 +908,7 @@ void Supervisor::Impl::reload() noexcept {
       config.scoreboard_dir = scoreboard_dir_;
     }
     apply_config(std::move(config), false);
+    store_bound_listeners();
     spdlog::info("reload done: generation {}", generation_);
   } catch (const ConfigError& e) {
     for (const auto& issue : e.issues()) spdlog::error("{}", issue.to_string());
@@ -853,6 +916,8 @@ void Supervisor::Impl::reload() noexcept {
   } catch (const std::exception& e) {
     spdlog::error("reload failed: {}; the running configuration stays", e.what());
   }
+  // READY=1 follows RELOADING=1 once the (new or kept) generation is up.
+  ready_sent_ = false;
 }
 
 }  // namespace corral
