@@ -15,6 +15,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -202,6 +203,25 @@ void append_ok(char* out, std::size_t& len, DateLine& date, bool keep_alive, boo
   append(out, len, kBody, sizeof kBody - 1);
 }
 
+// Before we close a connection ourselves: if the client already sent more than
+// we read, close() would answer with RST (RFC 2525, 2.17), and the client's
+// stack may discard the response it has not read yet. Like Apache's lingering
+// close, send FIN first and drain for a bounded time. Without pending input
+// (the usual case) this is one ioctl.
+void close_gently(int fd) {
+  int pending = 0;
+  if (::ioctl(fd, FIONREAD, &pending) < 0 || pending == 0) return;
+  ::shutdown(fd, SHUT_WR);
+  timeval limit{1, 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  char sink[4096];
+  for (std::size_t total = 0; total < 256 * 1024;) {
+    ssize_t n = ::recv(fd, sink, sizeof sink, 0);
+    if (n <= 0) return;  // EOF, timeout, reset or a signal: enough
+    total += static_cast<std::size_t>(n);
+  }
+}
+
 void serve(int fd, const corral::Worker& worker, DateLine& date) {
   // Both are best effort (TCP_NODELAY fails on a unix socket, which is fine):
   // no Nagle delay for a second pipelined batch, and a bound on idle keep-alive.
@@ -255,7 +275,10 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
       }
     }
     if (out_len > 0 && !send_all(fd, out, out_len)) return;
-    if (close_after) return;
+    if (close_after) {
+      close_gently(fd);
+      return;
+    }
 
     // Keep the unfinished request at the front of the buffer.
     if (pos > 0) {
@@ -264,7 +287,7 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
       scan = scan > pos ? scan - pos : 0;
     }
     if (have == kInSize) {
-      (void)send_all(fd, kTooLarge, sizeof kTooLarge - 1);
+      if (send_all(fd, kTooLarge, sizeof kTooLarge - 1)) close_gently(fd);
       return;
     }
     // Between requests and asked to stop: close the keep-alive connection now.

@@ -266,6 +266,16 @@ void Scoreboard::free_slot(unsigned slot, std::uint64_t now_ns) {
   store(&s->state_since_ns, now_ns);
 }
 
+int Scoreboard::idle_hint() const {
+  if (base_ == nullptr) return 0;
+  return __atomic_load_n(&static_cast<corral_sb_header*>(base_)->idle_hint, __ATOMIC_ACQUIRE);
+}
+
+void Scoreboard::add_idle_hint(int delta) {
+  if (base_ == nullptr || !writable_) return;
+  __atomic_fetch_add(&static_cast<corral_sb_header*>(base_)->idle_hint, delta, __ATOMIC_ACQ_REL);
+}
+
 SlotView Scoreboard::read_slot(unsigned slot) const {
   auto* s = slot_ptr(slot);
   if (s == nullptr) return SlotView{};

@@ -71,6 +71,10 @@ class Scoreboard {
   void set_slot_pid(unsigned slot, pid_t pid);
   void free_slot(unsigned slot, std::uint64_t now_ns);
 
+  /// The workers' idle hint (header offset 960), and the supervisor's correction.
+  [[nodiscard]] int idle_hint() const;
+  void add_idle_hint(int delta);
+
   /// Validated snapshot of one slot.
   [[nodiscard]] SlotView read_slot(unsigned slot) const;
 

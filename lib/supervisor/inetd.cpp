@@ -92,10 +92,11 @@ int acceptor_main(void* arg) {
   const auto& p = *a.params;
   const auto& plan = *a.plan;
   // Fds were placed by the spawn layer: listeners at 3.., then the lock, the
-  // scoreboard, and the exec-error pipe.
+  // scoreboard, the notify pipe, and the exec-error pipe.
   unsigned next = 3 + p.listener_count;
   int lock_fd = p.has_lock_fd ? static_cast<int>(next++) : -1;
   int sb_fd = static_cast<int>(next++);
+  int notify_fd = p.has_notify_fd ? static_cast<int>(next++) : -1;
   int report_fd = static_cast<int>(next++);
   ::fcntl(report_fd, F_SETFD, FD_CLOEXEC);
   char buf[32];
@@ -106,6 +107,7 @@ int acceptor_main(void* arg) {
   ::setenv(CORRAL_ENV_LOCK_KIND, p.lock_kind, 1);
   if (lock_fd >= 0) ::setenv(CORRAL_ENV_LOCK_FD, std::to_string(lock_fd).c_str(), 1);
   ::setenv(CORRAL_ENV_SCOREBOARD_FD, std::to_string(sb_fd).c_str(), 1);
+  if (notify_fd >= 0) ::setenv(CORRAL_ENV_NOTIFY_FD, std::to_string(notify_fd).c_str(), 1);
   ::setenv(CORRAL_ENV_SLOT, std::to_string(p.slot).c_str(), 1);
   corral_worker* w = nullptr;
   if (int r = corral_worker_init(&w); r != 0) {

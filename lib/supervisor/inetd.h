@@ -19,12 +19,13 @@ struct InetdParams {
   unsigned listener_count = 0;
   const char* lock_kind = "none";
   bool has_lock_fd = false;
+  bool has_notify_fd = false;
   unsigned slot = 0;
   unsigned max_per_source = 0;
 };
 
 /// Forks an acceptor. `plan.inherit` must hold the listeners, then the lock fd (when
-/// has_lock_fd), then the scoreboard fd; `plan.env` is the program's environment
+/// has_lock_fd), then the scoreboard fd, then the notify fd (when has_notify_fd); `plan.env` is the program's environment
 /// (without LISTEN_* and CORRAL_* fds). The acceptor runs the worker protocol (lock,
 /// poll, accept) from lib/worker, then execs plan.path with the connection on fds 0
 /// and 1, REMOTE_ADDR/REMOTE_PORT/PROTO/TCP* in the environment, and no other fd.

@@ -15,8 +15,11 @@ PoolAction plan_pool(const JobConfig& job, const PoolCounts& c, bool initial) {
   }
   unsigned want_total = 0;
   if (initial) want_total = w.start;
-  unsigned available = c.idle + c.starting;
-  if (available < w.min_spare) want_total = std::max(want_total, total + (w.min_spare - available));
+  // Queued connections will each take an idle (or starting) worker; min_spare must be
+  // left over after that.
+  const unsigned available = c.idle + c.starting;
+  const unsigned needed = w.min_spare + c.queued;
+  if (available < needed) want_total = std::max(want_total, total + (needed - available));
   action.spawn = std::min(want_total > total ? want_total - total : 0, room);
   if (c.idle > w.max_spare) action.retire = c.idle - w.max_spare;
   return action;

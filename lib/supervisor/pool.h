@@ -12,6 +12,7 @@ struct PoolCounts {
   unsigned idle = 0;
   unsigned busy = 0;      // prefork: holding a connection; inetd: running the program;
                           // plain: running
+  unsigned queued = 0;    // connections waiting in the listen queues
 };
 
 struct PoolAction {
@@ -20,7 +21,9 @@ struct PoolAction {
 };
 
 /// How many workers to start or retire. `initial`: the job has just (re)started and
-/// `workers.start` applies. Never plans a total above `workers.max`.
+/// `workers.start` applies. Starts enough for every queued connection plus min_spare
+/// (the deficit, not Apache's 1, 2, 4... per second). Never plans a total above
+/// `workers.max`.
 PoolAction plan_pool(const JobConfig& job, const PoolCounts& counts, bool initial);
 
 }  // namespace corral

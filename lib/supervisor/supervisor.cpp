@@ -8,6 +8,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <poll.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -19,6 +21,7 @@
 
 #include "common/unique_fd.h"
 #include "listen/listener.h"
+#include "log/log.h"
 #include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
@@ -34,9 +37,18 @@ constexpr std::uint64_t kBackoffBase = 100 * kMs;
 constexpr std::uint64_t kPlainCrashWindow = 1 * kSec;
 constexpr std::uint64_t kFastTick = 50 * kMs;
 constexpr std::uint64_t kSlowTick = 1 * kSec;
-constexpr std::uint64_t kRetireInterval = 200 * kMs;  // at most one idle worker retired per interval
-constexpr std::uint64_t kRetireHysteresis = 1 * kSec;  // ... once the excess lasted this long
-constexpr unsigned kMaxSpawnPerTick = 64;
+// Idle workers above max_spare are retired only once the excess has lasted
+// kRetireHysteresis, then a quarter of the excess every kRetireInterval: an oscillating
+// load causes no fork/kill churn, and a burst's surplus is gone within seconds.
+constexpr std::uint64_t kRetireInterval = 500 * kMs;
+constexpr std::uint64_t kRetireHysteresis = 3 * kSec;
+// Notifications from workers wake the supervisor at most once per kNotifyInterval.
+constexpr std::uint64_t kNotifyInterval = 5 * kMs;
+// A worker holding the accept mutex this long while connections wait and none is
+// accepted is stuck (alive, not accepting): it is replaced.
+constexpr std::uint64_t kStuckHolder = 3 * kSec;
+constexpr unsigned kSpawnBurst = 64;  // fork-rate cap: starts per kSpawnWindow
+constexpr std::uint64_t kSpawnWindow = 100 * kMs;
 
 std::uint64_t to_ns(Duration d) { return d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0; }
 
@@ -72,7 +84,29 @@ struct WorkerRec {
   std::uint64_t kill_at = 0;  // SIGKILL deadline once asked to stop; 0 = none
   corral_slot_state last_state = CORRAL_SLOT_STARTING;
   bool garbage_logged = false;
+  std::uint64_t held_since = 0;  // lock_since_ns of the slot when first seen HELD
+  std::uint64_t held_seen_at = 0;
+  std::uint64_t held_requests_base = 0;  // other workers' requests at that moment
 };
+
+// Connections waiting in the accept queues of `listeners`: TCP_INFO's tcpi_unacked is
+// the accept queue length of a listening TCP socket (tcp_get_info()); for other
+// sockets poll() only says whether any waits (counted as 1).
+unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners) {
+  unsigned total = 0;
+  for (const auto& l : listeners) {
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (::getsockopt(l->fd.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+        info.tcpi_state == TCP_LISTEN) {
+      total += info.tcpi_unacked;
+      continue;
+    }
+    pollfd p{l->fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0) total += 1;
+  }
+  return total;
+}
 
 enum class AuditFinding { fine, lost, stalled, extra };
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;
@@ -154,6 +188,15 @@ class Job {
   bool removed = false;  // dropped by a reload: stop and forget once empty
   std::uint64_t excess_since = 0;
   std::uint64_t last_retire = 0;
+  UniqueFd notify_read;   // workers write a byte when idle workers run short
+  UniqueFd notify_write;  // inherited by workers as CORRAL_NOTIFY_FD (non-blocking)
+  bool notify_armed = false;
+  std::uint64_t notify_rearm_at = 0;
+  std::uint64_t stall_since = 0;
+  std::uint64_t stall_requests = 0;
+  std::uint64_t spawn_window_start = 0;
+  unsigned spawned_in_window = 0;
+  int hint_delta = 0;
   std::vector<std::string> base_env;
   std::optional<Credentials> credentials;
   std::string listeners_text;
@@ -183,6 +226,9 @@ class Supervisor::Impl {
   void maintain() noexcept;
   void maintain_job(Job& job, std::uint64_t now) noexcept;
   void audit_token(Job& job, std::uint64_t now) noexcept;
+  void replace_stuck_holders(Job& job, unsigned queued, std::uint64_t now) noexcept;
+  void correct_idle_hint(Job& job, unsigned idle) noexcept;
+  void arm_notify(Job& job) noexcept;
   void spawn_worker(Job& job, std::uint64_t now) noexcept;
   void stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bool signal) noexcept;
   void signal_worker(const Job& job, const WorkerRec& w, int sig) noexcept;
@@ -246,6 +292,12 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   if (!reuse_scoreboard) {
     job->sb = Scoreboard::create(scoreboard_dir_, cfg.name, slots_for(cfg));
     job->slot_used.assign(job->sb.slot_count(), false);
+    if (cfg.mode != Mode::plain) {
+      int fds[2];
+      if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw SetupError("pipe2", "notify pipe", errno);
+      job->notify_read = UniqueFd(fds[0]);
+      job->notify_write = UniqueFd(fds[1]);
+    }
   }
   auto lock = make_accept_lock(resolve_accept_mutex(cfg), scoreboard_dir_, cfg.name, generation_);
   if (!lock) throw SetupError(lock.error().to_string());
@@ -289,12 +341,19 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     Job* old = find_old(job->cfg.name);
     if (old == nullptr) continue;
     job->sb = std::move(old->sb);
+    LogContext log_ctx{job->cfg.name};
     if (!job->sb.grow(slots_for(job->cfg)))
       spdlog::warn("job {}: cannot grow scoreboard {}: {}", job->cfg.name, job->sb.path(),
                    std::strerror(errno));
     job->slot_used.assign(job->sb.slot_count(), false);
     job->workers = std::move(old->workers);
     job->exec_errors = std::move(old->exec_errors);
+    if (!job->notify_read && old->notify_read) {
+      job->notify_read = std::move(old->notify_read);
+      job->notify_write = std::move(old->notify_write);
+      job->notify_armed = false;  // re-registered below for the new Job
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, job->notify_read.get(), nullptr);
+    }
     old->workers.clear();
     for (const auto& [pid, w] : job->workers) {
       if (w.slot < job->slot_used.size()) job->slot_used[w.slot] = true;
@@ -306,12 +365,16 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     if (old->cfg.name.empty()) continue;
     if (!old->removed) {
       old->removed = true;
+      LogContext log_ctx{old->cfg.name};
       spdlog::info("job {}: removed by the new configuration; stopping its workers", old->cfg.name);
     }
     if (!old->workers.empty()) next.push_back(std::move(old));
   }
   jobs_ = std::move(next);
   options_.config = std::move(config);
+  for (auto& job : jobs_) {
+    if (job->notify_read && !job->notify_armed && !job->removed) arm_notify(*job);
+  }
   for (const auto& closed : listeners_.close_unused()) spdlog::info("closed listener {}", closed);
   listeners_.report_unused_inherited();
   auto now = monotonic_ns();
@@ -333,11 +396,11 @@ int Supervisor::Impl::run() {
   listeners_.adopt_systemd_listeners();
   environment_ = inheritable_environment();
   scoreboard_dir_ = scoreboard_dir_of(options_.config);
+  epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_) throw SetupError("epoll_create1", "", errno);
   apply_config(options_.config, true);
   store_bound_listeners();
 
-  epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll_) throw SetupError("epoll_create1", "", errno);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.fd = signal_fd_.get();
@@ -366,7 +429,24 @@ int Supervisor::Impl::run() {
       return 1;
     }
     for (int i = 0; i < n; ++i) {
-      if (events[i].data.fd == signal_fd_.get()) handle_signals();
+      if (events[i].data.fd == signal_fd_.get()) {
+        handle_signals();
+        continue;
+      }
+      for (auto& job : jobs_) {
+        if (job->notify_read.get() != events[i].data.fd) continue;
+        // Drain, and stay deaf for kNotifyInterval: under overload every connection
+        // notifies, and one look per interval is enough.
+        char buf[512];
+        while (::read(job->notify_read.get(), buf, sizeof buf) > 0) {
+        }
+        job->notify_armed = false;
+        job->notify_rearm_at = monotonic_ns() + kNotifyInterval;
+      }
+    }
+    auto after = monotonic_ns();
+    for (auto& job : jobs_) {
+      if (job->notify_read && !job->notify_armed && after >= job->notify_rearm_at) arm_notify(*job);
     }
     maintain();
   }
@@ -376,6 +456,18 @@ int Supervisor::Impl::run() {
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;
+}
+
+void Supervisor::Impl::arm_notify(Job& job) noexcept {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.data.fd = job.notify_read.get();
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, ev.data.fd, &ev) != 0 &&
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
+    spdlog::warn("job {}: epoll_ctl notify pipe: {}", job.cfg.name, std::strerror(errno));
+    return;
+  }
+  job.notify_armed = true;
 }
 
 void Supervisor::Impl::handle_signals() noexcept {
@@ -424,6 +516,7 @@ void Supervisor::Impl::reap() noexcept {
 }
 
 void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexcept {
+  LogContext log_ctx{job.cfg.name, rec.slot, rec.pid};
   auto now = monotonic_ns();
   SlotView slot = job.sb.read_slot(rec.slot);
   if (rec.slot < job.slot_used.size()) job.slot_used[rec.slot] = false;
@@ -484,6 +577,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
 
 void Supervisor::Impl::record_failure(Job& job, std::uint64_t now, bool counts,
                                       const std::string& why) noexcept {
+  LogContext log_ctx{job.cfg.name};
   if (counts) ++job.failures;
   auto max = job.cfg.restart.max_failures;
   if (counts && max != 0 && job.failures >= max) {
@@ -518,6 +612,7 @@ void Supervisor::Impl::stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bo
 }
 
 void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
+  LogContext job_ctx{job.cfg.name};
   unsigned slot = 0;
   while (slot < job.slot_used.size() && job.slot_used[slot]) ++slot;
   if (slot >= job.slot_used.size()) {
@@ -550,6 +645,10 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     set_env(plan.env, CORRAL_ENV_LOCK_KIND, lock_env_kind(job.lock.kind));
     set_env(plan.env, CORRAL_ENV_SCOREBOARD_FD, std::to_string(3 + plan.inherit.size()));
     plan.inherit.push_back(job.sb.fd());
+    if (job.notify_write) {
+      set_env(plan.env, CORRAL_ENV_NOTIFY_FD, std::to_string(3 + plan.inherit.size()));
+      plan.inherit.push_back(job.notify_write.get());
+    }
     set_env(plan.env, CORRAL_ENV_SLOT, std::to_string(slot));
     set_env(plan.env, CORRAL_ENV_GENERATION, std::to_string(job.generation));
   }
@@ -560,7 +659,9 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   if (cfg.mode == Mode::inetd) {
     if (job.lock.fd) plan.inherit.push_back(job.lock.fd.get());
     plan.inherit.push_back(job.sb.fd());
+    if (job.notify_write) plan.inherit.push_back(job.notify_write.get());
     InetdParams params;
+    params.has_notify_fd = job.notify_write.valid();
     params.job = cfg.name;
     params.listener_names = names;
     params.listener_count = static_cast<unsigned>(job.listeners.size());
@@ -573,6 +674,7 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     pid = spawn_process(plan);
   }
   if (!pid) {
+    LogContext slot_ctx{cfg.name, slot};
     job.sb.free_slot(slot, now);
     spdlog::error("job {}: spawn worker (slot {}): {}", cfg.name, slot, pid.error().to_string());
     record_failure(job, now, true, "could not be started");
@@ -588,6 +690,7 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   if (cfg.mode == Mode::plain) job.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
   job.workers.emplace(w.pid, w);
   if (exec_errors) job.exec_errors.emplace(w.pid, std::move(exec_errors));
+  LogContext worker_ctx{cfg.name, slot, w.pid};
   spdlog::log(cfg.mode == Mode::inetd && !job.initial ? spdlog::level::debug : spdlog::level::info,
               "job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
 }
@@ -601,6 +704,7 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
   // wrong guess) only cost a little herd, and are drained once back in the pipe.
   // Every action needs two observations at least kAuditSpacing apart.
   if (job.lock.kind != AcceptMutex::pipe || !job.lock.private_fd) return;
+  LogContext log_ctx{job.cfg.name};
   auto& lock = job.lock;
   int in_pipe = 0;
   if (::ioctl(lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return;
@@ -655,9 +759,11 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
 }
 
 void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
+  LogContext job_ctx{job.cfg.name};
   PoolCounts counts;
   std::vector<WorkerRec*> idle_current;
   for (auto& [pid, w] : job.workers) {
+    LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
     // Deadlines of workers asked to stop.
     if (w.term_sent && !w.kill_sent && w.kill_at != 0 && now >= w.kill_at) {
       spdlog::warn("job {}: worker {} (slot {}) did not stop within graceful_timeout; SIGKILL",
@@ -739,33 +845,101 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
       default: break;
     }
   }
-  if (job.cfg.mode != Mode::plain) audit_token(job, now);
+  if (job.cfg.mode != Mode::plain) {
+    audit_token(job, now);
+    counts.queued = queued_connections(job.listeners);
+    replace_stuck_holders(job, counts.queued, now);
+    correct_idle_hint(job, counts.idle);
+  }
   if (job.removed || stopping_) return;
   if (job.state == JobState::failed) return;
   if (job.state == JobState::backing_off && now < job.retry_at) return;
 
   PoolAction action = plan_pool(job.cfg, counts, job.initial);
-  unsigned spawn = std::min(action.spawn, kMaxSpawnPerTick);
+  // Fork-rate cap: at most kSpawnBurst starts per kSpawnWindow.
+  if (now - job.spawn_window_start >= kSpawnWindow) {
+    job.spawn_window_start = now;
+    job.spawned_in_window = 0;
+  }
+  unsigned spawn = std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
   if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
   if (job.state == JobState::backing_off && spawn > 0) job.retry_at = now + job.backoff_ns;
   for (unsigned i = 0; i < spawn && job.state != JobState::failed; ++i) spawn_worker(job, now);
+  job.spawned_in_window += spawn;
   if (spawn == action.spawn) job.initial = false;
 
-  // Retire idle workers above max_spare gradually: only once the excess has lasted
-  // kRetireHysteresis, and one per kRetireInterval, so an oscillating load causes no churn.
   if (action.retire == 0) {
     job.excess_since = 0;
   } else if (job.excess_since == 0) {
     job.excess_since = now;
   } else if (now - job.excess_since >= kRetireHysteresis && now - job.last_retire >= kRetireInterval &&
              !idle_current.empty()) {
-    auto* victim = *std::max_element(idle_current.begin(), idle_current.end(),
-                                     [](auto* a, auto* b) { return a->slot < b->slot; });
-    spdlog::info("job {}: {} idle workers, max_spare {}; retiring worker {} (slot {})", job.cfg.name,
-                 counts.idle, job.cfg.workers.max_spare, victim->pid, victim->slot);
-    stop_worker(job, *victim, now, true);
+    // Highest slots first (Apache retires one idle child at a time; a quarter of the
+    // excess per interval empties a burst's surplus in a few seconds).
+    std::sort(idle_current.begin(), idle_current.end(), [](auto* a, auto* b) { return a->slot > b->slot; });
+    unsigned n = std::min<unsigned>((action.retire + 3) / 4, static_cast<unsigned>(idle_current.size()));
+    spdlog::info("job {}: {} idle workers, max_spare {}; retiring {}", job.cfg.name, counts.idle,
+                 job.cfg.workers.max_spare, n);
+    for (unsigned i = 0; i < n; ++i) stop_worker(job, *idle_current[i], now, true);
     job.last_retire = now;
   }
+}
+
+void Supervisor::Impl::replace_stuck_holders(Job& job, unsigned queued, std::uint64_t now) noexcept {
+  // Holding the accept mutex while idle is normal. Holding it for kStuckHolder while
+  // (a) connections waited all along and none was accepted, or (b) other workers
+  // accepted meanwhile (possible only if the holder was bypassed by a restored token)
+  // means the holder is alive but not accepting: replace it.
+  if (job.lock.kind != AcceptMutex::pipe && job.lock.kind != AcceptMutex::fcntl) return;
+  std::uint64_t requests = 0;
+  for (const auto& [pid, w] : job.workers) {
+    if (w.generation == job.generation) requests += job.sb.read_slot(w.slot).requests;
+  }
+  if (queued == 0 || requests != job.stall_requests) {
+    job.stall_since = queued == 0 ? 0 : now;
+    job.stall_requests = requests;
+  } else if (job.stall_since == 0) {
+    job.stall_since = now;
+  }
+  const bool stalled = job.stall_since != 0 && now - job.stall_since >= kStuckHolder;
+  for (auto& [pid, w] : job.workers) {
+    if (w.term_sent || w.generation != job.generation) continue;
+    SlotView s = job.sb.read_slot(w.slot);
+    if (s.lock != CORRAL_LOCK_HELD) {
+      w.held_since = 0;
+      continue;
+    }
+    if (w.held_since != s.lock_since_ns || w.held_since == 0) {
+      w.held_since = s.lock_since_ns;
+      w.held_seen_at = now;
+      w.held_requests_base = requests - std::min(requests, s.requests);
+      continue;
+    }
+    const std::uint64_t others = requests - std::min(requests, s.requests);
+    const bool bypassed = others > w.held_requests_base;
+    if (now - w.held_seen_at >= kStuckHolder && (stalled || bypassed)) {
+      LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
+      spdlog::warn("job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
+                   "waited; replacing it", job.cfg.name, w.pid, w.slot,
+                   format_duration(Duration(now - w.held_seen_at)));
+      signal_worker(job, w, SIGKILL);
+      w.term_sent = true;
+      w.kill_sent = true;
+      job.stall_since = 0;
+    }
+  }
+}
+
+void Supervisor::Impl::correct_idle_hint(Job& job, unsigned idle) noexcept {
+  // The hint drifts when a worker dies while idle; correct it when the same
+  // difference is seen twice in a row (a single sighting may be a worker between
+  // writing its state and adjusting the hint).
+  int delta = static_cast<int>(idle) - job.sb.idle_hint();
+  if (delta != 0 && delta == job.hint_delta) {
+    job.sb.add_idle_hint(delta);
+    delta = 0;
+  }
+  job.hint_delta = delta;
 }
 
 void Supervisor::Impl::maintain() noexcept {
@@ -854,6 +1028,7 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
     }
     if (job->state == JobState::backing_off && !job->removed) deadline = std::min(deadline, std::max(job->retry_at, now));
     if (job->excess_since != 0) fast = true;
+    if (job->notify_read && !job->notify_armed) deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
   }
   if (fast) deadline = std::min(deadline, now + kFastTick);
   if (auto n = notifier_.next_deadline(); n != 0) deadline = std::min(deadline, std::max(n, now));

@@ -47,7 +47,6 @@ struct corral_worker {
   void *map_base;
   size_t map_len;
   int slot_index;          /* -1 without a scoreboard */
-  uint32_t last_state;     /* the state this worker last wrote or found (for debugging) */
   uint64_t requests;
   struct sigaction old_term;
 };
@@ -89,21 +88,13 @@ static int slot_set_state(struct corral_worker *w, uint32_t state) {
   if (!w->slot) return 0;
   uint32_t cur = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
   for (;;) {
-    if (cur == CORRAL_SLOT_STOPPING && state != CORRAL_SLOT_STOPPING) {
-      w->last_state = CORRAL_SLOT_STOPPING;
-      return -1;
-    }
-    if (cur == state) { /* already there ("mark idle if not already") */
-      w->last_state = state;
-      return 0;
-    }
+    if (cur == CORRAL_SLOT_STOPPING && state != CORRAL_SLOT_STOPPING) return -1;
+    if (cur == state) return 0; /* already there ("mark idle if not already") */
     /* Timestamp first, then the state with release (see slot_set_lock). */
     __atomic_store_n(&w->slot->state_since_ns, mono_ns(), __ATOMIC_RELAXED);
     if (__atomic_compare_exchange_n(&w->slot->state, &cur, state, 0, __ATOMIC_RELEASE,
-                                    __ATOMIC_ACQUIRE)) {
-      w->last_state = state;
+                                    __ATOMIC_ACQUIRE))
       return 0;
-    }
     /* cur now holds what the supervisor wrote meanwhile: decide again. */
   }
 }
@@ -636,7 +627,6 @@ static const char *map_scoreboard(struct corral_worker *w, int fd, long slot) {
   w->map_len = map_len;
   w->slot = (struct corral_sb_slot *)((char *)base + (slot_off - map_off));
   w->slot_index = (int)slot;
-  w->last_state = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
   (void)set_cloexec(fd);
   return NULL;
 }

@@ -46,12 +46,13 @@ jobs:
             for gone in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 self.assertNotIn(gone, env)
             lock_fd, sb_fd = env["CORRAL_LOCK_FD"], env["CORRAL_SCOREBOARD_FD"]
-            self.assertEqual((lock_fd, sb_fd), ("5", "6"))
+            self.assertEqual((lock_fd, sb_fd, env["CORRAL_NOTIFY_FD"]), ("5", "6", "7"))
             self.assertIn(env["CORRAL_SLOT"], [str(i) for i in range(16)])
             fds = r["fds"]
-            # Exactly 0, 1, 2, the two listeners, the lock and the scoreboard: nothing else.
-            # (Python's listing of /proc/self/fd itself is gone by the time it is checked.)
-            self.assertEqual(sorted(int(f) for f in fds), [0, 1, 2, 3, 4, 5, 6], fds)
+            # Exactly 0, 1, 2, the two listeners, the lock, the scoreboard and the notify
+            # pipe: nothing else. (Python's own listing fd is gone by the time it is checked.)
+            self.assertEqual(sorted(int(f) for f in fds), [0, 1, 2, 3, 4, 5, 6, 7], fds)
+            self.assertTrue(fds["7"].startswith("pipe:"), fds["7"])
             self.assertEqual(fds["0"], "/dev/null")
             self.assertTrue(fds["3"].startswith("socket:"))
             self.assertTrue(fds["4"].startswith("socket:"))

@@ -88,7 +88,16 @@ struct corral_sb_header {
   uint64_t updated_mono_ns;      /*  72: CLOCK_MONOTONIC of the supervisor's last write */
   char job_name[CORRAL_SB_JOB_NAME_SIZE];   /*  80: NUL-terminated */
   char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated */
-  uint8_t reserved[CORRAL_SB_HEADER_SIZE - 912]; /* 912 .. 1023 */
+  uint8_t reserved1[48];         /* 912 .. 959 */
+  /* 960: the one field of the header that workers write, on a cache line of its own:
+   * a hint of how many workers are idle. A worker adds 1 when it becomes idle and
+   * subtracts 1 when it leaves idle (atomic fetch-and-add); when the value after its
+   * subtraction is below min_spare it writes one byte to CORRAL_NOTIFY_FD, so that the
+   * supervisor starts spares at once instead of at its next look. The supervisor
+   * corrects drift (workers that died idle) by adding the difference. Optional for a
+   * worker: one that never touches it is still seen within a second. */
+  int32_t idle_hint;             /* 960 */
+  uint8_t reserved[CORRAL_SB_HEADER_SIZE - 964]; /* 964 .. 1023 */
 };
 
 /* One slot, one cache line. Fields marked (w) are the worker's; (s) the supervisor's.
