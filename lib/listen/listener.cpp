@@ -13,6 +13,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
+#include <utility>
 
 #include "common/error.h"
 
@@ -94,6 +96,8 @@ gid_t lookup_gid(const std::string& group_name) {
   return gr.gr_gid;
 }
 
+constexpr std::string_view kStorePrefix = "corral-bound.";
+
 std::string key_of(const JobConfig& job, size_t index) {
   const auto& spec = job.listeners[index];
   auto text = to_string(spec.address);
@@ -103,6 +107,16 @@ std::string key_of(const JobConfig& job, size_t index) {
 }
 
 }  // namespace
+
+std::string fd_store_name(const std::string& display) {
+  std::string name(kStorePrefix);
+  for (char c : display) {
+    // LISTEN_FDNAMES is ':'-separated; systemd refuses control and non-ASCII bytes.
+    auto u = static_cast<unsigned char>(c);
+    name += (c == ':' || u < 0x20 || u >= 0x7f) ? '_' : c;
+  }
+  return name.substr(0, 255);  // FDNAME_MAX
+}
 
 std::string local_address_of(int fd) {
   sockaddr_storage ss{};
@@ -177,8 +191,15 @@ int ListenerSet::adopt_systemd_listeners() {
     l->name = name;
     l->display = local_address_of(fd);
     l->key = "systemd-fd:" + std::to_string(raw);
-    l->inherited = true;
-    spdlog::info("adopted socket {} ({}) from systemd", l->display, name);
+    if (name.starts_with(kStorePrefix)) {
+      // One of ours, back from the fd store: found by address, closed when unused.
+      l->stored = true;
+      l->store_name = name;
+      spdlog::info("adopted socket {} from the fd store", l->display);
+    } else {
+      l->inherited = true;
+      spdlog::info("adopted socket {} ({}) from systemd", l->display, name);
+    }
     listeners_.push_back(std::move(l));
   }
   if (names != nullptr) {
@@ -214,10 +235,11 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig
       if (listeners_[k]->key == key) found = k;
     }
     if (found == listeners_.size()) {
-      // A host:port listener adopts an inherited socket bound to the same address.
+      // A host:port listener adopts an inherited socket bound to the same address, or
+      // one of its own back from the fd store.
       auto sa = to_socket_address(spec.address);
       for (size_t k = 0; k < listeners_.size(); ++k) {
-        if (listeners_[k]->inherited && !listeners_[k]->used &&
+        if ((listeners_[k]->inherited || listeners_[k]->stored) && !listeners_[k]->used &&
             same_socket_address(sa, listeners_[k]->fd.get())) {
           found = k;
           listeners_[k]->key = key;
@@ -249,10 +271,15 @@ std::vector<std::string> ListenerSet::close_unused() {
       kept.push_back(std::move(l));
     } else {
       closed.push_back(l->display);
+      if (l->stored) removed_from_store_.push_back(l->store_name);
     }
   }
   listeners_ = std::move(kept);
   return closed;
+}
+
+std::vector<std::string> ListenerSet::take_removed_from_store() {
+  return std::exchange(removed_from_store_, {});
 }
 
 void ListenerSet::report_unused_inherited() const {

@@ -16,10 +16,18 @@ struct Listener {
   std::string key;      // identity across reloads: the configured address text
   std::string name;     // LISTEN_FDNAMES entry handed to workers
   std::string display;  // the bound address as clients reach it ("127.0.0.1:41234")
-  bool inherited = false;  // passed in by systemd (LISTEN_FDS)
+  bool inherited = false;  // passed in by systemd (LISTEN_FDS) from a socket unit
   bool used = false;       // taken by a job of the current configuration
-  bool stored = false;     // handed to the service manager's fd store
+  bool stored = false;     // in the service manager's fd store (deposited, or handed back)
+  std::string store_name;  // its FDNAME there (fd_store_name)
 };
+
+/// The FDNAME under which corral deposits a socket it bound itself in the fd store:
+/// "corral-bound." and the address, with ':' and non-printable bytes as '_'
+/// ("corral-bound.127.0.0.1_8080"). Unique per socket, so FDSTOREREMOVE removes only
+/// that one, and distinct from the names of socket units, so that `systemd:NAME` never
+/// takes a stored socket back: those are adopted by address.
+std::string fd_store_name(const std::string& display);
 
 /// Owns every listening socket of the supervisor. Not thread-safe; single loop.
 class ListenerSet {
@@ -27,6 +35,8 @@ class ListenerSet {
   /// Takes the sockets passed through LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (checking
   /// LISTEN_PID, as sd_listen_fds does) and unsets those variables so that they do not
   /// leak to workers. Returns the number adopted. Logs a warning on a LISTEN_PID mismatch.
+  /// Sockets named by fd_store_name are corral's own, back from the fd store: not
+  /// `inherited`, but `stored`, adopted by address only, and closed when no job uses them.
   int adopt_systemd_listeners();
 
   /// Opens (or reuses, or adopts from systemd) the sockets of `job`, in configuration
@@ -41,6 +51,8 @@ class ListenerSet {
   /// Closes the sockets no job uses, except inherited ones (kept for a later reload).
   /// Returns the displays of what was closed.
   std::vector<std::string> close_unused();
+  /// The store_name of every stored socket closed since the last call, for FDSTOREREMOVE.
+  std::vector<std::string> take_removed_from_store();
   /// Logs inherited sockets that no job uses.
   void report_unused_inherited() const;
 
@@ -50,6 +62,7 @@ class ListenerSet {
 
  private:
   std::vector<std::shared_ptr<Listener>> listeners_;
+  std::vector<std::string> removed_from_store_;
 };
 
 /// Binds and listens on one TCP or unix address. Sets IPV6_V6ONLY off for ":port",

@@ -82,15 +82,20 @@ LogContext::LogContext(std::string_view job, unsigned slot) noexcept : saved_(cu
   current_fields.slot = static_cast<long>(slot);
 }
 
-LogContext::LogContext(std::string_view job, unsigned slot, int pid) noexcept : saved_(current_fields) {
+LogContext::LogContext(std::string_view job, unsigned slot, int pid) noexcept
+    : saved_(current_fields) {
   current_fields.job = job;
   current_fields.slot = static_cast<long>(slot);
   if (pid > 0) current_fields.pid = pid;
 }
 
-LogContext::~LogContext() { current_fields = saved_; }
+LogContext::~LogContext() {
+  current_fields = saved_;
+}
 
-const LogFields& LogContext::current() noexcept { return current_fields; }
+const LogFields& LogContext::current() noexcept {
+  return current_fields;
+}
 
 bool stderr_is_journal() {
   const char* stream = std::getenv("JOURNAL_STREAM");
@@ -104,7 +109,8 @@ bool stderr_is_journal() {
   return st.st_dev == dev && st.st_ino == ino;
 }
 
-std::vector<std::string> journal_fields(int level, std::string_view message, const LogFields& fields) {
+std::vector<std::string> journal_fields(int level, std::string_view message,
+                                        const LogFields& fields) {
   std::vector<std::string> out;
   out.reserve(6);
   out.push_back("MESSAGE=" + std::string(message));

@@ -52,6 +52,7 @@ bool stderr_is_journal();
 /// The journal fields ("NAME=value") of one record: MESSAGE, PRIORITY,
 /// SYSLOG_IDENTIFIER=corral, then CORRAL_JOB, CORRAL_SLOT, CORRAL_WORKER_PID for the
 /// fields that are known. `level` is an spdlog level. Pure.
-std::vector<std::string> journal_fields(int level, std::string_view message, const LogFields& fields);
+std::vector<std::string> journal_fields(int level, std::string_view message,
+                                        const LogFields& fields);
 
 }  // namespace corral

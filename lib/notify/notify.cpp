@@ -139,4 +139,8 @@ void Notifier::store_fds(const std::vector<std::pair<int, std::string>>& fds) {
   }
 }
 
+void Notifier::remove_fds(const std::vector<std::string>& names) {
+  for (const auto& name : names) send("FDSTOREREMOVE=1\nFDNAME=" + name);
+}
+
 }  // namespace corral

@@ -41,6 +41,8 @@ class Notifier {
   /// Sends FDSTORE=1 with FDNAME=name for each (fd, name), so that the sockets outlive
   /// a crash or restart of corral when the unit sets FileDescriptorStoreMax=.
   void store_fds(const std::vector<std::pair<int, std::string>>& fds);
+  /// Sends FDSTOREREMOVE=1 with FDNAME=name for each name: the manager closes its copies.
+  void remove_fds(const std::vector<std::string>& names);
 
  private:
   bool send(const std::string& message, const int* fds = nullptr, std::size_t n_fds = 0);

@@ -202,7 +202,8 @@ void Scoreboard::write_header(pid_t supervisor_pid, std::uint32_t generation,
                               std::uint64_t started_realtime_ns, corral_job_mode mode,
                               corral_job_state state, std::uint64_t retry_at_mono_ns,
                               unsigned min_spare, unsigned max_spare, unsigned max,
-                              const std::string& job, const std::string& listeners) {
+                              std::uint64_t max_requests, const std::string& job,
+                              const std::string& listeners) {
   if (!writable_) return;
   auto* h = static_cast<corral_sb_header*>(base_);
   // Rewritten in full each time: a worker that scribbled over it is corrected.
@@ -220,6 +221,7 @@ void Scoreboard::write_header(pid_t supervisor_pid, std::uint32_t generation,
   store(&h->min_spare, min_spare);
   store(&h->max_spare, max_spare);
   store(&h->max_workers, max);
+  store(&h->max_requests, max_requests);
   store(&h->updated_mono_ns, monotonic_ns());
   copy_text(h->job_name, sizeof h->job_name, job);
   copy_text(h->listeners, sizeof h->listeners, listeners);

@@ -36,6 +36,9 @@ const char* step_name(Step step) {
   return "spawn";
 }
 
+// In a child started by fork_process: the report pipe, for report_exec_failure().
+int g_report_fd = -1;
+
 struct ChildReport {
   int step;
   int err;
@@ -122,6 +125,7 @@ void prepare_child(const Prepared& p, int& report_fd) {
   // must not reach the worker either.
   ::syscall(SYS_close_range, static_cast<unsigned>(floor), ~0U, CLOSE_RANGE_CLOEXEC);
 
+  if (plan.nofile) ::setrlimit(RLIMIT_NOFILE, &*plan.nofile);
   if (!plan.cwd.empty() && ::chdir(plan.cwd.c_str()) != 0) child_fail(report_fd, Step::chdir);
 
   if (plan.credentials) {
@@ -149,7 +153,8 @@ void prepare_vectors(const SpawnPlan& plan, Prepared& p) {
   if (plan.listen_pid) p.listen_pid_slot = p.env_storage.back().data() + std::strlen("LISTEN_PID=");
 }
 
-Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg) noexcept {
+Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg,
+                       UniqueFd* report_out) noexcept {
   try {
     Prepared p;
     prepare_vectors(plan, p);
@@ -173,13 +178,22 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg) noe
         auto report = static_cast<unsigned>(report_fd);
         if (report > floor) ::syscall(SYS_close_range, floor, report - 1, 0U);
         ::syscall(SYS_close_range, report + 1, ~0U, 0U);
-        ::close(report_fd);  // EOF tells the parent the child is ready
+        // The body keeps the report pipe (CLOEXEC): a later exec of its own closes it
+        // (EOF: success), or it reports that exec's failure with report_exec_failure().
+        g_report_fd = report_fd;
         _exit(body(arg));
       }
       ::execve(plan.path.c_str(), p.argv.data(), p.envp.data());
       child_fail(report_fd, Step::exec);
     }
     report_w.reset();
+    if (report_out != nullptr) {
+      // Do not wait for the exec: a burst of spawns proceeds while the children exec
+      // on other cores. The caller reads the outcome at reap time (read_spawn_report).
+      ::fcntl(report_r.get(), F_SETFL, O_NONBLOCK);
+      *report_out = std::move(report_r);
+      return pid;
+    }
     ChildReport report{};
     ssize_t got;
     do {
@@ -200,10 +214,30 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg) noe
 
 }  // namespace
 
-Result<pid_t> spawn_process(const SpawnPlan& plan) noexcept { return do_spawn(plan, nullptr, nullptr); }
+Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report) noexcept {
+  return do_spawn(plan, nullptr, nullptr, report);
+}
 
-Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void*), void* arg) noexcept {
-  return do_spawn(plan, body, arg);
+Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void*), void* arg,
+                           UniqueFd* report) noexcept {
+  return do_spawn(plan, body, arg, report);
+}
+
+void report_exec_failure(int err) noexcept {
+  if (g_report_fd < 0) return;
+  ChildReport r{static_cast<int>(Step::exec), err};
+  [[maybe_unused]] auto n = ::write(g_report_fd, &r, sizeof r);
+}
+
+std::optional<Error> read_spawn_report(int fd, const std::string& path) noexcept {
+  ChildReport report{};
+  if (fd < 0 || ::read(fd, &report, sizeof report) != static_cast<ssize_t>(sizeof report))
+    return std::nullopt;
+  try {
+    return Error{report.err, std::string(step_name(static_cast<Step>(report.step))) + " " + path};
+  } catch (...) {
+    return Error{report.err, "exec"};
+  }
 }
 
 Credentials resolve_credentials(const std::string& user, const std::string& group_name) {

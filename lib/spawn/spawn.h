@@ -1,6 +1,7 @@
 // Fork and exec of a worker with exactly the fds and environment PRODUCT.md promises.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <optional>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 
 namespace corral {
 
@@ -37,20 +39,31 @@ struct SpawnPlan {
   std::string cwd;                // "" = keep
   std::optional<Credentials> credentials;
   pid_t parent = 0;               // the supervisor's pid, for the PDEATHSIG race check
+  std::optional<rlimit> nofile;   // RLIMIT_NOFILE to restore (the supervisor raised its own)
 };
 
 /// Forks and execs `plan`. The child leaves the supervisor's process group, resets
 /// signals, dies with the supervisor (PR_SET_PDEATHSIG), and closes every fd but
-/// 0, 1, 2 and the inherited ones. Returns the pid once exec succeeded; a failed exec
-/// (or chdir, setuid...) is reported through a CLOEXEC pipe as an Error naming the
-/// step and the program, and the child has been reaped. Never throws.
-Result<pid_t> spawn_process(const SpawnPlan& plan) noexcept;
+/// 0, 1, 2 and the inherited ones. A failed exec (or chdir, setuid...) is reported
+/// through a CLOEXEC pipe; EOF means success. With `report` null, waits for that
+/// outcome: returns the pid once exec succeeded, or an Error naming the step and the
+/// program (the child then reaped). With `report`, returns right after fork and hands
+/// over the pipe's read end (non-blocking): read it with read_spawn_report() once the
+/// child has exited. Never throws.
+Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report = nullptr) noexcept;
 
 /// Like spawn_process, but instead of exec'ing runs `body` in the child after the same
 /// preparation (fds, group, signals, credentials, PDEATHSIG), then _exit()s with its
-/// return value. For inetd acceptors, which exec only once they hold a connection.
-/// `body` must not return to the caller's stack frames.
-Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void* arg), void* arg) noexcept;
+/// return value. For inetd acceptors, which exec only once they hold a connection; the
+/// report pipe stays open in the body until its own exec (report_exec_failure()).
+Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void* arg), void* arg,
+                           UniqueFd* report = nullptr) noexcept;
+
+/// In a fork_process body: reports that its exec failed with `err`. Async-signal-safe.
+void report_exec_failure(int err) noexcept;
+
+/// The failure a child reported on its pipe, if any ("exec /srv/app", errno).
+std::optional<Error> read_spawn_report(int fd, const std::string& path) noexcept;
 
 /// Environment of the supervisor at start-up minus what belongs to it alone
 /// (NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID, LISTEN_*). Call once, early.

@@ -92,13 +92,11 @@ int acceptor_main(void* arg) {
   const auto& p = *a.params;
   const auto& plan = *a.plan;
   // Fds were placed by the spawn layer: listeners at 3.., then the lock, the
-  // scoreboard, the notify pipe, and the exec-error pipe.
+  // scoreboard and the notify pipe.
   unsigned next = 3 + p.listener_count;
   int lock_fd = p.has_lock_fd ? static_cast<int>(next++) : -1;
   int sb_fd = static_cast<int>(next++);
   int notify_fd = p.has_notify_fd ? static_cast<int>(next++) : -1;
-  int report_fd = static_cast<int>(next++);
-  ::fcntl(report_fd, F_SETFD, FD_CLOEXEC);
   char buf[32];
   std::snprintf(buf, sizeof buf, "%d", ::getpid());
   ::setenv("LISTEN_PID", buf, 1);
@@ -151,8 +149,7 @@ int acceptor_main(void* arg) {
     dfl.sa_handler = SIG_DFL;
     ::sigaction(SIGTERM, &dfl, nullptr);
     ::execve(plan.path.c_str(), argv.data(), envp.data());
-    int err = errno;
-    [[maybe_unused]] auto n = ::write(report_fd, &err, sizeof err);
+    report_exec_failure(errno);
     // Close the connection cleanly (FIN, not RST): nothing was read from it.
     ::shutdown(0, SHUT_WR);
     return 127;
@@ -183,20 +180,9 @@ void add_connection_environment(std::vector<std::string>& env, const sockaddr* p
 }
 
 Result<pid_t> spawn_inetd_acceptor(const SpawnPlan& plan, const InetdParams& params,
-                                   UniqueFd& exec_errors) noexcept {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return errno_error("pipe2");
-  UniqueFd read_end(fds[0]);
-  UniqueFd write_end(fds[1]);
-  SpawnPlan acceptor_plan = plan;
-  acceptor_plan.inherit.push_back(write_end.get());
+                                   UniqueFd& report) noexcept {
   AcceptorArgs args{&plan, &params};
-  auto pid = fork_process(acceptor_plan, acceptor_main, &args);
-  if (pid) {
-    ::fcntl(read_end.get(), F_SETFL, O_NONBLOCK);
-    exec_errors = std::move(read_end);
-  }
-  return pid;
+  return fork_process(plan, acceptor_main, &args, &report);
 }
 
 }  // namespace corral

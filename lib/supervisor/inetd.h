@@ -29,10 +29,10 @@ struct InetdParams {
 /// (without LISTEN_* and CORRAL_* fds). The acceptor runs the worker protocol (lock,
 /// poll, accept) from lib/worker, then execs plan.path with the connection on fds 0
 /// and 1, REMOTE_ADDR/REMOTE_PORT/PROTO/TCP* in the environment, and no other fd.
-/// On success `exec_errors` receives the read end of a CLOEXEC pipe on which the
-/// acceptor writes errno if that exec fails (read it when the acceptor is reaped).
+/// On success `report` receives the spawn report pipe (spawn_process): a set-up
+/// failure, or the failure of the program's exec, is read from it at reap time.
 Result<pid_t> spawn_inetd_acceptor(const SpawnPlan& plan, const InetdParams& params,
-                                   UniqueFd& exec_errors) noexcept;
+                                   UniqueFd& report) noexcept;
 
 /// The environment a legacy program gets for a connection (PRODUCT.md): REMOTE_ADDR,
 /// REMOTE_PORT, PROTO, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT; for unix

@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -178,7 +179,7 @@ class Job {
   Scoreboard sb;
   AcceptLock lock;
   std::map<pid_t, WorkerRec> workers;
-  std::map<pid_t, UniqueFd> exec_errors;  // inetd: errno of a failed exec, per acceptor
+  std::map<pid_t, UniqueFd> spawn_reports;  // per worker: what failed before/at exec, if anything
   std::vector<bool> slot_used;
   JobState state = JobState::running;
   unsigned failures = 0;
@@ -250,6 +251,7 @@ class Supervisor::Impl {
   UniqueFd signal_fd_;
   Notifier notifier_;
   bool ready_sent_ = false;
+  std::optional<rlimit> original_nofile_;
   pid_t self_ = 0;
   std::uint64_t started_realtime_ = 0;
   std::uint32_t generation_ = 1;
@@ -347,7 +349,7 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
                    std::strerror(errno));
     job->slot_used.assign(job->sb.slot_count(), false);
     job->workers = std::move(old->workers);
-    job->exec_errors = std::move(old->exec_errors);
+    job->spawn_reports = std::move(old->spawn_reports);
     if (!job->notify_read && old->notify_read) {
       job->notify_read = std::move(old->notify_read);
       job->notify_write = std::move(old->notify_write);
@@ -393,6 +395,15 @@ int Supervisor::Impl::run() {
   started_realtime_ = realtime_ns();
   notifier_ = Notifier::from_environment();
   block_signals();
+  // One pipe per starting worker and a socket per listener: raise the soft fd limit to
+  // the hard one for the supervisor alone; workers get the original back (select()
+  // users break above 1024).
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    original_nofile_ = nofile;
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   listeners_.adopt_systemd_listeners();
   environment_ = inheritable_environment();
   scoreboard_dir_ = scoreboard_dir_of(options_.config);
@@ -452,7 +463,8 @@ int Supervisor::Impl::run() {
   }
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
-    if (!l->inherited && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+    // (A stored one stays: its socket lives on in the fd store.)
+    if (!l->inherited && !l->stored && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;
@@ -524,22 +536,32 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   const bool current = rec.generation == job.generation && !job.removed;
   const auto& name = job.cfg.name;
   auto how = describe_status(status);
-  int exec_errno = 0;
-  if (auto it = job.exec_errors.find(rec.pid); it != job.exec_errors.end()) {
-    int err = 0;
-    if (::read(it->second.get(), &err, sizeof err) == static_cast<ssize_t>(sizeof err)) exec_errno = err;
-    job.exec_errors.erase(it);
+  std::optional<Error> failure;
+  if (auto it = job.spawn_reports.find(rec.pid); it != job.spawn_reports.end()) {
+    failure = read_spawn_report(it->second.get(), job.cfg.command.front());
+    job.spawn_reports.erase(it);
   }
-  if (exec_errno != 0) {
-    spdlog::error("job {}: cannot execute {}: {} (connection closed)", name, job.cfg.command.front(),
-                  std::strerror(exec_errno));
+  if (failure) {
+    // One clear line per failure; the child exited 127 right after reporting.
+    if (job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY) {
+      spdlog::error("job {}: cannot execute {}: {} (connection closed)", name,
+                    job.cfg.command.front(), std::strerror(failure->code));
+    } else {
+      spdlog::error("job {}: spawn worker (slot {}): {}", name, rec.slot, failure->to_string());
+    }
     if (current && !stopping_ && job.state != JobState::failed)
-      record_failure(job, now, true, "could not execute the program");
+      record_failure(job, now, true, "could not be started");
     return;
   }
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
-  if (program_done) {
+  const auto quota = job.cfg.workers.max_requests;
+  const bool quota_done = job.cfg.mode == Mode::prefork && quota != 0 && slot.requests >= quota &&
+                          WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (quota_done && !rec.term_sent) {
+    spdlog::info("job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it",
+                 name, rec.pid, rec.slot, quota);
+  } else if (program_done) {
     spdlog::debug("job {}: program {} (slot {}) {}", name, rec.pid, rec.slot, how);
   } else if (rec.term_sent || stopping_) {
     spdlog::info("job {}: worker {} (slot {}) {}", name, rec.pid, rec.slot, how);
@@ -627,6 +649,7 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   plan.cwd = cfg.cwd;
   plan.credentials = job.credentials;
   plan.parent = self_;
+  plan.nofile = original_nofile_;
   std::string names;
   for (const auto& l : job.listeners) {
     plan.inherit.push_back(l->fd.get());
@@ -655,7 +678,7 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   // Claim the slot before the fork so the worker never sees it EMPTY.
   job.sb.claim_slot(slot, 0, job.generation, now);
   Result<pid_t> pid = Error{};
-  UniqueFd exec_errors;
+  UniqueFd report;
   if (cfg.mode == Mode::inetd) {
     if (job.lock.fd) plan.inherit.push_back(job.lock.fd.get());
     plan.inherit.push_back(job.sb.fd());
@@ -669,9 +692,9 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     params.has_lock_fd = job.lock.fd.valid();
     params.slot = slot;
     params.max_per_source = cfg.max_per_source;
-    pid = spawn_inetd_acceptor(plan, params, exec_errors);
+    pid = spawn_inetd_acceptor(plan, params, report);
   } else {
-    pid = spawn_process(plan);
+    pid = spawn_process(plan, &report);
   }
   if (!pid) {
     LogContext slot_ctx{cfg.name, slot};
@@ -689,7 +712,7 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   job.sb.set_slot_pid(slot, w.pid);
   if (cfg.mode == Mode::plain) job.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
   job.workers.emplace(w.pid, w);
-  if (exec_errors) job.exec_errors.emplace(w.pid, std::move(exec_errors));
+  if (report) job.spawn_reports.emplace(w.pid, std::move(report));
   LogContext worker_ctx{cfg.name, slot, w.pid};
   spdlog::log(cfg.mode == Mode::inetd && !job.initial ? spdlog::level::debug : spdlog::level::info,
               "job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
@@ -781,13 +804,19 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
     corral_slot_state state = s.state;
     if (job.cfg.mode == Mode::plain) {
       state = CORRAL_SLOT_RUNNING;
-      if (!w.ready && now - w.started_ns >= kPlainCrashWindow) w.ready = true;
+      if (!w.ready && now - w.started_ns >= kPlainCrashWindow) {
+        w.ready = true;
+        job.spawn_reports.erase(w.pid);
+      }
     } else if (state == CORRAL_SLOT_EMPTY || state == CORRAL_SLOT_RUNNING) {
       state = w.ready ? CORRAL_SLOT_IDLE : CORRAL_SLOT_STARTING;  // nonsense from the worker
     }
     if (state == CORRAL_SLOT_IDLE || state == CORRAL_SLOT_BUSY) {
       if (!w.ready) {
         w.ready = true;
+        // Idle means exec'd: the spawn report can only say EOF now (inetd keeps it for
+        // the program's exec).
+        if (job.cfg.mode == Mode::prefork) job.spawn_reports.erase(w.pid);
         if (job.failures > 0 || job.state == JobState::backing_off) {
           spdlog::info("job {}: worker {} is up; failure count reset", job.cfg.name, w.pid);
         }
@@ -993,11 +1022,15 @@ void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
 }
 
 void Supervisor::Impl::store_bound_listeners() noexcept {
+  // Sockets a reload closed leave the store, or systemd would keep them listening.
+  auto removed = listeners_.take_removed_from_store();
   if (!notifier_.enabled()) return;
+  notifier_.remove_fds(removed);
   std::vector<std::pair<int, std::string>> fds;
   for (const auto& l : listeners_.all()) {
     if (!l->inherited && !l->stored) {
-      fds.emplace_back(l->fd.get(), l->name);
+      l->store_name = fd_store_name(l->display);
+      fds.emplace_back(l->fd.get(), l->store_name);
       l->stored = true;
     }
   }
@@ -1013,7 +1046,8 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
     else if (job->state == JobState::backing_off && job->retry_at > now) state = CORRAL_JOB_BACKING_OFF;
     const auto& w = job->cfg.workers;
     job->sb.write_header(self_, job->generation, started_realtime_, wire_mode(job->cfg.mode), state,
-                         job->retry_at, w.min_spare, w.max_spare, w.max, job->cfg.name,
+                         job->retry_at, w.min_spare, w.max_spare, w.max,
+                         job->cfg.mode == Mode::prefork ? w.max_requests : 0, job->cfg.name,
                          job->listeners_text);
   }
 }

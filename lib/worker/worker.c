@@ -47,12 +47,15 @@ struct corral_worker {
   void *map_base;
   size_t map_len;
   int slot_index;          /* -1 without a scoreboard */
+  struct corral_sb_header *header; /* first page of the file, for idle_hint; NULL if none */
+  int notify_fd;           /* CORRAL_NOTIFY_FD, or -1 */
   uint64_t requests;
   struct sigaction old_term;
 };
 
 /* One worker per process: the handler needs to reach it without arguments. */
-static struct corral_worker g_worker = {.lock_fd = -1, .epoll_fd = -1, .slot_index = -1};
+static struct corral_worker g_worker = {
+    .lock_fd = -1, .epoll_fd = -1, .slot_index = -1, .notify_fd = -1};
 static volatile sig_atomic_t g_stop;
 static volatile sig_atomic_t g_phase;
 /* read() target for the pipe token: the kernel fills it before read() returns,
@@ -80,6 +83,25 @@ static int slot_says_stopping(const struct corral_worker *w) {
   return w->slot && __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE) == CORRAL_SLOT_STOPPING;
 }
 
+/* The idle hint (protocol.h, header offset 960): +1 on becoming idle, -1 on
+ * leaving idle; below min_spare after our -1, one byte to CORRAL_NOTIFY_FD wakes
+ * the supervisor to start spares now. Async-signal-safe. */
+static void hint_transition(struct corral_worker *w, uint32_t from, uint32_t to) {
+  if (!w->header || from == to) return;
+  if (to == CORRAL_SLOT_IDLE) {
+    __atomic_fetch_add(&w->header->idle_hint, 1, __ATOMIC_RELAXED);
+  } else if (from == CORRAL_SLOT_IDLE) {
+    int32_t left = __atomic_sub_fetch(&w->header->idle_hint, 1, __ATOMIC_RELAXED);
+    uint32_t min_spare = __atomic_load_n(&w->header->min_spare, __ATOMIC_RELAXED);
+    if (w->notify_fd >= 0 && left < (int32_t)min_spare) {
+      static const char byte = 'b';
+      /* Non-blocking: a full pipe already says everything. */
+      ssize_t n = write(w->notify_fd, &byte, 1);
+      (void)n;
+    }
+  }
+}
+
 /* Moves the slot to `state` with a compare-exchange from the state found in
  * it, so that a STOPPING written by the supervisor is never overwritten (the
  * supervisor may write it at any time). Returns 0, or -1 if the slot says
@@ -92,9 +114,12 @@ static int slot_set_state(struct corral_worker *w, uint32_t state) {
     if (cur == state) return 0; /* already there ("mark idle if not already") */
     /* Timestamp first, then the state with release (see slot_set_lock). */
     __atomic_store_n(&w->slot->state_since_ns, mono_ns(), __ATOMIC_RELAXED);
+    uint32_t from = cur;
     if (__atomic_compare_exchange_n(&w->slot->state, &cur, state, 0, __ATOMIC_RELEASE,
-                                    __ATOMIC_ACQUIRE))
+                                    __ATOMIC_ACQUIRE)) {
+      hint_transition(w, from, state);
       return 0;
+    }
     /* cur now holds what the supervisor wrote meanwhile: decide again. */
   }
 }
@@ -184,9 +209,13 @@ static void leave_from_handler(struct corral_worker *w) {
     uint32_t cur = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
     while (cur != CORRAL_SLOT_STOPPING) {
       __atomic_store_n(&w->slot->state_since_ns, mono_ns(), __ATOMIC_RELAXED);
+      uint32_t from = cur;
       if (__atomic_compare_exchange_n(&w->slot->state, &cur, CORRAL_SLOT_STOPPING, 0,
-                                      __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
+                                      __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+        if (from == CORRAL_SLOT_IDLE && w->header)
+          __atomic_fetch_sub(&w->header->idle_hint, 1, __ATOMIC_RELAXED);
         break;
+      }
     }
   }
   _exit(0);
@@ -352,6 +381,12 @@ int corral_worker_accept(corral_worker *w, struct sockaddr *addr, socklen_t *add
   const socklen_t addr_cap = addrlen ? *addrlen : 0;
 
   for (;;) { /* one turn per mutex acquisition */
+    /* workers.max_requests (header offset 912): a worker that served its quota leaves
+     * before taking another connection, and the supervisor starts a fresh one. */
+    if (w->header) {
+      uint64_t quota = __atomic_load_n(&w->header->max_requests, __ATOMIC_RELAXED);
+      if (quota != 0 && w->requests >= quota) return shut_down(w);
+    }
     if (slot_set_state(w, CORRAL_SLOT_IDLE) < 0 || stop_requested(w)) return shut_down(w);
     int r = acquire_main(w);
     if (r == -ESHUTDOWN) return shut_down(w);
@@ -627,6 +662,10 @@ static const char *map_scoreboard(struct corral_worker *w, int fd, long slot) {
   w->map_len = map_len;
   w->slot = (struct corral_sb_slot *)((char *)base + (slot_off - map_off));
   w->slot_index = (int)slot;
+  /* The header's first page, for the idle hint only (optional: without it the
+   * supervisor still sees the pool within a second). */
+  void *hdr = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (hdr != MAP_FAILED) w->header = (struct corral_sb_header *)hdr;
   (void)set_cloexec(fd);
   return NULL;
 }
@@ -645,7 +684,21 @@ static void setup_scoreboard(struct corral_worker *w) {
             fd_s, slot_s ? slot_s : "?", why);
 }
 
+static void setup_notify(struct corral_worker *w) {
+  const char *fd_s = getenv(CORRAL_ENV_NOTIFY_FD);
+  long fd = -1;
+  if (!fd_s || parse_uint(fd_s, INT_MAX, &fd) < 0) return;
+  struct stat st;
+  if (fstat((int)fd, &st) < 0 || !S_ISFIFO(st.st_mode)) return;
+  w->notify_fd = (int)fd;
+  (void)set_cloexec(w->notify_fd);
+}
+
 static void release_resources(struct corral_worker *w) {
+  if (w->header) {
+    long page = sysconf(_SC_PAGESIZE);
+    munmap(w->header, (size_t)(page > 0 ? page : 4096));
+  }
   if (w->map_base) munmap(w->map_base, w->map_len);
   if (w->epoll_fd >= 0) close(w->epoll_fd);
   free(w->pfds);
@@ -655,6 +708,7 @@ static void release_resources(struct corral_worker *w) {
   w->lock_fd = -1;
   w->epoll_fd = -1;
   w->slot_index = -1;
+  w->notify_fd = -1;
 }
 
 static int install_sigterm(struct corral_worker *w) {
@@ -682,6 +736,7 @@ int corral_worker_init(corral_worker **out) {
   if (r == 0) r = setup_lock(w);
   if (r == 0) {
     setup_scoreboard(w);
+    setup_notify(w);
     g_stop = 0;
     g_phase = PHASE_OTHER;
     r = install_sigterm(w);

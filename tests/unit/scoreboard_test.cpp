@@ -212,7 +212,7 @@ TEST_CASE("a second create of the same job's scoreboard fails: it is in use") {
   TempDir tmp;
   auto first = corral::Scoreboard::create(tmp.path(), "web", 2);
   first.write_header(::getpid(), 1, corral::realtime_ns(), CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0,
-                     2, 8, 64, "web", "127.0.0.1:8080");
+                     2, 8, 64, 0, "web", "127.0.0.1:8080");
   first.claim_slot(0, 4242, 1, corral::monotonic_ns());
 
   std::string message;
@@ -292,7 +292,7 @@ TEST_CASE("slot indexes out of range are ignored, not written past the map") {
 TEST_CASE("open_read_only sees what the supervisor writes") {
   TempDir tmp;
   auto sb = corral::Scoreboard::create(tmp.path(), "web", 4);
-  sb.write_header(1234, 2, 99, CORRAL_MODE_INETD, CORRAL_JOB_BACKING_OFF, 77, 2, 8, 64, "web",
+  sb.write_header(1234, 2, 99, CORRAL_MODE_INETD, CORRAL_JOB_BACKING_OFF, 77, 2, 8, 64, 0, "web",
                   "127.0.0.1:8080\nunix:/run/web.sock");
   sb.claim_slot(3, 4242, 2, 1000);
   sb.set_slot_state(3, CORRAL_SLOT_IDLE, 1500);

@@ -88,7 +88,9 @@ struct corral_sb_header {
   uint64_t updated_mono_ns;      /*  72: CLOCK_MONOTONIC of the supervisor's last write */
   char job_name[CORRAL_SB_JOB_NAME_SIZE];   /*  80: NUL-terminated */
   char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated */
-  uint8_t reserved1[48];         /* 912 .. 959 */
+  uint64_t max_requests;         /* 912: workers.max_requests, 0 = unlimited; a worker that
+                                  * reached it stops accepting and exits (docs/PROTOCOL.md) */
+  uint8_t reserved1[40];         /* 920 .. 959 */
   /* 960: the one field of the header that workers write, on a cache line of its own:
    * a hint of how many workers are idle. A worker adds 1 when it becomes idle and
    * subtracts 1 when it leaves idle (atomic fetch-and-add); when the value after its

@@ -1,0 +1,139 @@
+"""Entry point behind bench/run.sh: runs the scenarios, writes results/results.md
+(Markdown tables of medians and ratios), results/raw.json and the PNG plots."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Ctx  # noqa: E402
+import scenarios as sc  # noqa: E402
+
+SCENARIOS = {
+    "close": lambda ctx: sc.throughput(ctx, close=True),
+    "keepalive": lambda ctx: sc.throughput(ctx, close=False),
+    "herd": sc.herd,
+    "fairness": sc.fairness,
+    "scale": sc.scale,
+    "inetd": sc.inetd,
+    "burst": sc.burst,
+}
+
+
+def sh(cmd: list[str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (r.stdout or r.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+
+
+def machine(ctx: Ctx, args) -> str:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    git = sh(["git", "-C", str(ctx.root), "rev-parse", "--short", "HEAD"])
+    dirty = sh(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no"])
+    pin = (f"client (wrk, bclient) pinned to cpu {ctx.client_cpus}, servers to cpu {ctx.server_cpus} with taskset"
+           if ctx.client_cpus else "no pinning (--no-pin, or fewer than 2 cpus)")
+    cpu = ("server CPU from a cpuacct cgroup per server (the whole process tree, exited children included)"
+           if ctx.cgroups else "no cgroup: server CPU not measured")
+    return "\n".join([
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; command: `bench/run.sh {' '.join(args)}`",
+        f"- machine: {os.cpu_count()} cpus ({model}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}, "
+        f"{sh(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}; load average at start "
+        f"{os.getloadavg()[0]:.2f}",
+        f"- corral {sh([str(ctx.corral), '--version'])} at git {git}{' (+ uncommitted changes)' if dirty else ''}; "
+        f"{sh(['sh', '-c', 'apache2 -v | head -1'])}; {sh(['sh', '-c', 'wrk -v 2>&1 | head -1'])}; "
+        f"{sh(['sh', '-c', 'xinetd -version 2>&1 | head -1'])}; "
+        f"ucspi-tcp {sh(['dpkg-query', '-W', '-f=${Version}', 'ucspi-tcp'])}; "
+        f"systemd {sh(['dpkg-query', '-W', '-f=${Version}', 'systemd'])}",
+        f"- {pin}",
+        f"- {cpu}",
+    ]) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="bench/run.sh")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--quick", action="store_true", help="a short version of everything")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (default: by scenario)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin client and servers to cpus")
+    ap.add_argument("--no-perf", action="store_true", help="skip the perf profiles")
+    ap.add_argument("scenario", nargs="*", help=" ".join(SCENARIOS))
+    a = ap.parse_args()
+    wanted = a.scenario or list(SCENARIOS)
+    for s in wanted:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s}; known: {' '.join(SCENARIOS)}")
+    user_args = (["--quick"] if a.quick else []) + ([f"--rounds {a.rounds}"] if a.rounds else []) + \
+        (["--no-pin"] if a.no_pin else []) + (["--no-perf"] if a.no_perf else []) + a.scenario
+    ctx = Ctx(Path(a.root), Path(a.build), Path(a.results), a.quick, a.rounds, not a.no_pin, not a.no_perf)
+    if os.geteuid() != 0:
+        ctx.log("not root: no cgroup CPU accounting, and Apache/xinetd may not start")
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+    signal.signal(signal.SIGTERM, on_signal)
+
+    header = "# corral benchmarks: results\n\n" + machine(ctx, user_args) + "\n"
+    sections: list[str] = []
+    raw: dict = {"args": user_args, "scenarios": {}}
+    t_all = time.monotonic()
+    ctx.log(f"scenarios: {' '.join(wanted)}; {'quick' if a.quick else 'full'} run; results in {ctx.results}")
+    ctx.log("pinning: " + (f"client on cpu {ctx.client_cpus}, servers on cpu {ctx.server_cpus} (taskset)"
+                           if ctx.client_cpus else "off"))
+    status = 0
+    try:
+        for name in wanted:
+            t0 = time.monotonic()
+            ctx.log(f"=== {name}")
+            try:
+                md, data = SCENARIOS[name](ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception:  # one broken scenario must not lose the others
+                tb = traceback.format_exc()
+                ctx.log(f"{name} failed:\n{tb}")
+                md, data = f"### {name}\n\nFAILED:\n\n```\n{tb}\n```\n", {"error": tb}
+                status = 1
+                for s in list(ctx.servers):
+                    s.stop()
+            took = time.monotonic() - t0
+            md += f"\n_{name}: {took:.0f} s_\n"
+            sections.append(md)
+            raw["scenarios"][name] = {"seconds": took, "data": data}
+            ctx.log(f"=== {name} done in {took:.0f} s")
+            write(ctx, header, sections, raw, time.monotonic() - t_all)
+    except KeyboardInterrupt as e:
+        ctx.log(f"interrupted ({e}); stopping every server started")
+        status = 130
+    finally:
+        ctx.cleanup()
+    write(ctx, header, sections, raw, time.monotonic() - t_all)
+    ctx.log(f"done in {time.monotonic() - t_all:.0f} s: {ctx.results / 'results.md'}")
+    return status
+
+
+def write(ctx: Ctx, header: str, sections: list[str], raw: dict, total: float) -> None:
+    text = header + f"Total time: {total:.0f} s.\n\n" + "\n".join(sections)
+    (ctx.results / "results.md").write_text(text)
+    (ctx.results / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
