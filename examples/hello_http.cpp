@@ -235,6 +235,7 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
   std::size_t have = 0;       // bytes in `in`
   std::size_t scan = 0;       // see find_head_end
   std::uint64_t skip = 0;     // body bytes still to discard
+  bool answered = false;      // a response went out on this connection
   for (;;) {
     std::size_t pos = 0, out_len = 0;
     bool close_after = false;
@@ -275,6 +276,7 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
       }
     }
     if (out_len > 0 && !send_all(fd, out, out_len)) return;
+    if (out_len > 0) answered = true;
     if (close_after) {
       close_gently(fd);
       return;
@@ -290,8 +292,10 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
       if (send_all(fd, kTooLarge, sizeof kTooLarge - 1)) close_gently(fd);
       return;
     }
-    // Between requests and asked to stop: close the keep-alive connection now.
-    if (have == 0 && skip == 0 && worker.stopping()) return;
+    // Between requests and asked to stop: close the keep-alive connection now. Not
+    // before the first request: a new connection's client is sending one, and closing
+    // it unanswered would lose it.
+    if (have == 0 && skip == 0 && answered && worker.stopping()) return;
 
     ssize_t n = ::recv(fd, in + have, kInSize - have, 0);
     if (n > 0) {

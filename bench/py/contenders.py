@@ -87,8 +87,8 @@ def apache(ctx: Ctx, name: str, ports: list[int], *, start: int, min_spare: int,
     user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
     custom = ""
     if pid_log:
-        custom = (f"LoadModule log_config_module {APACHE_MODULES}/mod_log_config.so\n"
-                  f'LogFormat "%P" pidonly\nCustomLog "{d}/logs/pids.log" pidonly\n')
+        # mod_log_config is built into Debian's apache2
+        custom = f'LogFormat "%P" pidonly\nCustomLog "{d}/logs/pids.log" pidonly\n'
     conf = f"""# corral bench: Apache 2.4 prefork, run by hand
 ServerRoot "{d}"
 PidFile "{d}/logs/httpd.pid"

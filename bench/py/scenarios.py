@@ -44,14 +44,17 @@ def perf_works() -> bool:
         return False
 
 
-def perf_profile(ctx: Ctx, tag: str, secs: float, load) -> str | None:
-    """perf record -a (cpu-clock sampling; this VM has no hardware counters) while
-    `load()` runs; writes results/perf-TAG.txt (by command and library, then the
-    top symbols) and returns its name."""
+def perf_profile(ctx: Ctx, tag: str, secs: float, load, server: Server | None = None) -> str | None:
+    """perf record (cpu-clock sampling; this VM has no hardware counters) of the
+    server's processes (every pid in its cgroup, and what they fork from then on),
+    or of the whole machine without a server, while `load()` runs; writes
+    results/perf-TAG.txt (by command and library, then the top symbols)."""
     if not ctx.perf or not perf_works():
         return None
     data = ctx.results / f"perf-{tag}.data"
-    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-a", "-g", "-o", str(data), "--",
+    pids = server.pids() if server else []
+    target = ["-p", ",".join(map(str, pids))] if pids else ["-a"]
+    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o", str(data)] + target + ["--",
                             "sleep", str(secs + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     try:
@@ -105,7 +108,8 @@ def throughput(ctx: Ctx, close: bool):
     pids1 = sorted(w["pid"] for w in corral_workers(ctx, sb))
     prof = {}
     for k in srv:
-        p = perf_profile(ctx, f"{tag}-{k}", min(secs, 5), lambda k=k: wrk(ctx, ports[k], min(secs, 5), conns, close))
+        p = perf_profile(ctx, f"{tag}-{k}", min(secs, 5), lambda k=k: wrk(ctx, ports[k], min(secs, 5), conns, close),
+                         srv[k])
         if p:
             prof[k] = p
     for s in srv.values():
@@ -353,7 +357,7 @@ def fairness(ctx: Ctx):
         label = {"corral auto": "corral default (`auto`)"}.get(key, key.replace("corral ", "corral `") + "`"
                                                                if key.startswith("corral") else key)
         label = {"apache": "Apache prefork", "ceiling": "C ceiling (blocking accept)"}.get(key, label)
-        rows.append([label, len(c), min(c) if c else "", med(c), max(c) if c else "", sum(c),
+        rows.append([label, len(c), min(c) if c else "", fmt(med(c), 0), max(c) if c else "", sum(c),
                      f"{med(x['jain'] for x in v):.4f}"])
         plot.append((key, c))
     md += table(["contender", "workers", "min", "median", "max", "total", "Jain"], rows)
@@ -544,9 +548,9 @@ def inetd(ctx: Ctx):
                 ctx.log(f"inetd round {r + 1}/{R} {k} paced {rate}/s: p50 {fmt(b.get('lat_p50_ms'), 2)} ms "
                         f"p99 {fmt(b.get('lat_p99_ms'), 2)} ms ok {okc:.0f}/{b.get('attempted', 0):.0f} "
                         f"cpu {fmt(b['cpu_us'])} us/conn")
-    prof = perf_profile(ctx, "inetd-corral", min(secs, 5), lambda: wrk(ctx, ports["corral"], min(secs, 5), 16, True, path="/"))
+    prof = perf_profile(ctx, "inetd-corral", min(secs, 5), lambda: wrk(ctx, ports["corral"], min(secs, 5), 16, True, path="/"), srv["corral"])
     prof_tcp = perf_profile(ctx, "inetd-tcpserver", min(secs, 5),
-                            lambda: wrk(ctx, ports["tcpserver"], min(secs, 5), 16, True, path="/"))
+                            lambda: wrk(ctx, ports["tcpserver"], min(secs, 5), 16, True, path="/"), srv["tcpserver"])
     for s in srv.values():
         s.stop()
     labels = {"corral": "corral `--inetd`", "tcpserver": "tcpserver (ucspi-tcp)", "xinetd": "xinetd",
@@ -592,7 +596,7 @@ def inetd(ctx: Ctx):
                    f"({'met' if mine <= best else '**missed**'}).")
     md += "\n"
     if prof:
-        md += f"\nProfiles at 16 clients (perf record -a, cpu-clock): `{prof}`" + (f", `{prof_tcp}`" if prof_tcp else "") + "\n"
+        md += f"\nProfiles at 16 clients (perf record -p of the server processes, cpu-clock): `{prof}`" + (f", `{prof_tcp}`" if prof_tcp else "") + "\n"
     # plot: p50/p99 for the paced rates
     dat = ctx.results / "inetd.dat"
     lines = []

@@ -91,7 +91,8 @@ gid_t lookup_gid(const std::string& group_name) {
   std::vector<char> buf(16384);
   group gr{};
   group* result = nullptr;
-  if (getgrnam_r(group_name.c_str(), &gr, buf.data(), buf.size(), &result) != 0 || result == nullptr)
+  if (getgrnam_r(group_name.c_str(), &gr, buf.data(), buf.size(), &result) != 0 ||
+      result == nullptr)
     throw SetupError("group \"" + group_name + "\" does not exist");
   return gr.gr_gid;
 }
@@ -162,7 +163,8 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
 int ListenerSet::adopt_systemd_listeners() {
   const char* pid_text = std::getenv("LISTEN_PID");
   if (pid_text != nullptr && std::strtol(pid_text, nullptr, 10) != ::getpid()) {
-    spdlog::warn("ignoring LISTEN_FDS: LISTEN_PID={} is not this process ({})", pid_text, ::getpid());
+    spdlog::warn("ignoring LISTEN_FDS: LISTEN_PID={} is not this process ({})", pid_text,
+                 ::getpid());
   }
   char** names = nullptr;
   // unset_environment=1: the variables must not leak on to workers.
@@ -219,8 +221,8 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig
     const auto& spec = job.listeners[i];
     if (const auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
       size_t before = out.size();
-      for (size_t k = 0; k < listeners_.size(); ++k) {
-        if (listeners_[k]->inherited && listeners_[k]->name == sd->name) out.push_back(listeners_[k]);
+      for (const auto& l : listeners_) {
+        if (l->inherited && l->name == sd->name) out.push_back(l);
       }
       if (out.size() == before)
         throw SetupError("job " + job.name + ": no socket named \"" + sd->name +
@@ -243,7 +245,8 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig
             same_socket_address(sa, listeners_[k]->fd.get())) {
           found = k;
           listeners_[k]->key = key;
-          spdlog::info("job {}: {} uses the socket systemd passed", job.name, to_string(spec.address));
+          spdlog::info("job {}: {} uses the socket systemd passed", job.name,
+                       to_string(spec.address));
           break;
         }
       }

@@ -13,9 +13,9 @@ namespace corral {
 /// One open listening socket.
 struct Listener {
   UniqueFd fd;
-  std::string key;      // identity across reloads: the configured address text
-  std::string name;     // LISTEN_FDNAMES entry handed to workers
-  std::string display;  // the bound address as clients reach it ("127.0.0.1:41234")
+  std::string key;         // identity across reloads: the configured address text
+  std::string name;        // LISTEN_FDNAMES entry handed to workers
+  std::string display;     // the bound address as clients reach it ("127.0.0.1:41234")
   bool inherited = false;  // passed in by systemd (LISTEN_FDS) from a socket unit
   bool used = false;       // taken by a job of the current configuration
   bool stored = false;     // in the service manager's fd store (deposited, or handed back)
@@ -41,9 +41,9 @@ class ListenerSet {
 
   /// Opens (or reuses, or adopts from systemd) the sockets of `job`, in configuration
   /// order (a systemd:NAME listener may yield several). A job keeps its sockets alive
-  /// for as long as it holds them, even after the set dropped them. Sockets already open under the same key are reused untouched, so a reload
-  /// keeps their backlog. Throws SetupError naming the address (e.g. "bind 127.0.0.1:80:
-  /// Address already in use").
+  /// for as long as it holds them, even after the set dropped them. Sockets already open under the
+  /// same key are reused untouched, so a reload keeps their backlog. Throws SetupError naming the
+  /// address (e.g. "bind 127.0.0.1:80: Address already in use").
   std::vector<std::shared_ptr<Listener>> open_for_job(const JobConfig& job);
 
   /// Marks every socket unused; open_for_job marks the ones it returns.

@@ -92,9 +92,13 @@ void Notifier::reloading() {
   send("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_ns() / 1000));
 }
 
-void Notifier::stopping() { send("STOPPING=1"); }
+void Notifier::stopping() {
+  send("STOPPING=1");
+}
 
-void Notifier::main_pid(int pid) { send("MAINPID=" + std::to_string(pid)); }
+void Notifier::main_pid(int pid) {
+  send("MAINPID=" + std::to_string(pid));
+}
 
 void Notifier::status(const std::string& text, std::uint64_t now_ns) {
   if (text == last_status_) {

@@ -629,6 +629,17 @@ void Supervisor::Impl::stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bo
   w.term_sent = true;
   auto grace = to_ns(job.cfg.graceful_timeout);
   w.kill_at = grace == 0 ? now : now + grace;
+  if (job.cfg.mode == Mode::inetd) {
+    // An acceptor that has accepted is (or is about to become) the legacy program,
+    // which corral never sends SIGTERM: look at the slot now, not at the last tick.
+    // An acceptor still idle here cannot get through accept and exec before the
+    // signal lands; one that accepted meanwhile only sets its stop flag.
+    auto state = job.sb.read_slot(w.slot).state;
+    if (state == CORRAL_SLOT_BUSY) {
+      w.last_state = CORRAL_SLOT_BUSY;
+      return;
+    }
+  }
   if (send) signal_worker(job, w, SIGTERM);
   job.sb.set_slot_state(w.slot, CORRAL_SLOT_STOPPING, now);
 }

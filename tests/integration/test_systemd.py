@@ -91,12 +91,46 @@ class NotifySocket:
             return None
         return self.collect(find, what=f"{line!r} x{count}", **kw) - 1
 
+    def release(self, fd):
+        """Closes a received fd, as the manager does on FDSTOREREMOVE."""
+        for _, _, fds in self.messages:
+            if fd in fds:
+                fds.remove(fd)
+        os.close(fd)
+
     def lines(self, start=0, end=None):
         return [l for _, m, _ in self.messages[start:end] for l in m]
 
 
 def _matches(pattern, line):
     return pattern.search(line) if isinstance(pattern, re.Pattern) else line == pattern
+
+
+def start_on_free_port(test, notify, config, attempts=5, **kw):
+    """Starts corral with config(port) for a free port, retrying when another process
+    took the port meanwhile. Returns (corral, port, index of its READY=1 message)."""
+    for _ in range(attempts):
+        port = free_port()
+        start = len(notify.messages)
+        c = test.corral(["run", "{config}"], config=config(port),
+                        env={"NOTIFY_SOCKET": notify.path}, **kw)
+        notify.collect(lambda _: "READY=1" in notify.lines(start) or c.proc.poll() is not None,
+                       corral=c)
+        if "READY=1" in notify.lines(start):
+            return c, port, notify.wait_for("READY=1", start=start)
+        test.assertIn("Address already in use", c.log_text())
+    test.fail("no free port")
+
+
+def stored_fds(notify, end):
+    """{FDNAME: fd} of the FDSTORE=1 messages before index end, one fd each."""
+    out = {}
+    for _, m, fds in notify.messages[:end]:
+        if "FDSTORE=1" in m:
+            name = next(l for l in m if l.startswith("FDNAME="))[len("FDNAME="):]
+            assert len(fds) == 1, m
+            out[name] = fds[0]
+    return out
 
 
 def listening_address(fd):
@@ -347,24 +381,14 @@ jobs:
         gets them back through LISTEN_FDS on the next start, and a connection queued
         while no corral ran is served."""
         notify = NotifySocket(self)
-        for _ in range(5):
-            port = free_port()
-            first = self.corral(["run", "{config}"], config=self.config(port),
-                                env={"NOTIFY_SOCKET": notify.path}, name="first")
-            outcome = notify.collect(
-                lambda m: "ready" if "READY=1" in notify.lines() else
-                ("exited" if first.proc.poll() is not None else None), corral=first)
-            if outcome == "ready":
-                break
-            self.assertIn("Address already in use", first.log_text())
-        ready = notify.wait_for("READY=1", corral=first)
-        stored = [(m, fds) for _, m, fds in notify.messages[:ready] if "FDSTORE=1" in m]
-        self.assertEqual(sorted(l for m, _ in stored for l in m if l.startswith("FDNAME=")),
-                         ["FDNAME=echo", "FDNAME=probe"])
-        echo_fds = [fds for m, fds in stored if "FDNAME=echo" in m]
-        self.assertEqual([len(f) for f in echo_fds], [1])
-        store_fd = echo_fds[0][0]
-        self.assertEqual(listening_address(store_fd), (("127.0.0.1", port), 1))
+        first, port, ready = start_on_free_port(self, notify, self.config, name="first")
+        # Both bound sockets, each under a name of its own (FDSTOREREMOVE goes by name).
+        store = stored_fds(notify, ready)
+        probe_port = first.port(self.sbdir, "probe")
+        self.assertEqual(sorted(store), sorted([f"corral-bound.127.0.0.1_{port}",
+                                                f"corral-bound.127.0.0.1_{probe_port}"]))
+        for name, fd in store.items():
+            self.assertEqual(listening_address(fd), (("127.0.0.1", int(name.rsplit("_", 1)[1])), 1))
         self.assertEqual(echo_roundtrip(port), b"ping\n")
 
         workers = [w["pid"] for w in first.job(self.sbdir, "echo")["workers"]]
@@ -379,18 +403,23 @@ jobs:
 
         # Restart as systemd would: the stored fds through LISTEN_FDS/LISTEN_FDNAMES.
         marker = len(notify.messages)
+        names, fds = list(store), list(store.values())
         second = self.corral(["run", "{config}"], config=self.config(port),
-                             env={"NOTIFY_SOCKET": notify.path}, name="second",
-                             launcher=LAUNCHER + ["--fds", str(store_fd), "--names", "echo", "--"],
-                             pass_fds=[store_fd])
+                             env={"NOTIFY_SOCKET": notify.path}, name="second", pass_fds=fds,
+                             launcher=LAUNCHER + ["--fds", ",".join(map(str, fds)),
+                                                  "--names", ":".join(names), "--"])
         self.assertEqual(recv_until(client), b"queued\n")
         client.close()  # else its worker, busy, would wait for it on stop
-        second.wait_log(rf"adopted socket 127\.0\.0\.1:{port} \(echo\) from systemd")
+        second.wait_log(rf"adopted socket 127\.0\.0\.1:{port} from the fd store")
         second.wait_log(rf"job echo: 127\.0\.0\.1:{port} uses the socket systemd passed")
         ready2 = notify.wait_for("READY=1", start=marker, corral=second)
-        # The adopted socket is not stored twice; the probe job's port 0 is bound anew.
-        names = [l for l in notify.lines(marker, ready2 + 1) if l.startswith("FDNAME=")]
-        self.assertEqual(names, ["FDNAME=probe"])
+        # The adopted socket is not stored twice. The probe job's "127.0.0.1:0" binds a
+        # new port: its old socket, unused, is closed and leaves the store.
+        new_probe_port = second.port(self.sbdir, "probe")
+        self.assertEqual(notify.lines(marker, ready2 + 1)[:4],
+                         ["FDSTOREREMOVE=1", f"FDNAME=corral-bound.127.0.0.1_{probe_port}",
+                          "FDSTORE=1", f"FDNAME=corral-bound.127.0.0.1_{new_probe_port}"])
+        self.assertIn(f"closed listener 127.0.0.1:{probe_port}", second.log_text())
         self.assertEqual(second.stop(), 0)
         # The store's copy keeps listening after a clean stop too.
         with connect(port) as again:
@@ -398,29 +427,18 @@ jobs:
 
 
 class FdStoreTest(CorralTest):
-    def stored(self, notify, end):
-        """{FDNAME: fd} of the FDSTORE=1 messages before index end."""
-        out = {}
-        for _, m, fds in notify.messages[:end]:
-            if "FDSTORE=1" in m:
-                name = next(l for l in m if l.startswith("FDNAME="))[len("FDNAME="):]
-                self.assertEqual(len(fds), 1, m)
-                out[name] = fds[0]
-        return out
-
     def test_a_stored_socket_comes_back_beside_a_socket_unit_of_the_same_name(self):
         # Job "web" has a socket from a .socket unit (systemd:web) and one it binds
         # itself, whose listener name defaults to "web" too. After a restart systemd
-        # passes both; each must go to its own listener.
+        # passes both; `systemd:web` must not take the stored one, which goes back to
+        # its address (else binding that address fails: a crash loop).
         unit = socket.socket()
         unit.bind(("127.0.0.1", 0))
         unit.listen(16)
         self.addCleanup(unit.close)
         unit_port = unit.getsockname()[1]
         notify = NotifySocket(self)
-        for _ in range(5):
-            port = free_port()
-            config = f"""
+        config = lambda port: f"""
 scoreboard_dir: {self.sbdir}
 jobs:
   web:
@@ -428,57 +446,59 @@ jobs:
     listen: ["systemd:web", "127.0.0.1:{port}"]
     workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
 """
-            first = self.corral(["run", "{config}"], config=config, name="first",
-                                env={"NOTIFY_SOCKET": notify.path}, pass_fds=[unit.fileno()],
-                                launcher=LAUNCHER + ["--fds", str(unit.fileno()), "--names", "web", "--"])
-            if notify.collect(lambda m: "READY=1" in notify.lines() or first.proc.poll() is not None,
-                              corral=first) and first.proc.poll() is None:
-                break
-        ready = notify.wait_for("READY=1", corral=first)
-        stored = self.stored(notify, ready)
-        self.assertEqual(len(stored), 1, stored)  # the bound one; the unit's is systemd's
-        (store_name, store_fd), = stored.items()
-        self.assertEqual(listening_address(store_fd)[0], ("127.0.0.1", port))
+        first, port, ready = start_on_free_port(
+            self, notify, config, name="first", pass_fds=[unit.fileno()],
+            launcher=LAUNCHER + ["--fds", str(unit.fileno()), "--names", "web", "--"])
+        stored = stored_fds(notify, ready)
+        self.assertEqual(list(stored), [f"corral-bound.127.0.0.1_{port}"])  # not the unit's
+        store_fd = stored[f"corral-bound.127.0.0.1_{port}"]
         workers = [w["pid"] for w in first.job(self.sbdir, "web")["workers"]]
         first.signal(signal.SIGKILL)
         first.wait_exit()
         wait_until(lambda: not any(pid_alive(p) for p in workers), what="workers to die")
 
         # systemd passes the socket unit's fds first, then the fd store's.
-        second = self.corral(["run", "{config}"], config=config, name="second",
+        second = self.corral(["run", "{config}"], config=config(port), name="second",
                              env={"NOTIFY_SOCKET": notify.path}, pass_fds=[unit.fileno(), store_fd],
-                             launcher=LAUNCHER + ["--fds", f"{unit.fileno()},{store_fd}",
-                                                  "--names", f"web:{store_name}", "--"])
-        second.wait_log(r"started worker|\berror\b|critical")
+                             launcher=LAUNCHER + ["--fds", f"{unit.fileno()},{store_fd}", "--names",
+                                                  f"web:corral-bound.127.0.0.1_{port}", "--"])
         job = second.wait_idle(self.sbdir, "web", 1)
         self.assertEqual(job["listeners"], [f"127.0.0.1:{unit_port}", f"127.0.0.1:{port}"])
         self.assertEqual(echo_roundtrip(port), b"ping\n")
         self.assertEqual(echo_roundtrip(unit_port), b"ping\n")
+        self.assertNotIn("Address already in use", second.log_text())
         self.assertEqual(second.stop(), 0)
 
     def test_a_listener_dropped_by_a_reload_leaves_the_fd_store(self):
         notify = NotifySocket(self)
-        config = f"""
+        config = lambda admin: f"""
 scoreboard_dir: {self.sbdir}
 jobs:
   web:
     command: ["{ECHO}"]
-    listen: ["127.0.0.1:0", {{ address: "127.0.0.1:0", name: admin }}]
+    listen: ["127.0.0.1:0"{', { address: "127.0.0.1:0", name: admin }' if admin else ''}]
     workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
 """
-        c = self.corral(["run", "{config}"], config=config, env={"NOTIFY_SOCKET": notify.path})
+        c = self.corral(["run", "{config}"], config=config(True), env={"NOTIFY_SOCKET": notify.path})
         ready = notify.wait_for("READY=1", corral=c)
-        stored = self.stored(notify, ready)
-        self.assertEqual(len(stored), 2, stored)
         admin_port = c.port(self.sbdir, "web", 1)
-        admin_name = next(n for n, fd in stored.items()
-                          if listening_address(fd)[0] == ("127.0.0.1", admin_port))
+        stored = stored_fds(notify, ready)
+        self.assertEqual(len(stored), 2, stored)
+        admin_name = f"corral-bound.127.0.0.1_{admin_port}"
+        self.assertIn(admin_name, stored)
+        old_workers = [w["pid"] for w in c.job(self.sbdir, "web")["workers"]]
         with open(c.config_path, "w") as f:
-            f.write(config.replace(', {{ address: "127.0.0.1:0", name: admin }}'.replace("{{", "{").replace("}}", "}"), ""))
+            f.write(config(False))
         c.signal(signal.SIGHUP)
         removed = notify.wait_for("FDSTOREREMOVE=1", corral=c)
-        self.assertIn(f"FDNAME={admin_name}", notify.messages[removed][1])
+        self.assertEqual(notify.messages[removed][1], ["FDSTOREREMOVE=1", f"FDNAME={admin_name}"])
         c.wait_log(rf"closed listener 127\.0\.0\.1:{admin_port}")
+        # The manager drops its copy as told, the old workers are gone: nothing listens
+        # there any more.
+        notify.release(stored[admin_name])
+        wait_until(lambda: not any(pid_alive(p) for p in old_workers), what="old workers to exit")
+        with self.assertRaises(ConnectionRefusedError):
+            connect(admin_port)
         self.assertEqual(c.stop(), 0)
 
 
