@@ -77,4 +77,14 @@ gcc "${CFLAGS[@]}" -o "$RESULTS/bin/prefork_ceiling" "$HERE/ceiling/prefork_ceil
 gcc "${CFLAGS[@]}" -o "$RESULTS/bin/hello1" "$HERE/inetd/hello1.c"
 gcc "${CFLAGS[@]}" -o "$RESULTS/bin/bclient" "$HERE/clients/bclient.c" -lm
 
-exec python3 "$HERE/py/bench.py" --root "$ROOT" --build "$BUILD" --results "$RESULTS" "${args[@]}"
+# --- a snapshot of corral's binaries: others may rebuild build/ during the run ------
+SNAP="$RESULTS/build"
+rm -rf "$SNAP"
+mkdir -p "$SNAP/examples"
+cp -p "$BUILD/corral" "$SNAP/corral"
+cp -p "$BUILD/examples/hello-http" "$BUILD/examples/echo" "$SNAP/examples/"
+git -C "$ROOT" rev-parse HEAD >"$SNAP/GIT_REV" 2>/dev/null || true
+git -C "$ROOT" status --porcelain --untracked-files=no >"$SNAP/GIT_DIRTY" 2>/dev/null || true
+grep -E '^CMAKE_BUILD_TYPE' "$BUILD/CMakeCache.txt" >"$SNAP/BUILD_TYPE" 2>/dev/null || true
+
+exec python3 "$HERE/py/bench.py" --root "$ROOT" --build "$SNAP" --results "$RESULTS" "${args[@]}"

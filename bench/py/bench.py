@@ -44,8 +44,10 @@ def machine(ctx: Ctx, args) -> str:
             model = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    git = sh(["git", "-C", str(ctx.root), "rev-parse", "--short", "HEAD"])
-    dirty = sh(["git", "-C", str(ctx.root), "status", "--porcelain", "--untracked-files=no"])
+    snap = ctx.build
+    git = (snap / "GIT_REV").read_text().strip()[:10] if (snap / "GIT_REV").exists() else "?"
+    dirty = (snap / "GIT_DIRTY").read_text().strip() if (snap / "GIT_DIRTY").exists() else ""
+    btype = (snap / "BUILD_TYPE").read_text().strip().split("=")[-1] if (snap / "BUILD_TYPE").exists() else "?"
     pin = (f"client (wrk, bclient) pinned to cpu {ctx.client_cpus}, servers to cpu {ctx.server_cpus} with taskset"
            if ctx.client_cpus else "no pinning (--no-pin, or fewer than 2 cpus)")
     cpu = ("server CPU from a cpuacct cgroup per server (the whole process tree, exited children included)"
@@ -55,7 +57,8 @@ def machine(ctx: Ctx, args) -> str:
         f"- machine: {os.cpu_count()} cpus ({model}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}, "
         f"{sh(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}; load average at start "
         f"{os.getloadavg()[0]:.2f}",
-        f"- corral {sh([str(ctx.corral), '--version'])} at git {git}{' (+ uncommitted changes)' if dirty else ''}; "
+        f"- {sh([str(ctx.corral), '--version'])} at git {git}{' + uncommitted changes (' + ', '.join(l[3:] for l in dirty.splitlines()) + ')' if dirty else ''}, "
+        f"{btype} build, copied to results/build/ before the run; "
         f"{sh(['sh', '-c', 'apache2 -v | head -1'])}; {sh(['sh', '-c', 'wrk -v 2>&1 | head -1'])}; "
         f"{sh(['sh', '-c', 'xinetd -version 2>&1 | head -1'])}; "
         f"ucspi-tcp {sh(['dpkg-query', '-W', '-f=${Version}', 'ucspi-tcp'])}; "
@@ -101,6 +104,7 @@ def main() -> int:
     try:
         for name in wanted:
             t0 = time.monotonic()
+            load0 = os.getloadavg()[0]
             ctx.log(f"=== {name}")
             try:
                 md, data = SCENARIOS[name](ctx)
@@ -114,9 +118,10 @@ def main() -> int:
                 for s in list(ctx.servers):
                     s.stop()
             took = time.monotonic() - t0
-            md += f"\n_{name}: {took:.0f} s_\n"
+            load1 = os.getloadavg()[0]
+            md += f"\n_{name}: {took:.0f} s; 1-minute load average {load0:.2f} at the start, {load1:.2f} at the end_\n"
             sections.append(md)
-            raw["scenarios"][name] = {"seconds": took, "data": data}
+            raw["scenarios"][name] = {"seconds": took, "load": [load0, load1], "data": data}
             ctx.log(f"=== {name} done in {took:.0f} s")
             write(ctx, header, sections, raw, time.monotonic() - t_all)
     except KeyboardInterrupt as e:

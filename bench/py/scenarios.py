@@ -79,9 +79,9 @@ def perf_profile(ctx: Ctx, tag: str, secs: float, load, server: Server | None = 
 def throughput(ctx: Ctx, close: bool):
     tag = "close" if close else "keepalive"
     n = 8
-    secs = 3 if ctx.quick else 10
+    secs = 3 if ctx.quick else 5
     conns = 16 if close else n  # keep-alive: one connection per worker (a prefork worker holds one)
-    R = rounds(ctx, 5, 2)
+    R = rounds(ctx, 8, 2)
     ports = {k: ctx.port() for k in ("corral", "apache", "ceiling")}
     c, sb = corral_cli(ctx, f"{tag}-corral", ports["corral"], n)
     a = apache(ctx, f"{tag}-apache", [ports["apache"]], start=n, min_spare=n, max_spare=n, maximum=n,
@@ -183,7 +183,7 @@ def lock_kind(pid: int) -> str:
 
 
 def herd(ctx: Ctx):
-    R = rounds(ctx, 3, 1)
+    R = rounds(ctx, 2, 1)
     nconn = 300 if ctx.quick else 2000
     gap_us = 2000
     configs = []
@@ -503,6 +503,17 @@ INETD_POOL = {"start": 16, "min_spare": 16, "max_spare": 32, "max": 64}
 
 
 def inetd(ctx: Ctx):
+    """Unpinned: the clients cost little next to fork+exec, and a server held to one
+    core would saturate below 150 connections/s on this machine."""
+    saved = ctx.client_cpus, ctx.server_cpus
+    ctx.client_cpus = ctx.server_cpus = ""
+    try:
+        return _inetd(ctx)
+    finally:
+        ctx.client_cpus, ctx.server_cpus = saved
+
+
+def _inetd(ctx: Ctx):
     R = rounds(ctx, 3, 1)
     secs = 3 if ctx.quick else 10
     psecs = 4 if ctx.quick else 10
@@ -561,7 +572,8 @@ def inetd(ctx: Ctx):
            f"max {p['max']}; tcpserver -c 64 -H -R -l0; xinetd -dontfork with its own config (UNLISTED, "
            f"instances 64, cps 100000, NOLIBWRAP, no logging); systemd-socket-activate with SYSTEMD_LOG_LEVEL=warning. "
            f"Saturated: wrk -c16 `Connection: close` for {secs} s. Paced: bclient paced, open loop, evenly spaced "
-           f"connection attempts for {psecs} s, latency from the scheduled start to the server's close. Server CPU "
+           f"connection attempts for {psecs} s, latency from the scheduled start to the server's close. Not pinned: "
+           f"client and servers share both cores (the clients' cost is small next to fork+exec). Server CPU "
            f"per connection: the cpuacct cgroup of each server's whole process tree. {R} round(s), medians.\n\n")
     rows = []
     for k in srv:
@@ -780,7 +792,7 @@ def burst(ctx: Ctx):
     for k in ("corral", "apache"):
         o = osc[k]
         orows.append([labels[k], o["forks"], o["exits"], o["forks"] + o["exits"],
-                      o["forks_after_6s"] + o["exits_after_6s"], fmt(o["worst_all_served_ms"], 0), o["errors"]])
+                      o["forks_after_6s"] + o["exits_after_6s"], fmt(o["worst_all_served_ms"], 0), int(o["errors"] or 0)])
     md += table(["contender", "forks", "exits/kills", "forks+kills", "forks+kills, steady", "worst phase: all served ms",
                  "errors"], orows)
     # plots: worker count over time in the burst; cumulative served
@@ -790,13 +802,14 @@ def burst(ctx: Ctx):
         d.write_text("".join(f"{t:.3f} {n}\n" for t, n in tl))
         dats.append((k, d, out))
     plots = []
+    colors = {"corral": "#4477aa", "apache": "#ee6677", "ceiling": "#228833"}
     for k, d, out in dats:
         if out.exists():
             cdf = ctx.results / f"burst-served-{k}.dat"
             ws = sorted(float(x) for x in out.read_text().split())
             cdf.write_text("".join(f"{w / 1000:.4f} {i + 1}\n" for i, w in enumerate(ws)))
-            plots.append(f"'{cdf}' using 1:2 with steps lw 2 title '{k}: clients served'")
-        plots.append(f"'{d}' using 1:2 with lines dt 2 lw 2 title '{k}: worker processes'")
+            plots.append(f"'{cdf}' using 1:2 with steps lw 2 lc rgb '{colors[k]}' title '{k}: clients served'")
+        plots.append(f"'{d}' using 1:2 with lines dt 2 lw 2 lc rgb '{colors[k]}' title '{k}: worker processes'")
     png = gnuplot(ctx, "burst", f"""set title "Burst of 64 held connections onto a pool at rest (min_spare 2, max_spare 8, max 64)"
 set xlabel "seconds since the burst"
 set ylabel "count"
@@ -812,7 +825,7 @@ plot {", ".join(plots)}
     for k in ("corral", "apache"):
         d = ctx.results / f"osc-timeline-{k}.dat"
         d.write_text("".join(f"{t:.3f} {n}\n" for t, n in osc[k]["timeline"]))
-        odat.append(f"'{d}' using 1:2 with lines lw 2 title '{k}'")
+        odat.append(f"'{d}' using 1:2 with lines lw 2 lc rgb '{colors[k]}' title '{k}'")
     png2 = gnuplot(ctx, "oscillation", f"""set title "Oscillating load (3 s at 40 held connections, 3 s at 4): worker processes"
 set xlabel "seconds"
 set ylabel "worker processes"

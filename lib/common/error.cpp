@@ -32,10 +32,10 @@ ConfigError::ConfigError(SourceMark mark, std::string message)
 ConfigError::ConfigError(std::string message)
     : ConfigError(std::vector<ConfigIssue>{ConfigIssue{{}, std::move(message)}}) {}
 
-SetupError::SetupError(std::string call, std::string object, int err)
+SetupError::SetupError(const std::string& call, const std::string& object, int err)
     : std::runtime_error(call + " " + object + ": " + std::strerror(err)), errno_(err) {}
 
-SetupError::SetupError(std::string message) : std::runtime_error(std::move(message)) {}
+SetupError::SetupError(const std::string& message) : std::runtime_error(message) {}
 
 std::string Error::to_string() const {
   if (code == 0) return what;

@@ -43,9 +43,9 @@ class ConfigError : public std::runtime_error {
 /// e.g. `bind 127.0.0.1:8080: Address already in use`.
 class SetupError : public std::runtime_error {
  public:
-  SetupError(std::string call, std::string object, int err);
+  SetupError(const std::string& call, const std::string& object, int err);
   /// A setup failure that is not a single system call.
-  explicit SetupError(std::string message);
+  explicit SetupError(const std::string& message);
   [[nodiscard]] int error_number() const { return errno_; }
 
  private:

@@ -27,10 +27,11 @@ size_t file_size_for(unsigned slots) {
   return CORRAL_SB_HEADER_SIZE + static_cast<size_t>(slots) * CORRAL_SB_SLOT_SIZE;
 }
 
+// Copies text into a fixed NUL-padded field (always NUL-terminated).
 void copy_text(char* dst, size_t size, const std::string& text) {
   size_t n = std::min(size - 1, text.size());
-  std::memcpy(dst, text.data(), n);
-  std::memset(dst + n, 0, size - n);
+  std::memset(dst, 0, size);
+  text.copy(dst, n);
 }
 
 }  // namespace

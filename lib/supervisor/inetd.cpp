@@ -136,9 +136,11 @@ int acceptor_main(void* arg) {
     add_connection_environment(env, reinterpret_cast<sockaddr*>(&peer), peer_len,
                                reinterpret_cast<sockaddr*>(&local), local_len);
     std::vector<char*> envp;
+    envp.reserve(env.size() + 1);
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
     std::vector<char*> argv;
+    argv.reserve(plan.argv.size() + 1);
     for (const auto& s : plan.argv) argv.push_back(const_cast<char*>(s.c_str()));
     argv.push_back(nullptr);
     // The connection becomes stdin and stdout; nothing else of ours may reach the

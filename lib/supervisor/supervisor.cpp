@@ -258,7 +258,6 @@ class Supervisor::Impl {
   bool stopping_ = false;
   bool fast_stop_ = false;
   bool failed_exit_ = false;
-  std::uint64_t next_tick_ = 0;
 };
 
 Supervisor::Supervisor(SupervisorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
@@ -464,7 +463,8 @@ int Supervisor::Impl::run() {
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
-    if (!l->inherited && !l->stored && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+    if (!l->inherited && !l->stored && l->display.starts_with("unix:"))
+      ::unlink(l->display.c_str() + 5);
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;
@@ -581,19 +581,13 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
     record_failure(job, now, false, "reported resources short (exit 75)");
     return;
   }
-  bool crashed = false;
-  switch (job.cfg.mode) {
-    case Mode::prefork:
-      crashed = !rec.ready && slot.state == CORRAL_SLOT_STARTING && !rec.term_sent;
-      break;
-    case Mode::inetd:
-      // An acceptor that accepted marked its slot busy; the program's exit is its own.
-      crashed = !rec.ready && slot.state == CORRAL_SLOT_STARTING && !rec.term_sent;
-      break;
-    case Mode::plain:
-      crashed = !rec.term_sent && now - rec.started_ns < kPlainCrashWindow;
-      break;
-  }
+  // prefork: a worker that never became idle; inetd: an acceptor that died before
+  // accepting (one that accepted marked its slot busy, and the program's exit is its
+  // own); plain: a copy that lived less than a second.
+  const bool crashed =
+      !rec.term_sent && (job.cfg.mode == Mode::plain
+                             ? now - rec.started_ns < kPlainCrashWindow
+                             : !rec.ready && slot.state == CORRAL_SLOT_STARTING);
   if (crashed) record_failure(job, now, true, "exited before it was ready");
 }
 

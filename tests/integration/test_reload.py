@@ -215,6 +215,7 @@ jobs:
         self.assertGreaterEqual(kills, 15)
         self.assertLessEqual(len(load.failures), kills, load.failures)
         for f in load.failures:
-            self.assertIn("ConnectionResetError", f)
+            # closed by the dying worker: a reset, or an empty answer (FIN)
+            self.assertTrue("ConnectionResetError" in f or f == "unexpected answer b''", f)
         self.assertGreaterEqual(load.done, 6000 - kills)
         self.assertEqual(c.stop(), 0)
