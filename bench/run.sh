@@ -2,7 +2,7 @@
 # corral benchmarks: corral against Apache 2.4 prefork, a hand-written C prefork
 # ceiling, tcpserver, xinetd and systemd-socket-activate, side by side in one run.
 #
-#   bench/run.sh [--quick] [--rounds N] [--no-pin] [--no-install] [--no-perf] [SCENARIO...]
+#   bench/run.sh [--quick] [--rounds N] [--no-pin] [--no-install] [--no-perf] [--wait-quiet S] [SCENARIO...]
 #
 # SCENARIO: close keepalive herd fairness scale inetd burst (default: all, in that
 # order). --quick runs a short version of everything (a few minutes); the full run
@@ -69,6 +69,15 @@ if ((install)); then install_peers; fi
 for b in corral examples/hello-http examples/echo; do
   [[ -x "$BUILD/$b" ]] || { log "missing $BUILD/$b: build first (cmake --build $BUILD)"; exit 1; }
 done
+
+# --- a fresh results dir (the previous run's files would mix with this one's) ----
+mkdir -p "$RESULTS"
+if [[ "$RESULTS" == "$HERE/results" || -e "$RESULTS/.corral-bench" ]]; then
+  find "$RESULTS" -mindepth 1 -maxdepth 1 ! -name bin ! -name .corral-bench -exec rm -rf {} +
+elif [[ -n "$(ls -A "$RESULTS")" ]]; then
+  log "$RESULTS is not empty and not a corral bench results dir; refusing to write into it"; exit 1
+fi
+touch "$RESULTS/.corral-bench"
 
 # --- our own small C programs (compiled each run, into the results dir) --------
 mkdir -p "$RESULTS/bin"

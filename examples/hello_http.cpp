@@ -73,7 +73,7 @@ class DateLine {
 };
 
 struct Head {
-  bool ok = false;          // a request line ending in HTTP/1.x, well-formed headers
+  bool ok = false;  // a request line ending in HTTP/1.x, well-formed headers
   bool http10 = false;
   bool keep_alive = false;  // what the client wants
   bool chunked = false;     // a Transfer-Encoding body: we do not decode it, so we close
@@ -97,8 +97,10 @@ void apply_connection(const char* v, const char* end, Head& h) {
     while (v < end && (*v == ' ' || *v == '\t' || *v == ',')) v++;
     const char* t = v;
     while (v < end && *v != ',' && *v != ' ' && *v != '\t') v++;
-    if (name_is(t, static_cast<std::size_t>(v - t), "close")) h.keep_alive = false;
-    else if (name_is(t, static_cast<std::size_t>(v - t), "keep-alive")) h.keep_alive = true;
+    if (name_is(t, static_cast<std::size_t>(v - t), "close"))
+      h.keep_alive = false;
+    else if (name_is(t, static_cast<std::size_t>(v - t), "keep-alive"))
+      h.keep_alive = true;
   }
 }
 
@@ -150,8 +152,7 @@ Head parse_head(const char* p, std::size_t len) {
 // Looks for the blank line that ends the head starting at `start`. Returns the
 // head's length, or 0 if it is not complete yet; `scan` remembers how far the
 // search went, so that a client sending byte by byte costs O(n), not O(n^2).
-std::size_t find_head_end(const char* buf, std::size_t start, std::size_t have,
-                          std::size_t& scan) {
+std::size_t find_head_end(const char* buf, std::size_t start, std::size_t have, std::size_t& scan) {
   std::size_t i = std::max(scan, start);
   while (i < have) {
     const void* nl = std::memchr(buf + i, '\n', have - i);
@@ -198,8 +199,10 @@ void append_ok(char* out, std::size_t& len, DateLine& date, bool keep_alive, boo
   std::size_t date_len = 0;
   const char* d = date.get(date_len);
   append(out, len, d, date_len);
-  if (!keep_alive) append(out, len, kConnClose, sizeof kConnClose - 1);
-  else if (http10) append(out, len, kConnKeepAlive, sizeof kConnKeepAlive - 1);
+  if (!keep_alive)
+    append(out, len, kConnClose, sizeof kConnClose - 1);
+  else if (http10)
+    append(out, len, kConnKeepAlive, sizeof kConnKeepAlive - 1);
   append(out, len, kBody, sizeof kBody - 1);
 }
 
@@ -232,10 +235,10 @@ void serve(int fd, const corral::Worker& worker, DateLine& date) {
 
   char in[kInSize];
   char out[kOutSize];
-  std::size_t have = 0;       // bytes in `in`
-  std::size_t scan = 0;       // see find_head_end
-  std::uint64_t skip = 0;     // body bytes still to discard
-  bool answered = false;      // a response went out on this connection
+  std::size_t have = 0;    // bytes in `in`
+  std::size_t scan = 0;    // see find_head_end
+  std::uint64_t skip = 0;  // body bytes still to discard
+  bool answered = false;   // a response went out on this connection
   for (;;) {
     std::size_t pos = 0, out_len = 0;
     bool close_after = false;

@@ -72,24 +72,23 @@ static void date_get(void) {
 }
 
 /* Finds the end of a request head in [p, p+n): returns its length or 0. */
-static size_t head_end(const char *p, size_t n) {
+static size_t head_end(const char* p, size_t n) {
   for (size_t i = 0; i + 4 <= n; i++) {
-    if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n')
-      return i + 4;
+    if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n') return i + 4;
   }
   return 0;
 }
 
 /* keep-alive as the client wants it */
-static int wants_keepalive(const char *p, size_t n) {
-  const char *eol = memchr(p, '\n', n);
+static int wants_keepalive(const char* p, size_t n) {
+  const char* eol = memchr(p, '\n', n);
   int http10 = eol && eol - p >= 9 && memcmp(eol - 9, "HTTP/1.0", 8) == 0;
   int keep = !http10;
-  for (const char *line = eol ? eol + 1 : p + n; line < p + n;) {
-    const char *nl = memchr(line, '\n', (size_t)(p + n - line));
+  for (const char* line = eol ? eol + 1 : p + n; line < p + n;) {
+    const char* nl = memchr(line, '\n', (size_t)(p + n - line));
     if (!nl) break;
     if ((size_t)(nl - line) > 11 && strncasecmp(line, "connection:", 11) == 0) {
-      const char *v = line + 11;
+      const char* v = line + 11;
       size_t len = (size_t)(nl - v);
       for (size_t i = 0; i + 5 <= len; i++) {
         if (strncasecmp(v + i, "close", 5) == 0) keep = 0;
@@ -101,12 +100,12 @@ static int wants_keepalive(const char *p, size_t n) {
   return keep;
 }
 
-static void append(char *out, size_t *len, const char *s, size_t n) {
+static void append(char* out, size_t* len, const char* s, size_t n) {
   memcpy(out + *len, s, n);
   *len += n;
 }
 
-static int send_all(int fd, const char *b, size_t n) {
+static int send_all(int fd, const char* b, size_t n) {
   while (n > 0) {
     ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
     if (k < 0) {
@@ -134,7 +133,7 @@ static void serve(int fd) {
       if (!h) break;
       int keep = wants_keepalive(in + pos, h) && !stop;
       int http10 = 0;
-      const char *eol = memchr(in + pos, '\n', h);
+      const char* eol = memchr(in + pos, '\n', h);
       if (eol && eol - (in + pos) >= 9 && memcmp(eol - 9, "HTTP/1.0", 8) == 0) http10 = 1;
       if (olen + 256 > OUTSIZE) {
         if (send_all(fd, out, olen)) return;
@@ -143,8 +142,10 @@ static void serve(int fd) {
       date_get();
       append(out, &olen, k200, sizeof k200 - 1);
       append(out, &olen, date_line, date_len);
-      if (!keep) append(out, &olen, kClose, sizeof kClose - 1);
-      else if (http10) append(out, &olen, kKeep, sizeof kKeep - 1);
+      if (!keep)
+        append(out, &olen, kClose, sizeof kClose - 1);
+      else if (http10)
+        append(out, &olen, kKeep, sizeof kKeep - 1);
       append(out, &olen, kBody, sizeof kBody - 1);
       served++;
       pos += h;
@@ -185,12 +186,14 @@ static void child(int lfd) {
   _exit(0);
 }
 
-int main(int argc, char **argv) {
-  const char *addr = "127.0.0.1:8080";
+int main(int argc, char** argv) {
+  const char* addr = "127.0.0.1:8080";
   int n = 8, opt;
   while ((opt = getopt(argc, argv, "l:n:")) != -1) {
-    if (opt == 'l') addr = optarg;
-    else if (opt == 'n') n = atoi(optarg);
+    if (opt == 'l')
+      addr = optarg;
+    else if (opt == 'n')
+      n = atoi(optarg);
     else {
       fprintf(stderr, "usage: %s -l HOST:PORT [-n CHILDREN]\n", argv[0]);
       return 2;
@@ -198,7 +201,7 @@ int main(int argc, char **argv) {
   }
   if (n < 1 || n > MAXCHILD) return 2;
   char host[64];
-  const char *colon = strrchr(addr, ':');
+  const char* colon = strrchr(addr, ':');
   if (!colon || (size_t)(colon - addr) >= sizeof host) return 2;
   memcpy(host, addr, (size_t)(colon - addr));
   host[colon - addr] = 0;
@@ -206,7 +209,7 @@ int main(int argc, char **argv) {
   if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) return 2;
   int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 1024)) {
+  if (bind(lfd, (struct sockaddr*)&sa, sizeof sa) || listen(lfd, 1024)) {
     perror(addr);
     return 1;
   }

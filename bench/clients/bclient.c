@@ -8,7 +8,8 @@
  *   bclient paced -p PORT -r RATE -d SECONDS [-t TIMEOUT_MS] [-o FILE]
  *       open loop: a connection attempt every 1/RATE s, whatever the previous ones
  *       do; latency from the scheduled start to EOF (so client-side lateness counts
- *       against the server, never for it).
+ *       against the server, never for it); a connection still open after
+ *       TIMEOUT_MS is closed and enters the percentiles at that time.
  *   bclient hold  -p PORT -n N -H HOLD_MS [-e] [-t TIMEOUT_MS] [-o FILE]
  *       a burst: N connections opened at once, each sends one keep-alive request
  *       (-e: the line "hello\n", for an echo server), waits for the whole answer,
@@ -50,12 +51,12 @@ static double now_s(void) {
   return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
+static int cmp_d(const void* a, const void* b) {
+  double x = *(const double*)a, y = *(const double*)b;
   return x < y ? -1 : x > y;
 }
 
-static double pct(double *v, size_t n, double p) {
+static double pct(double* v, size_t n, double p) {
   if (!n) return NAN;
   size_t i = (size_t)ceil(p / 100.0 * (double)n);
   if (i > 0) i--;
@@ -63,20 +64,20 @@ static double pct(double *v, size_t n, double p) {
   return v[i];
 }
 
-static void print_lat(const char *prefix, double *v, size_t n) {
+static void print_lat(const char* prefix, double* v, size_t n) {
   qsort(v, n, sizeof *v, cmp_d);
   printf("%s_n=%zu\n", prefix, n);
   if (!n) return;
   double sum = 0;
   for (size_t i = 0; i < n; i++) sum += v[i];
-  printf("%s_p50_ms=%.3f\n%s_p90_ms=%.3f\n%s_p99_ms=%.3f\n%s_max_ms=%.3f\n%s_mean_ms=%.3f\n", prefix,
-         pct(v, n, 50) * 1e3, prefix, pct(v, n, 90) * 1e3, prefix, pct(v, n, 99) * 1e3, prefix,
-         v[n - 1] * 1e3, prefix, sum / (double)n * 1e3);
+  printf("%s_p50_ms=%.3f\n%s_p90_ms=%.3f\n%s_p99_ms=%.3f\n%s_max_ms=%.3f\n%s_mean_ms=%.3f\n",
+         prefix, pct(v, n, 50) * 1e3, prefix, pct(v, n, 90) * 1e3, prefix, pct(v, n, 99) * 1e3,
+         prefix, v[n - 1] * 1e3, prefix, sum / (double)n * 1e3);
 }
 
-static void dump(const char *file, double *v, size_t n) {
+static void dump(const char* file, double* v, size_t n) {
   if (!file) return;
-  FILE *f = fopen(file, "w");
+  FILE* f = fopen(file, "w");
   if (!f) {
     perror(file);
     return;
@@ -95,7 +96,7 @@ static struct sockaddr_in addr_of(int port) {
 
 struct seq_arg {
   long n, gap_us, first;
-  double *lat;
+  double* lat;
   long done, errors;
 };
 
@@ -107,7 +108,7 @@ static int one_connection(int port) {
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   int rc = -1;
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+  if (connect(fd, (struct sockaddr*)&sa, sizeof sa) == 0 &&
       send(fd, kReqClose, sizeof kReqClose - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof kReqClose - 1)) {
     char buf[4096];
     ssize_t k, total = 0;
@@ -118,13 +119,15 @@ static int one_connection(int port) {
   return rc;
 }
 
-static void *seq_thread(void *p) {
-  struct seq_arg *a = p;
+static void* seq_thread(void* p) {
+  struct seq_arg* a = p;
   for (long i = 0; i < a->n; i++) {
     double t0 = now_s();
     int port = ports[(a->first + i) % nports];
-    if (one_connection(port) == 0) a->lat[a->done++] = now_s() - t0;
-    else a->errors++;
+    if (one_connection(port) == 0)
+      a->lat[a->done++] = now_s() - t0;
+    else
+      a->errors++;
     if (a->gap_us > 0) usleep((useconds_t)a->gap_us);
   }
   return NULL;
@@ -142,7 +145,7 @@ static int run_seq(long n, long gap_us, int threads) {
     args[i].lat = calloc((size_t)share + 1, sizeof(double));
     pthread_create(&th[i], NULL, seq_thread, &args[i]);
   }
-  double *all = calloc((size_t)n + 1, sizeof(double));
+  double* all = calloc((size_t)n + 1, sizeof(double));
   size_t m = 0;
   long errors = 0;
   for (int i = 0; i < threads; i++) {
@@ -163,18 +166,18 @@ enum { C_CONNECTING, C_READING, C_HOLDING, C_DONE };
 
 struct conn {
   int fd, state;
-  double start;   /* scheduled start (paced) or burst start (hold) */
-  double served;  /* complete answer received */
+  double start;  /* scheduled start (paced) or burst start (hold) */
+  double served; /* complete answer received */
   size_t have;
   char buf[1024];
 };
 
-static int start_conn(int ep, struct conn *c, int port) {
+static int start_conn(int ep, struct conn* c, int port) {
   struct sockaddr_in sa = addr_of(port);
   c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   c->have = 0;
   if (c->fd < 0) return -1;
-  int r = connect(c->fd, (struct sockaddr *)&sa, sizeof sa);
+  int r = connect(c->fd, (struct sockaddr*)&sa, sizeof sa);
   if (r < 0 && errno != EINPROGRESS) {
     close(c->fd);
     c->fd = -1;
@@ -186,7 +189,7 @@ static int start_conn(int ep, struct conn *c, int port) {
   return 0;
 }
 
-static void finish(struct conn *c, int state) {
+static void finish(struct conn* c, int state) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   c->state = state;
@@ -194,14 +197,14 @@ static void finish(struct conn *c, int state) {
 
 /* Is the answer complete? close_mode: the server closes (read to EOF); else an
  * HTTP response with Content-Length, or (echo) a line. */
-static int answer_complete(struct conn *c, int echo) {
+static int answer_complete(struct conn* c, int echo) {
   if (echo) return c->have > 0 && memchr(c->buf, '\n', c->have) != NULL;
-  char *end = memmem(c->buf, c->have, "\r\n\r\n", 4);
+  char* end = memmem(c->buf, c->have, "\r\n\r\n", 4);
   if (!end) return 0;
   size_t head = (size_t)(end - c->buf) + 4;
   long clen = 0;
-  for (char *p = c->buf; p && p < end;) {
-    char *nl = memchr(p, '\n', (size_t)(end - p));
+  for (char* p = c->buf; p && p < end;) {
+    char* nl = memchr(p, '\n', (size_t)(end - p));
     if (!nl) break;
     if (strncasecmp(p, "content-length:", 15) == 0) clen = atol(p + 15);
     p = nl + 1;
@@ -211,7 +214,7 @@ static int answer_complete(struct conn *c, int echo) {
 
 /* Handles one epoll event. Returns 1 when the connection just got its answer
  * (close_mode: EOF after a response), -1 on error, 0 otherwise. */
-static int on_event(int ep, struct conn *c, uint32_t events, int close_mode, int echo) {
+static int on_event(int ep, struct conn* c, uint32_t events, int close_mode, int echo) {
   if (c->state == C_CONNECTING) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -220,7 +223,7 @@ static int on_event(int ep, struct conn *c, uint32_t events, int close_mode, int
       finish(c, C_DONE);
       return -1;
     }
-    const char *req = echo ? kLine : close_mode ? kReqClose : kReqKeep;
+    const char* req = echo ? kLine : close_mode ? kReqClose : kReqKeep;
     size_t rlen = strlen(req);
     if (send(c->fd, req, rlen, MSG_NOSIGNAL) != (ssize_t)rlen) {
       finish(c, C_DONE);
@@ -234,7 +237,7 @@ static int on_event(int ep, struct conn *c, uint32_t events, int close_mode, int
   if (c->state == C_READING) {
     for (;;) {
       char tmp[4096];
-      char *dst = c->have < sizeof c->buf ? c->buf + c->have : tmp;
+      char* dst = c->have < sizeof c->buf ? c->buf + c->have : tmp;
       size_t room = c->have < sizeof c->buf ? sizeof c->buf - c->have : sizeof tmp;
       ssize_t k = recv(c->fd, dst, room, 0);
       if (k > 0) {
@@ -275,11 +278,11 @@ static void set_timer(int tfd, double at) {
   timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
-static int run_paced(double rate, double secs, const char *out) {
+static int run_paced(double rate, double secs, const char* out) {
   long n = (long)(rate * secs);
   if (n < 1) n = 1;
-  struct conn *cs = calloc((size_t)n, sizeof *cs);
-  double *lat = calloc((size_t)n, sizeof *lat);
+  struct conn* cs = calloc((size_t)n, sizeof *cs);
+  double* lat = calloc((size_t)n, sizeof *lat);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
@@ -293,7 +296,7 @@ static int run_paced(double rate, double secs, const char *out) {
     int k = epoll_wait(ep, evs, 64, 100);
     double now = now_s();
     for (int i = 0; i < k; i++) {
-      struct conn *c = evs[i].data.ptr;
+      struct conn* c = evs[i].data.ptr;
       if (!c) {
         uint64_t x;
         (void)!read(tfd, &x, sizeof x);
@@ -306,7 +309,7 @@ static int run_paced(double rate, double secs, const char *out) {
       if (r < 0) errors++;
     }
     while (next < n && t0 + (double)next / rate <= now) {
-      struct conn *c = &cs[next];
+      struct conn* c = &cs[next];
       c->start = t0 + (double)next / rate;
       if (now - c->start > 0.002) late++;
       if (start_conn(ep, c, ports[0]) < 0) {
@@ -319,6 +322,9 @@ static int run_paced(double rate, double secs, const char *out) {
     if (next < n) set_timer(tfd, t0 + (double)next / rate);
     for (long i = 0; i < next; i++) {
       if (cs[i].state != C_DONE && now - cs[i].start > tmo) {
+        /* censored: counted in the percentiles at the timeout, so that a server
+         * that drops connections cannot look faster for it */
+        lat[m++] = now - cs[i].start;
         finish(&cs[i], C_DONE);
         finished++;
         timeouts++;
@@ -326,8 +332,8 @@ static int run_paced(double rate, double secs, const char *out) {
     }
     if (now - t0 > secs + tmo + 5) break; /* hard bound */
   }
-  printf("attempted=%ld\nok=%zu\nerrors=%ld\ntimeouts=%ld\nlate_starts=%ld\nrate=%.1f\n", n, m, errors,
-         timeouts, late, rate);
+  printf("attempted=%ld\nok=%zu\nerrors=%ld\ntimeouts=%ld\nlate_starts=%ld\nrate=%.1f\n", n,
+         m - (size_t)timeouts, errors, timeouts, late, rate);
   dump(out, lat, m);
   print_lat("lat", lat, m);
   return 0;
@@ -335,9 +341,9 @@ static int run_paced(double rate, double secs, const char *out) {
 
 /* One burst of n held connections; they close at close_at (absolute, if > 0) or
  * hold_s after their answer. Returns the number served; waits go to lat. */
-static size_t burst(int n, double hold_s, double close_at, int echo, double *lat, long *errors,
-                    double *all_served_s) {
-  struct conn *cs = calloc((size_t)n, sizeof *cs);
+static size_t burst(int n, double hold_s, double close_at, int echo, double* lat, long* errors,
+                    double* all_served_s) {
+  struct conn* cs = calloc((size_t)n, sizeof *cs);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   double t0 = now_s(), tmo = (double)timeout_ms / 1e3;
   size_t m = 0;
@@ -357,7 +363,7 @@ static size_t burst(int n, double hold_s, double close_at, int echo, double *lat
     int k = epoll_wait(ep, evs, 64, 5);
     double now = now_s();
     for (int i = 0; i < k; i++) {
-      struct conn *c = evs[i].data.ptr;
+      struct conn* c = evs[i].data.ptr;
       if (c->state == C_DONE) continue;
       int r = on_event(ep, c, evs[i].events, 0, echo);
       if (r == 1) {
@@ -370,7 +376,7 @@ static size_t burst(int n, double hold_s, double close_at, int echo, double *lat
       if (c->state == C_DONE) open--;
     }
     for (int i = 0; i < n; i++) {
-      struct conn *c = &cs[i];
+      struct conn* c = &cs[i];
       if (c->state == C_HOLDING) {
         double until = close_at > 0 ? close_at : c->served + hold_s;
         if (now >= until) {
@@ -394,8 +400,8 @@ static size_t burst(int n, double hold_s, double close_at, int echo, double *lat
   return m;
 }
 
-static int run_hold(int n, long hold_ms, int echo, const char *out) {
-  double *lat = calloc((size_t)n + 1, sizeof *lat);
+static int run_hold(int n, long hold_ms, int echo, const char* out) {
+  double* lat = calloc((size_t)n + 1, sizeof *lat);
   long errors = 0;
   double all;
   size_t m = burst(n, (double)hold_ms / 1e3, 0, echo, lat, &errors, &all);
@@ -408,7 +414,7 @@ static int run_hold(int n, long hold_ms, int echo, const char *out) {
 
 static int run_osc(double secs, int high, int low, long half_ms, int echo) {
   double t_end = now_s() + secs;
-  double *lat = calloc((size_t)(high > low ? high : low) + 1, sizeof *lat);
+  double* lat = calloc((size_t)(high > low ? high : low) + 1, sizeof *lat);
   int phase = 0;
   long total_err = 0;
   double worst = 0;
@@ -421,27 +427,28 @@ static int run_osc(double secs, int high, int low, long half_ms, int echo) {
     size_t m = burst(n, 0, close_at, echo, lat, &errors, &all);
     if (all > worst) worst = all;
     total_err += errors;
-    printf("phase%d_clients=%d\nphase%d_served=%zu\nphase%d_all_served_ms=%.3f\n", phase, n, phase, m,
-           phase, all * 1e3);
+    printf("phase%d_clients=%d\nphase%d_served=%zu\nphase%d_all_served_ms=%.3f\n", phase, n, phase,
+           m, phase, all * 1e3);
     phase++;
   }
   printf("phases=%d\nerrors=%ld\nworst_all_served_ms=%.3f\n", phase, total_err, worst * 1e3);
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc < 2) goto usage;
-  const char *mode = argv[1];
+  const char* mode = argv[1];
   long n = 0, gap = 0, hold = 0, half = 1000;
   int threads = 1, echo = 0, high = 0, low = 0;
   double rate = 0, secs = 0;
-  const char *out = NULL;
+  const char* out = NULL;
   int opt;
   optind = 2;
   while ((opt = getopt(argc, argv, "p:n:g:c:t:r:d:o:H:ea:b:P:")) != -1) {
     switch (opt) {
       case 'p':
-        for (char *s = strtok(optarg, ","); s && nports < 16; s = strtok(NULL, ",")) ports[nports++] = atoi(s);
+        for (char* s = strtok(optarg, ","); s && nports < 16; s = strtok(NULL, ","))
+          ports[nports++] = atoi(s);
         break;
       case 'n': n = atol(optarg); break;
       case 'g': gap = atol(optarg); break;

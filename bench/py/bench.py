@@ -46,7 +46,7 @@ def machine(ctx: Ctx, args) -> str:
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     snap = ctx.build
     git = (snap / "GIT_REV").read_text().strip()[:10] if (snap / "GIT_REV").exists() else "?"
-    dirty = (snap / "GIT_DIRTY").read_text().strip() if (snap / "GIT_DIRTY").exists() else ""
+    dirty = (snap / "GIT_DIRTY").read_text() if (snap / "GIT_DIRTY").exists() else ""
     btype = (snap / "BUILD_TYPE").read_text().strip().split("=")[-1] if (snap / "BUILD_TYPE").exists() else "?"
     pin = (f"client (wrk, bclient) pinned to cpu {ctx.client_cpus}, servers to cpu {ctx.server_cpus} with taskset"
            if ctx.client_cpus else "no pinning (--no-pin, or fewer than 2 cpus)")
@@ -57,7 +57,7 @@ def machine(ctx: Ctx, args) -> str:
         f"- machine: {os.cpu_count()} cpus ({model}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}, "
         f"{sh(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}; load average at start "
         f"{os.getloadavg()[0]:.2f}",
-        f"- {sh([str(ctx.corral), '--version'])} at git {git}{' + uncommitted changes (' + ', '.join(l[3:] for l in dirty.splitlines()) + ')' if dirty else ''}, "
+        f"- {sh([str(ctx.corral), '--version'])} at git {git}{' + uncommitted changes (' + ', '.join(l[3:] for l in dirty.splitlines() if l.strip()) + ')' if dirty.strip() else ''}, "
         f"{btype} build, copied to results/build/ before the run; "
         f"{sh(['sh', '-c', 'apache2 -v | head -1'])}; {sh(['sh', '-c', 'wrk -v 2>&1 | head -1'])}; "
         f"{sh(['sh', '-c', 'xinetd -version 2>&1 | head -1'])}; "
@@ -77,6 +77,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default: by scenario)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin client and servers to cpus")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf profiles")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before each scenario, wait up to SECONDS for the machine to be quiet "
+                         "(under 25%% of the cpus busy for 3 s in a row)")
     ap.add_argument("scenario", nargs="*", help=" ".join(SCENARIOS))
     a = ap.parse_args()
     wanted = a.scenario or list(SCENARIOS)
@@ -84,7 +87,8 @@ def main() -> int:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}; known: {' '.join(SCENARIOS)}")
     user_args = (["--quick"] if a.quick else []) + ([f"--rounds {a.rounds}"] if a.rounds else []) + \
-        (["--no-pin"] if a.no_pin else []) + (["--no-perf"] if a.no_perf else []) + a.scenario
+        (["--no-pin"] if a.no_pin else []) + (["--no-perf"] if a.no_perf else []) + \
+        ([f"--wait-quiet {a.wait_quiet:g}"] if a.wait_quiet else []) + a.scenario
     ctx = Ctx(Path(a.root), Path(a.build), Path(a.results), a.quick, a.rounds, not a.no_pin, not a.no_perf)
     if os.geteuid() != 0:
         ctx.log("not root: no cgroup CPU accounting, and Apache/xinetd may not start")
@@ -103,8 +107,12 @@ def main() -> int:
     status = 0
     try:
         for name in wanted:
+            if a.wait_quiet > 0:
+                waited, busy = wait_quiet(a.wait_quiet)
+                ctx.log(f"waited {waited:.0f} s for a quiet machine: {busy * 100:.0f}% busy")
             t0 = time.monotonic()
             load0 = os.getloadavg()[0]
+            busy0 = machine_busy(1.0)
             ctx.log(f"=== {name}")
             try:
                 md, data = SCENARIOS[name](ctx)
@@ -119,7 +127,8 @@ def main() -> int:
                     s.stop()
             took = time.monotonic() - t0
             load1 = os.getloadavg()[0]
-            md += f"\n_{name}: {took:.0f} s; 1-minute load average {load0:.2f} at the start, {load1:.2f} at the end_\n"
+            md += (f"\n_{name}: {took:.0f} s; before it the machine was {busy0 * 100:.0f}% busy (1 s sample); "
+                   f"1-minute load average {load0:.2f} at the start, {load1:.2f} at the end_\n")
             sections.append(md)
             raw["scenarios"][name] = {"seconds": took, "load": [load0, load1], "data": data}
             ctx.log(f"=== {name} done in {took:.0f} s")
@@ -132,6 +141,32 @@ def main() -> int:
     write(ctx, header, sections, raw, time.monotonic() - t_all)
     ctx.log(f"done in {time.monotonic() - t_all:.0f} s: {ctx.results / 'results.md'}")
     return status
+
+
+def _cpu_times() -> tuple[int, int]:
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return sum(f), idle
+
+
+def machine_busy(secs: float) -> float:
+    """Fraction of all cpus busy over `secs` (from /proc/stat)."""
+    t0, i0 = _cpu_times()
+    time.sleep(secs)
+    t1, i1 = _cpu_times()
+    return 1 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_quiet(max_s: float, threshold: float = 0.25, need: int = 3) -> tuple[float, float]:
+    t0 = time.monotonic()
+    ok = 0
+    busy = 1.0
+    while time.monotonic() - t0 < max_s:
+        busy = machine_busy(1.0)
+        ok = ok + 1 if busy < threshold else 0
+        if ok >= need:
+            break
+    return time.monotonic() - t0, busy
 
 
 def write(ctx: Ctx, header: str, sections: list[str], raw: dict, total: float) -> None:

@@ -146,7 +146,7 @@ def throughput(ctx: Ctx, close: bool):
     if pids0 != pids1:
         md += "\n**Warning:** corral's worker pids changed during the run (a worker was replaced).\n"
     if prof:
-        md += "\nProfiles (perf record -a, cpu-clock): " + ", ".join(f"`{p}`" for p in prof.values()) + "\n"
+        md += "\nProfiles (perf record -p of the server processes, cpu-clock): " + ", ".join(f"`{p}`" for p in prof.values()) + "\n"
     # plot
     dat = ctx.results / f"{tag}.dat"
     dat.write_text("".join(f"\"{lab}\" {m[k]['rps']:.1f} {m[k]['min']:.1f} {m[k]['max']:.1f}\n"
@@ -389,6 +389,16 @@ plot '{dat}' using 2:xtic(1) notitle lc rgb '#4477aa'{', ' + cols if cols else '
 # =====================================================================================
 
 def scale(ctx: Ctx):
+    """Unpinned: starting 1024 processes is CPU work that may use both cores."""
+    saved = ctx.client_cpus, ctx.server_cpus
+    ctx.client_cpus = ctx.server_cpus = ""
+    try:
+        return _scale(ctx)
+    finally:
+        ctx.client_cpus, ctx.server_cpus = saved
+
+
+def _scale(ctx: Ctx):
     sizes = [8, 64, 256, 1024]
     R = rounds(ctx, 2, 1)
     win = 3 if ctx.quick else 10
@@ -400,8 +410,9 @@ def scale(ctx: Ctx):
             t0 = time.monotonic()
             s.start()
             from common import wait_corral_idle
-            t_idle = wait_corral_idle(ctx, sb, n, timeout=120, poll=0.02)
+            t_idle = wait_corral_idle(ctx, sb, n, timeout=120, poll=0.01)
             startup = (time.monotonic() - t0) if t_idle is not None else None
+            start_cpu_ms = (s.cpu_ns() or 0) / 1e6 / n
             # the time of one `corral status --json` (it bounds the start-up resolution)
             ts = time.monotonic()
             corral_status(ctx, sb)
@@ -445,29 +456,38 @@ def scale(ctx: Ctx):
                 except OSError:
                     pass
             s.stop(timeout=60)
-            row = {"startup_s": startup, "status_s": status_s, "rest_cpu_pct": rest_cpu, "rest_wakeups_s": rest_wake,
+            # the ceiling with as many children, same load, for reference
+            cport = ctx.port()
+            ce = ceiling(ctx, f"scale-ceiling-{n}", cport, n)
+            start_ceiling(ce, n, timeout=60)
+            cw = wrk(ctx, cport, win, 16, True)
+            ce.stop(timeout=60)
+            row = {"startup_s": startup, "start_cpu_ms_per_worker": start_cpu_ms, "ceiling_rps": cw["rps"], "status_s": status_s, "rest_cpu_pct": rest_cpu, "rest_wakeups_s": rest_wake,
                    "rest_rss_kb": rest_rss, "load_cpu_pct": load_cpu, "load_rss_kb": peak[0], "load_rps": w["rps"],
                    "worker_rss_kb": wrss, "worker_pss_kb": wpss}
             res.setdefault(n, []).append(row)
             ctx.log(f"scale round {r + 1}/{R} {n} workers: start {fmt(startup, 3)} s, rest {fmt(rest_cpu, 3)}% "
                     f"{rest_wake:.1f} wakeups/s RSS {rest_rss} kB; load {fmt(load_cpu, 2)}% RSS {peak[0]} kB "
-                    f"({w['rps']:.0f} req/s)")
+                    f"({w['rps']:.0f} req/s; ceiling {cw['rps']:.0f}); start CPU {start_cpu_ms:.1f} ms/worker")
     md = "### 5. Scale\n\n"
-    md += (f"corral + hello-http with start = min_spare = max_spare = max = N. Start-up: from launching "
-           f"`corral run` until `corral status --json` (polled every 20 ms) shows N idle workers. At rest: the "
+    md += (f"corral + hello-http with start = min_spare = max_spare = max = N, not pinned (start-up may use both "
+           f"cores). Start-up: from launching `corral run` until N slots of the scoreboard file read `idle` (read "
+           f"directly every 10 ms, as docs/PROTOCOL.md lays it out; then confirmed by one `corral status --json`); "
+           f"start CPU = CPU of the whole tree (supervisor and workers, cgroup) until then, per worker. At rest: the "
            f"supervisor's CPU from /proc/PID/schedstat (ns on cpu) over {win} s, its wake-ups (voluntary context "
            f"switches) per second, VmRSS. Under load: wrk -c16 `Connection: close` for {win} s; peak VmRSS sampled "
-           f"every 200 ms. Medians over {R} round(s).\n\n")
+           f"every 200 ms; the C ceiling with N children under the same load, for reference. Medians over {R} round(s).\n\n")
     rows = []
     for n in sizes:
         v = res.get(n, [])
         g = lambda f: med(x[f] for x in v)
-        rows.append([n, fmt(g("startup_s"), 3), fmt(g("status_s"), 3), fmt(g("rest_cpu_pct"), 3),
-                     fmt(g("rest_wakeups_s"), 1), f"{g('rest_rss_kb') / 1024:.1f}", fmt(g("load_cpu_pct"), 2),
-                     f"{g('load_rss_kb') / 1024:.1f}", fmt(g("load_rps"), 0), fmt(g("worker_pss_kb"), 0)])
-    md += table(["workers", "start-up s", "one status call s", "supervisor CPU % at rest", "wake-ups/s at rest",
-                 "RSS MB at rest", "supervisor CPU % under load", "peak RSS MB under load", "req/s under load",
-                 "worker PSS kB"], rows)
+        rows.append([n, fmt(g("startup_s"), 3), fmt(g("start_cpu_ms_per_worker"), 1), fmt(g("status_s"), 3),
+                     fmt(g("rest_cpu_pct"), 3), fmt(g("rest_wakeups_s"), 1), f"{g('rest_rss_kb') / 1024:.1f}",
+                     fmt(g("load_cpu_pct"), 2), f"{g('load_rss_kb') / 1024:.1f}", fmt(g("load_rps"), 0),
+                     fmt(g("ceiling_rps"), 0), fmt(g("worker_pss_kb"), 0)])
+    md += table(["workers", "start-up s", "start CPU ms/worker", "one status call s", "supervisor CPU % at rest",
+                 "wake-ups/s at rest", "RSS MB at rest", "supervisor CPU % under load", "peak RSS MB under load",
+                 "req/s under load", "ceiling req/s, same N", "worker PSS kB"], rows)
     if 1024 in res:
         v = res[1024]
         cpu, rss, st = med(x["rest_cpu_pct"] for x in v), med(x["rest_rss_kb"] for x in v), med(x["startup_s"] for x in v)

@@ -1,6 +1,6 @@
 // corral: the command line. Parses, validates, and hands over to the library.
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <filesystem>
 #include <iostream>
@@ -43,10 +43,14 @@ corral::Config config_from_command_line(const RunOptions& o) {
   }
   std::string mode = o.inetd ? "inetd" : o.mode;
   if (!o.inetd || o.mode.empty() || o.mode == "inetd") {
-    if (mode.empty() || mode == "prefork") job.mode = corral::Mode::prefork;
-    else if (mode == "inetd") job.mode = corral::Mode::inetd;
-    else if (mode == "plain") job.mode = corral::Mode::plain;
-    else throw corral::ConfigError("--mode must be prefork, inetd or plain, not \"" + mode + "\"");
+    if (mode.empty() || mode == "prefork")
+      job.mode = corral::Mode::prefork;
+    else if (mode == "inetd")
+      job.mode = corral::Mode::inetd;
+    else if (mode == "plain")
+      job.mode = corral::Mode::plain;
+    else
+      throw corral::ConfigError("--mode must be prefork, inetd or plain, not \"" + mode + "\"");
   } else {
     throw corral::ConfigError("--inetd contradicts --mode " + o.mode);
   }
@@ -66,8 +70,10 @@ corral::Config config_from_command_line(const RunOptions& o) {
   if (!o.max && job.workers.start > job.workers.max) job.workers.max = job.workers.start;
   if (!o.max_spare && job.workers.min_spare > job.workers.max_spare)
     job.workers.max_spare = job.workers.min_spare;
-  if (!o.min_spare && job.workers.min_spare > job.workers.max) job.workers.min_spare = job.workers.max;
-  if (!o.max_spare && job.workers.max_spare > job.workers.max && job.workers.max >= job.workers.min_spare)
+  if (!o.min_spare && job.workers.min_spare > job.workers.max)
+    job.workers.min_spare = job.workers.max;
+  if (!o.max_spare && job.workers.max_spare > job.workers.max &&
+      job.workers.max >= job.workers.min_spare)
     job.workers.max_spare = std::max(job.workers.min_spare, 1U);
   if (!o.workers && job.workers.start > job.workers.max) job.workers.start = job.workers.max;
   job.mark = corral::SourceMark{"command line", 0, 0};
@@ -88,11 +94,13 @@ int run_command(const RunOptions& o, int log_level) {
       corral::validate_config(options.config, options.check);
     } else {
       if (o.config.empty())
-        throw corral::ConfigError("nothing to run: give CONFIG.yaml, or -- PROGRAM [ARG...] (see --help)");
-      if (!o.listen.empty() || !o.mode.empty() || o.inetd || o.workers || o.min_spare || o.max_spare ||
-          o.max || !o.scoreboard_dir.empty())
-        throw corral::ConfigError("--listen, --mode, --workers ... apply to -- PROGRAM only; put them in " +
-                                  o.config + " instead");
+        throw corral::ConfigError(
+            "nothing to run: give CONFIG.yaml, or -- PROGRAM [ARG...] (see --help)");
+      if (!o.listen.empty() || !o.mode.empty() || o.inetd || o.workers || o.min_spare ||
+          o.max_spare || o.max || !o.scoreboard_dir.empty())
+        throw corral::ConfigError(
+            "--listen, --mode, --workers ... apply to -- PROGRAM only; put them in " + o.config +
+            " instead");
       options.config = corral::load_config_file(o.config, options.check);
       options.config_path = std::filesystem::absolute(o.config).string();
     }
@@ -171,7 +179,8 @@ int main(int argc, char** argv) {
   run_cmd->footer(
       "Usage: corral run CONFIG.yaml\n"
       "       corral run [--listen ADDR]... [--mode prefork|inetd|plain] [--inetd] [--workers N]\n"
-      "                  [--min-spare N] [--max-spare N] [--max N] [--scoreboard-dir DIR] -- PROGRAM [ARG...]\n"
+      "                  [--min-spare N] [--max-spare N] [--max N] [--scoreboard-dir DIR] -- "
+      "PROGRAM [ARG...]\n"
       "Addresses: 127.0.0.1:8080, [::1]:8080, :8080, unix:/path, systemd:NAME");
   run_cmd->add_option("config", run.config, "YAML configuration file");
   run_cmd->add_option("--listen", run.listen, "Address to listen on (repeatable)");

@@ -54,8 +54,8 @@ class SetupError : public std::runtime_error {
 
 /// An error code with its context, for code the event loop calls.
 struct Error {
-  int code = 0;          // errno value, or 0 when `what` says it all
-  std::string what;      // "exec /srv/app", "fork worker 3 of job web"
+  int code = 0;      // errno value, or 0 when `what` says it all
+  std::string what;  // "exec /srv/app", "fork worker 3 of job web"
   [[nodiscard]] std::string to_string() const;
 };
 
@@ -63,7 +63,7 @@ struct Error {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
   Result(Error error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
   [[nodiscard]] bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
@@ -82,6 +82,8 @@ struct Ok {};
 using Status = Result<Ok>;
 
 /// Builds an Error from the current errno.
-inline Error errno_error(std::string what) { return Error{errno, std::move(what)}; }
+inline Error errno_error(std::string what) {
+  return Error{errno, std::move(what)};
+}
 
 }  // namespace corral

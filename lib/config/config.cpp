@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -23,12 +23,12 @@ constexpr unsigned kMaxWorkers = 16384;
 
 const std::vector<std::string> kTopKeys = {"scoreboard_dir", "jobs"};
 const std::vector<std::string> kJobKeys = {
-    "command", "mode", "listen", "workers", "accept_mutex", "max_per_source", "restart",
-    "user", "group", "env", "cwd", "graceful_timeout", "busy_timeout"};
-const std::vector<std::string> kListenerKeys = {"address", "name", "mode", "owner", "group",
-                                                "backlog"};
-const std::vector<std::string> kWorkersKeys = {"start", "min_spare", "max_spare", "max",
-                                               "max_requests", "start_timeout"};
+    "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
+    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout"};
+const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
+                                                "owner",   "group", "backlog"};
+const std::vector<std::string> kWorkersKeys = {"start", "min_spare",    "max_spare",
+                                               "max",   "max_requests", "start_timeout"};
 const std::vector<std::string> kRestartKeys = {"backoff_max", "max_failures"};
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -227,10 +227,14 @@ class Loader {
 
     if (auto m = node["mode"]) {
       if (auto s = scalar(m, "mode")) {
-        if (*s == "prefork") job.mode = Mode::prefork;
-        else if (*s == "inetd") job.mode = Mode::inetd;
-        else if (*s == "plain") job.mode = Mode::plain;
-        else issue(m, "mode must be prefork, inetd or plain, not \"" + *s + "\"");
+        if (*s == "prefork")
+          job.mode = Mode::prefork;
+        else if (*s == "inetd")
+          job.mode = Mode::inetd;
+        else if (*s == "plain")
+          job.mode = Mode::plain;
+        else
+          issue(m, "mode must be prefork, inetd or plain, not \"" + *s + "\"");
       }
     }
 
@@ -248,12 +252,18 @@ class Loader {
 
     if (auto a = node["accept_mutex"]) {
       if (auto s = scalar(a, "accept_mutex")) {
-        if (*s == "auto") job.accept_mutex = AcceptMutex::automatic;
-        else if (*s == "fcntl") job.accept_mutex = AcceptMutex::fcntl;
-        else if (*s == "pipe") job.accept_mutex = AcceptMutex::pipe;
-        else if (*s == "epoll") job.accept_mutex = AcceptMutex::epoll;
-        else if (*s == "none") job.accept_mutex = AcceptMutex::none;
-        else issue(a, "accept_mutex must be auto, pipe, fcntl, epoll or none, not \"" + *s + "\"");
+        if (*s == "auto")
+          job.accept_mutex = AcceptMutex::automatic;
+        else if (*s == "fcntl")
+          job.accept_mutex = AcceptMutex::fcntl;
+        else if (*s == "pipe")
+          job.accept_mutex = AcceptMutex::pipe;
+        else if (*s == "epoll")
+          job.accept_mutex = AcceptMutex::epoll;
+        else if (*s == "none")
+          job.accept_mutex = AcceptMutex::none;
+        else
+          issue(a, "accept_mutex must be auto, pipe, fcntl, epoll or none, not \"" + *s + "\"");
       }
     }
     if (auto m = node["max_per_source"]) {
@@ -335,7 +345,8 @@ class Loader {
           unsigned value = 0;
           auto [ptr, ec] = std::from_chars(s->data(), s->data() + s->size(), value, 8);
           if (ec != std::errc() || ptr != s->data() + s->size() || value > 07777)
-            issue(m, "listener mode must be octal permissions such as \"0660\", not \"" + *s + "\"");
+            issue(m,
+                  "listener mode must be octal permissions such as \"0660\", not \"" + *s + "\"");
           else
             spec.unix_mode = static_cast<mode_t>(value);
         }
@@ -370,7 +381,8 @@ class Loader {
     }
     if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
       un->path = absolute(un->path);
-      if (un->path.size() >= 108) issue(address_node, "unix socket path too long (108 bytes at most)");
+      if (un->path.size() >= 108)
+        issue(address_node, "unix socket path too long (108 bytes at most)");
     }
     if (auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
       if (spec.name.empty()) spec.name = sd->name;
@@ -492,7 +504,8 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
     }
     if (!job.cwd.empty() && options.check_commands) {
       std::error_code ec;
-      if (!fs::is_directory(job.cwd, ec)) add(lookup(marks.cwd, job), "cwd " + job.cwd + " is not a directory");
+      if (!fs::is_directory(job.cwd, ec))
+        add(lookup(marks.cwd, job), "cwd " + job.cwd + " is not a directory");
     }
     if (options.check_users) {
       if (!job.user.empty() && !user_exists(job.user))
@@ -563,7 +576,8 @@ Config load_config_text(const std::string& text, const std::string& file,
   try {
     config = loader.load(root);
   } catch (const YAML::Exception& e) {
-    loader.issues().push_back(ConfigIssue{SourceMark{file, e.mark.line + 1, e.mark.column + 1}, e.msg});
+    loader.issues().push_back(
+        ConfigIssue{SourceMark{file, e.mark.line + 1, e.mark.column + 1}, e.msg});
   }
   Marks marks{&loader.job_command_marks_, &loader.user_marks_, &loader.group_marks_,
               &loader.cwd_marks_, &loader.workers_marks_};
@@ -574,7 +588,9 @@ Config load_config_text(const std::string& text, const std::string& file,
 
 Config load_config_file(const std::string& path, const CheckOptions& options) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(SourceMark{path, 0, 0}, std::string("cannot read the file: ") + std::strerror(errno));
+  if (!in)
+    throw ConfigError(SourceMark{path, 0, 0},
+                      std::string("cannot read the file: ") + std::strerror(errno));
   std::stringstream buffer;
   buffer << in.rdbuf();
   return load_config_text(buffer.str(), path, options);

@@ -24,9 +24,9 @@ const char* to_string(AcceptMutex kind);
 
 struct ListenerSpec {
   ListenAddress address;
-  std::string name;               // defaults to the job's name
+  std::string name;                 // defaults to the job's name
   std::optional<mode_t> unix_mode;  // unix sockets: default 0666
-  std::string owner;              // unix sockets: user name, "" = the supervisor's
+  std::string owner;                // unix sockets: user name, "" = the supervisor's
   std::string group;
   int backlog = 1024;
   SourceMark mark;
@@ -65,7 +65,7 @@ struct JobConfig {
 };
 
 struct Config {
-  std::string file;           // "" when built from the command line
+  std::string file;            // "" when built from the command line
   std::string scoreboard_dir;  // "" = default_scoreboard_dir()
   std::vector<JobConfig> jobs;
 };

@@ -24,7 +24,8 @@ std::uint16_t parse_port(std::string_view text, std::string_view port) {
       ptr != port.data() + port.size())
     bad_address(text, "the port \"" + std::string(port) + "\" is not a number");
   // A port too large even for `unsigned` is out of range, not "not a number".
-  if (ec == std::errc::result_out_of_range || value > 65535) bad_address(text, "the port must be between 0 and 65535");
+  if (ec == std::errc::result_out_of_range || value > 65535)
+    bad_address(text, "the port must be between 0 and 65535");
   return static_cast<std::uint16_t>(value);
 }
 
@@ -46,13 +47,15 @@ ListenAddress parse_listen_address(std::string_view text) {
     if (path.empty()) bad_address(text, "the socket path is missing");
     if (path.find('\0') != std::string::npos) bad_address(text, "the path contains a NUL byte");
     if (path.size() >= sizeof(sockaddr_un::sun_path))
-      bad_address(text, "the path is longer than " + std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
+      bad_address(text, "the path is longer than " +
+                            std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
                             " bytes; choose a shorter one");
     return UnixAddress{path};
   }
   if (text.starts_with("systemd:")) {
     std::string name(text.substr(8));
-    if (name.empty()) bad_address(text, "the name is missing (write systemd:NAME, as in FileDescriptorName=)");
+    if (name.empty())
+      bad_address(text, "the name is missing (write systemd:NAME, as in FileDescriptorName=)");
     if (name.find(':') != std::string::npos) bad_address(text, "a socket name may not contain ':'");
     return SystemdAddress{name};
   }
@@ -77,7 +80,8 @@ ListenAddress parse_listen_address(std::string_view text) {
   } else if (host == "localhost") {
     host = "127.0.0.1";
   } else if (!is_ipv4(host)) {
-    bad_address(text, "\"" + host + "\" is not a numeric IPv4 address (host names are not resolved)");
+    bad_address(text,
+                "\"" + host + "\" is not a numeric IPv4 address (host names are not resolved)");
   }
   return TcpAddress{host, parse_port(text, text.substr(colon + 1))};
 }

@@ -39,16 +39,20 @@ void copy_text(char* dst, size_t size, const std::string& text) {
 std::uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ULL +
+         static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 std::uint64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ULL +
+         static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-std::string scoreboard_file_name(const std::string& job) { return job + ".scoreboard"; }
+std::string scoreboard_file_name(const std::string& job) {
+  return job + ".scoreboard";
+}
 
 std::string validate_header(const corral_sb_header& h, std::uint64_t file_size) {
   if (std::memcmp(h.magic, CORRAL_SB_MAGIC, 8) != 0) return "not a corral scoreboard (bad magic)";
@@ -112,7 +116,9 @@ Scoreboard& Scoreboard::operator=(Scoreboard&& other) noexcept {
   return *this;
 }
 
-Scoreboard::~Scoreboard() { unmap(); }
+Scoreboard::~Scoreboard() {
+  unmap();
+}
 
 void Scoreboard::unmap() {
   if (base_ != nullptr) ::munmap(base_, size_);
@@ -142,7 +148,8 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
   ::fchmod(sb.fd_.get(), 0644);
   sb.size_ = file_size_for(slot_count);
   // Start from zeroes: a stale file from a crashed supervisor must not leak slots.
-  if (::ftruncate(sb.fd_.get(), 0) != 0 || ::ftruncate(sb.fd_.get(), static_cast<off_t>(sb.size_)) != 0)
+  if (::ftruncate(sb.fd_.get(), 0) != 0 ||
+      ::ftruncate(sb.fd_.get(), static_cast<off_t>(sb.size_)) != 0)
     throw SetupError("resize scoreboard", sb.path_, errno);
   void* base = ::mmap(nullptr, sb.size_, PROT_READ | PROT_WRITE, MAP_SHARED, sb.fd_.get(), 0);
   if (base == MAP_FAILED) throw SetupError("mmap", sb.path_, errno);
@@ -234,7 +241,8 @@ corral_sb_slot* Scoreboard::slot_ptr(unsigned slot) const {
                                            static_cast<size_t>(slot) * CORRAL_SB_SLOT_SIZE);
 }
 
-void Scoreboard::claim_slot(unsigned slot, pid_t pid, std::uint32_t generation, std::uint64_t now_ns) {
+void Scoreboard::claim_slot(unsigned slot, pid_t pid, std::uint32_t generation,
+                            std::uint64_t now_ns) {
   auto* s = slot_ptr(slot);
   if (s == nullptr || !writable_) return;
   store(&s->pid, static_cast<std::int32_t>(pid));

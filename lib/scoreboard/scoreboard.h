@@ -57,10 +57,10 @@ class Scoreboard {
   [[nodiscard]] bool valid() const { return base_ != nullptr; }
 
   /// Header fields the supervisor writes.
-  void write_header(pid_t supervisor_pid, std::uint32_t generation, std::uint64_t started_realtime_ns,
-                    corral_job_mode mode, corral_job_state state, std::uint64_t retry_at_mono_ns,
-                    unsigned min_spare, unsigned max_spare, unsigned max,
-                    std::uint64_t max_requests, const std::string& job,
+  void write_header(pid_t supervisor_pid, std::uint32_t generation,
+                    std::uint64_t started_realtime_ns, corral_job_mode mode, corral_job_state state,
+                    std::uint64_t retry_at_mono_ns, unsigned min_spare, unsigned max_spare,
+                    unsigned max, std::uint64_t max_requests, const std::string& job,
                     const std::string& listeners);
   /// A copy of the header (read-only users validate it at open).
   [[nodiscard]] corral_sb_header header() const;

@@ -38,8 +38,8 @@ struct SpawnPlan {
   int stderr_fd = -1;             // -1: keep the supervisor's
   std::string cwd;                // "" = keep
   std::optional<Credentials> credentials;
-  pid_t parent = 0;               // the supervisor's pid, for the PDEATHSIG race check
-  std::optional<rlimit> nofile;   // RLIMIT_NOFILE to restore (the supervisor raised its own)
+  pid_t parent = 0;              // the supervisor's pid, for the PDEATHSIG race check
+  std::optional<rlimit> nofile;  // RLIMIT_NOFILE to restore (the supervisor raised its own)
 };
 
 /// Forks and execs `plan`. The child leaves the supervisor's process group, resets

@@ -66,7 +66,9 @@ std::string iso8601(std::uint64_t realtime_ns) {
   return buf;
 }
 
-double round1(double v) { return std::round(v * 10.0) / 10.0; }
+double round1(double v) {
+  return std::round(v * 10.0) / 10.0;
+}
 
 nlohmann::json job_json(const Scoreboard& sb, std::uint64_t now) {
   auto h = sb.header();
@@ -75,7 +77,8 @@ nlohmann::json job_json(const Scoreboard& sb, std::uint64_t now) {
   job["mode"] = mode_name(h.mode);
   job["state"] = job_state_name(h.job_state);
   if (h.job_state == CORRAL_JOB_BACKING_OFF) {
-    double retry = h.retry_at_mono_ns > now ? static_cast<double>(h.retry_at_mono_ns - now) / 1e9 : 0.0;
+    double retry =
+        h.retry_at_mono_ns > now ? static_cast<double>(h.retry_at_mono_ns - now) / 1e9 : 0.0;
     job["retry_in"] = round1(retry);
   }
   job["generation"] = h.generation;
@@ -123,10 +126,11 @@ void print_table(const nlohmann::json& sup, const nlohmann::json& job, std::ostr
   out << "  listening on:";
   if (job["listeners"].empty()) out << " (nothing)";
   for (const auto& l : job["listeners"]) out << " " << l.get<std::string>();
-  out << "\n  idle " << job["idle"].get<unsigned>() << ", busy " << job["busy"].get<unsigned>() << "\n";
+  out << "\n  idle " << job["idle"].get<unsigned>() << ", busy " << job["busy"].get<unsigned>()
+      << "\n";
   char line[128];
-  std::snprintf(line, sizeof line, "  %5s %8s %-9s %10s %9s %4s\n", "SLOT", "PID", "STATE", "REQUESTS",
-                "SECONDS", "GEN");
+  std::snprintf(line, sizeof line, "  %5s %8s %-9s %10s %9s %4s\n", "SLOT", "PID", "STATE",
+                "REQUESTS", "SECONDS", "GEN");
   out << line;
   for (const auto& w : job["workers"]) {
     std::snprintf(line, sizeof line, "  %5u %8d %-9s %10llu %9.1f %4u\n", w["slot"].get<unsigned>(),
@@ -163,7 +167,8 @@ int print_status(const std::string& dir, const std::vector<std::string>& jobs, b
       continue;
     }
     auto h = sb->header();
-    if (supervisor.is_null() || static_cast<std::uint32_t>(h.generation) > supervisor["generation"].get<std::uint32_t>()) {
+    if (supervisor.is_null() ||
+        static_cast<std::uint32_t>(h.generation) > supervisor["generation"].get<std::uint32_t>()) {
       supervisor = {{"pid", h.supervisor_pid},
                     {"generation", h.generation},
                     {"started", iso8601(h.started_realtime_ns)}};

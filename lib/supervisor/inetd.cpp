@@ -7,8 +7,8 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -123,7 +123,9 @@ int acceptor_main(void* arg) {
     if (p.max_per_source != 0 && peer_key(reinterpret_cast<sockaddr*>(&peer), key) &&
         !within_source_limit(sb_fd, p.slot, p.max_per_source, key, count)) {
       std::string who = format_socket_address(reinterpret_cast<sockaddr*>(&peer), peer_len);
-      std::fprintf(stderr, "corral: job %s: refused %s: %u connections from that address already (max_per_source %u)\n",
+      std::fprintf(stderr,
+                   "corral: job %s: refused %s: %u connections from that address already "
+                   "(max_per_source %u)\n",
                    p.job.c_str(), who.c_str(), count, p.max_per_source);
       ::close(conn);
       corral_worker_done(w);

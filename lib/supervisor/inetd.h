@@ -25,12 +25,12 @@ struct InetdParams {
 };
 
 /// Forks an acceptor. `plan.inherit` must hold the listeners, then the lock fd (when
-/// has_lock_fd), then the scoreboard fd, then the notify fd (when has_notify_fd); `plan.env` is the program's environment
-/// (without LISTEN_* and CORRAL_* fds). The acceptor runs the worker protocol (lock,
-/// poll, accept) from lib/worker, then execs plan.path with the connection on fds 0
-/// and 1, REMOTE_ADDR/REMOTE_PORT/PROTO/TCP* in the environment, and no other fd.
-/// On success `report` receives the spawn report pipe (spawn_process): a set-up
-/// failure, or the failure of the program's exec, is read from it at reap time.
+/// has_lock_fd), then the scoreboard fd, then the notify fd (when has_notify_fd); `plan.env` is the
+/// program's environment (without LISTEN_* and CORRAL_* fds). The acceptor runs the worker protocol
+/// (lock, poll, accept) from lib/worker, then execs plan.path with the connection on fds 0 and 1,
+/// REMOTE_ADDR/REMOTE_PORT/PROTO/TCP* in the environment, and no other fd. On success `report`
+/// receives the spawn report pipe (spawn_process): a set-up failure, or the failure of the
+/// program's exec, is read from it at reap time.
 Result<pid_t> spawn_inetd_acceptor(const SpawnPlan& plan, const InetdParams& params,
                                    UniqueFd& report) noexcept;
 

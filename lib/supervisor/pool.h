@@ -10,9 +10,9 @@ namespace corral {
 struct PoolCounts {
   unsigned starting = 0;  // spawned, not yet idle
   unsigned idle = 0;
-  unsigned busy = 0;      // prefork: holding a connection; inetd: running the program;
-                          // plain: running
-  unsigned queued = 0;    // connections waiting in the listen queues
+  unsigned busy = 0;    // prefork: holding a connection; inetd: running the program;
+                        // plain: running
+  unsigned queued = 0;  // connections waiting in the listen queues
 };
 
 struct PoolAction {

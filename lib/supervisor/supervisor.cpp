@@ -2,15 +2,15 @@
 
 #include <corral/protocol.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <poll.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -51,7 +51,9 @@ constexpr std::uint64_t kStuckHolder = 3 * kSec;
 constexpr unsigned kSpawnBurst = 64;  // fork-rate cap: starts per kSpawnWindow
 constexpr std::uint64_t kSpawnWindow = 100 * kMs;
 
-std::uint64_t to_ns(Duration d) { return d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0; }
+std::uint64_t to_ns(Duration d) {
+  return d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
+}
 
 corral_job_mode wire_mode(Mode m) {
   switch (m) {
@@ -68,8 +70,8 @@ std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     const char* name = sigabbrev_np(WTERMSIG(status));
-    return std::string("killed by signal ") + (name != nullptr ? std::string("SIG") + name
-                                                               : std::to_string(WTERMSIG(status)));
+    return std::string("killed by signal ") +
+           (name != nullptr ? std::string("SIG") + name : std::to_string(WTERMSIG(status)));
   }
   return "ended with status " + std::to_string(status);
 }
@@ -79,8 +81,8 @@ struct WorkerRec {
   unsigned slot = 0;
   std::uint32_t generation = 0;
   std::uint64_t started_ns = 0;
-  bool ready = false;        // has been idle (prefork/inetd) or lived 1 s (plain)
-  bool term_sent = false;    // asked to stop (SIGTERM, or stop without a signal in inetd)
+  bool ready = false;      // has been idle (prefork/inetd) or lived 1 s (plain)
+  bool term_sent = false;  // asked to stop (SIGTERM, or stop without a signal in inetd)
   bool kill_sent = false;
   std::uint64_t kill_at = 0;  // SIGKILL deadline once asked to stop; 0 = none
   corral_slot_state last_state = CORRAL_SLOT_STARTING;
@@ -130,8 +132,8 @@ AcceptMutex resolve_accept_mutex(const JobConfig& job) {
   return AcceptMutex::pipe;
 }
 
-Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& dir, const std::string& job,
-                                    std::uint32_t generation) {
+Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& dir,
+                                    const std::string& job, std::uint32_t generation) {
   AcceptLock lock;
   lock.kind = kind;
   if (kind == AcceptMutex::fcntl) {
@@ -139,8 +141,8 @@ Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& dir, co
     if (!lock.fd) return errno_error("memfd_create for the accept lock of job " + job);
     if (::ftruncate(lock.fd.get(), 1) != 0) return errno_error("ftruncate accept lock");
   } else if (kind == AcceptMutex::pipe) {
-    std::string path = dir + "/." + job + ".lock." + std::to_string(::getpid()) + "." +
-                       std::to_string(generation);
+    std::string path =
+        dir + "/." + job + ".lock." + std::to_string(::getpid()) + "." + std::to_string(generation);
     ::unlink(path.c_str());
     if (::mkfifo(path.c_str(), 0600) != 0) return errno_error("mkfifo " + path);
     // O_RDWR on a FIFO never blocks on Linux (fifo(7)); the workers' end must stay
@@ -157,7 +159,9 @@ Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& dir, co
 }
 
 // Slots for the current generation plus old-generation workers still finishing.
-unsigned slots_for(const JobConfig& cfg) { return std::max(2 * cfg.workers.max, cfg.workers.max + 16); }
+unsigned slots_for(const JobConfig& cfg) {
+  return std::max(2 * cfg.workers.max, cfg.workers.max + 16);
+}
 
 const char* lock_env_kind(AcceptMutex kind) {
   switch (kind) {
@@ -260,14 +264,18 @@ class Supervisor::Impl {
   bool failed_exit_ = false;
 };
 
-Supervisor::Supervisor(SupervisorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Supervisor::Supervisor(SupervisorOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
 Supervisor::~Supervisor() = default;
-int Supervisor::run() { return impl_->run(); }
+int Supervisor::run() {
+  return impl_->run();
+}
 
 void Supervisor::Impl::block_signals() {
   sigset_t set;
   sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, sig);
+  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2})
+    sigaddset(&set, sig);
   if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw SetupError("sigprocmask", "", errno);
   signal_fd_ = UniqueFd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd_) throw SetupError("signalfd", "", errno);
@@ -295,7 +303,8 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
     job->slot_used.assign(job->sb.slot_count(), false);
     if (cfg.mode != Mode::plain) {
       int fds[2];
-      if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw SetupError("pipe2", "notify pipe", errno);
+      if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
+        throw SetupError("pipe2", "notify pipe", errno);
       job->notify_read = UniqueFd(fds[0]);
       job->notify_write = UniqueFd(fds[1]);
     }
@@ -331,7 +340,8 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
   // running is touched, so a failure leaves the running configuration intact.
   std::vector<std::unique_ptr<Job>> next;
   try {
-    for (const auto& cfg : config.jobs) next.push_back(build_job(cfg, find_old(cfg.name) != nullptr));
+    for (const auto& cfg : config.jobs)
+      next.push_back(build_job(cfg, find_old(cfg.name) != nullptr));
   } catch (...) {
     generation_ = previous_generation;
     throw;
@@ -431,7 +441,10 @@ int Supervisor::Impl::run() {
     }
     notifier_.watchdog(now);
     auto deadline = next_deadline(now);
-    int timeout_ms = deadline <= now ? 0 : static_cast<int>(std::min<std::uint64_t>((deadline - now + kMs - 1) / kMs, 60000));
+    int timeout_ms =
+        deadline <= now
+            ? 0
+            : static_cast<int>(std::min<std::uint64_t>((deadline - now + kMs - 1) / kMs, 60000));
     epoll_event events[8];
     int n = ::epoll_wait(epoll_.get(), events, 8, timeout_ms);
     if (n < 0 && errno != EINTR) {
@@ -499,9 +512,7 @@ void Supervisor::Impl::handle_signals() noexcept {
       case SIGHUP:
         if (!stopping_) reload();
         break;
-      case SIGUSR2:
-        spdlog::warn("SIGUSR2: binary upgrade is not implemented yet; ignored");
-        break;
+      case SIGUSR2: spdlog::warn("SIGUSR2: binary upgrade is not implemented yet; ignored"); break;
       default: break;
     }
   }
@@ -559,8 +570,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   const bool quota_done = job.cfg.mode == Mode::prefork && quota != 0 && slot.requests >= quota &&
                           WIFEXITED(status) && WEXITSTATUS(status) == 0;
   if (quota_done && !rec.term_sent) {
-    spdlog::info("job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it",
-                 name, rec.pid, rec.slot, quota);
+    spdlog::info(
+        "job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it", name,
+        rec.pid, rec.slot, quota);
   } else if (program_done) {
     spdlog::debug("job {}: program {} (slot {}) {}", name, rec.pid, rec.slot, how);
   } else if (rec.term_sent || stopping_) {
@@ -572,8 +584,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
 
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (job.cfg.mode == Mode::prefork && code == CORRAL_EXIT_FATAL) {
-    spdlog::error("job {}: worker {} reported a broken configuration (exit {}); not respawning the job",
-                  name, rec.pid, CORRAL_EXIT_FATAL);
+    spdlog::error(
+        "job {}: worker {} reported a broken configuration (exit {}); not respawning the job", name,
+        rec.pid, CORRAL_EXIT_FATAL);
     job.state = JobState::failed;
     return;
   }
@@ -584,10 +597,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   // prefork: a worker that never became idle; inetd: an acceptor that died before
   // accepting (one that accepted marked its slot busy, and the program's exit is its
   // own); plain: a copy that lived less than a second.
-  const bool crashed =
-      !rec.term_sent && (job.cfg.mode == Mode::plain
-                             ? now - rec.started_ns < kPlainCrashWindow
-                             : !rec.ready && slot.state == CORRAL_SLOT_STARTING);
+  const bool crashed = !rec.term_sent && (job.cfg.mode == Mode::plain
+                                              ? now - rec.started_ns < kPlainCrashWindow
+                                              : !rec.ready && slot.state == CORRAL_SLOT_STARTING);
   if (crashed) record_failure(job, now, true, "exited before it was ready");
 }
 
@@ -720,7 +732,8 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   if (report) job.spawn_reports.emplace(w.pid, std::move(report));
   LogContext worker_ctx{cfg.name, slot, w.pid};
   spdlog::log(cfg.mode == Mode::inetd && !job.initial ? spdlog::level::debug : spdlog::level::info,
-              "job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot, job.generation);
+              "job {}: started worker {} (slot {}, generation {})", cfg.name, w.pid, slot,
+              job.generation);
 }
 
 void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
@@ -768,14 +781,16 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
   lock.finding = AuditFinding::fine;
   switch (finding) {
     case AuditFinding::lost:
-      spdlog::warn("job {}: the accept token was lost (its holder died); restoring it", job.cfg.name);
+      spdlog::warn("job {}: the accept token was lost (its holder died); restoring it",
+                   job.cfg.name);
       break;
     case AuditFinding::stalled:
       spdlog::warn("job {}: connections wait but the accept token is not coming back; adding one",
                    job.cfg.name);
       break;
     case AuditFinding::extra: {
-      spdlog::info("job {}: {} accept tokens in the pipe; removing the extra", job.cfg.name, in_pipe);
+      spdlog::info("job {}: {} accept tokens in the pipe; removing the extra", job.cfg.name,
+                   in_pipe);
       char buf[64];
       auto extra = std::min<size_t>(static_cast<size_t>(in_pipe - 1), sizeof buf);
       [[maybe_unused]] auto r = ::read(lock.private_fd.get(), buf, extra);
@@ -854,8 +869,8 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
         ++counts.idle;
         if (job.cfg.mode == Mode::prefork && job.cfg.workers.max_requests != 0 &&
             s.requests >= job.cfg.workers.max_requests) {
-          spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", job.cfg.name,
-                       w.pid, w.slot, s.requests);
+          spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it",
+                       job.cfg.name, w.pid, w.slot, s.requests);
           stop_worker(job, w, now, true);
           --counts.idle;
         } else {
@@ -868,8 +883,8 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
         auto limit = to_ns(job.cfg.busy_timeout);
         if (state == CORRAL_SLOT_BUSY && limit != 0 && since != 0 && since <= now &&
             now - since > limit) {
-          spdlog::warn("job {}: worker {} (slot {}) busy for more than {}; killing it", job.cfg.name,
-                       w.pid, w.slot, format_duration(job.cfg.busy_timeout));
+          spdlog::warn("job {}: worker {} (slot {}) busy for more than {}; killing it",
+                       job.cfg.name, w.pid, w.slot, format_duration(job.cfg.busy_timeout));
           signal_worker(job, w, SIGKILL);
           w.term_sent = true;
           w.kill_sent = true;
@@ -895,7 +910,8 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
     job.spawn_window_start = now;
     job.spawned_in_window = 0;
   }
-  unsigned spawn = std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
+  unsigned spawn =
+      std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
   if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
   if (job.state == JobState::backing_off && spawn > 0) job.retry_at = now + job.backoff_ns;
   for (unsigned i = 0; i < spawn && job.state != JobState::failed; ++i) spawn_worker(job, now);
@@ -906,12 +922,14 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
     job.excess_since = 0;
   } else if (job.excess_since == 0) {
     job.excess_since = now;
-  } else if (now - job.excess_since >= kRetireHysteresis && now - job.last_retire >= kRetireInterval &&
-             !idle_current.empty()) {
+  } else if (now - job.excess_since >= kRetireHysteresis &&
+             now - job.last_retire >= kRetireInterval && !idle_current.empty()) {
     // Highest slots first (Apache retires one idle child at a time; a quarter of the
     // excess per interval empties a burst's surplus in a few seconds).
-    std::sort(idle_current.begin(), idle_current.end(), [](auto* a, auto* b) { return a->slot > b->slot; });
-    unsigned n = std::min<unsigned>((action.retire + 3) / 4, static_cast<unsigned>(idle_current.size()));
+    std::sort(idle_current.begin(), idle_current.end(),
+              [](auto* a, auto* b) { return a->slot > b->slot; });
+    unsigned n =
+        std::min<unsigned>((action.retire + 3) / 4, static_cast<unsigned>(idle_current.size()));
     spdlog::info("job {}: {} idle workers, max_spare {}; retiring {}", job.cfg.name, counts.idle,
                  job.cfg.workers.max_spare, n);
     for (unsigned i = 0; i < n; ++i) stop_worker(job, *idle_current[i], now, true);
@@ -919,7 +937,8 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
   }
 }
 
-void Supervisor::Impl::replace_stuck_holders(Job& job, unsigned queued, std::uint64_t now) noexcept {
+void Supervisor::Impl::replace_stuck_holders(Job& job, unsigned queued,
+                                             std::uint64_t now) noexcept {
   // Holding the accept mutex while idle is normal. Holding it for kStuckHolder while
   // (a) connections waited all along and none was accepted, or (b) other workers
   // accepted meanwhile (possible only if the holder was bypassed by a restored token)
@@ -953,9 +972,10 @@ void Supervisor::Impl::replace_stuck_holders(Job& job, unsigned queued, std::uin
     const bool bypassed = others > w.held_requests_base;
     if (now - w.held_seen_at >= kStuckHolder && (stalled || bypassed)) {
       LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
-      spdlog::warn("job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
-                   "waited; replacing it", job.cfg.name, w.pid, w.slot,
-                   format_duration(Duration(now - w.held_seen_at)));
+      spdlog::warn(
+          "job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
+          "waited; replacing it",
+          job.cfg.name, w.pid, w.slot, format_duration(Duration(now - w.held_seen_at)));
       signal_worker(job, w, SIGKILL);
       w.term_sent = true;
       w.kill_sent = true;
@@ -980,7 +1000,8 @@ void Supervisor::Impl::maintain() noexcept {
   auto now = monotonic_ns();
   for (auto& job : jobs_) maintain_job(*job, now);
   // Forget removed jobs whose workers are all gone.
-  std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return (j->removed) && j->workers.empty(); });
+  std::erase_if(jobs_,
+                [](const std::unique_ptr<Job>& j) { return (j->removed) && j->workers.empty(); });
   if (stopping_) {
     std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return j->workers.empty(); });
   }
@@ -1046,9 +1067,12 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
   for (auto& job : jobs_) {
     if (job->removed) continue;
     corral_job_state state = CORRAL_JOB_RUNNING;
-    if (stopping_) state = CORRAL_JOB_STOPPING;
-    else if (job->state == JobState::failed) state = CORRAL_JOB_FAILED;
-    else if (job->state == JobState::backing_off && job->retry_at > now) state = CORRAL_JOB_BACKING_OFF;
+    if (stopping_)
+      state = CORRAL_JOB_STOPPING;
+    else if (job->state == JobState::failed)
+      state = CORRAL_JOB_FAILED;
+    else if (job->state == JobState::backing_off && job->retry_at > now)
+      state = CORRAL_JOB_BACKING_OFF;
     const auto& w = job->cfg.workers;
     job->sb.write_header(self_, job->generation, started_realtime_, wire_mode(job->cfg.mode), state,
                          job->retry_at, w.min_spare, w.max_spare, w.max,
@@ -1065,9 +1089,11 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
       if (w.term_sent && !w.kill_sent && w.kill_at != 0) deadline = std::min(deadline, w.kill_at);
       if (!w.term_sent && !w.ready) fast = true;  // watch new workers come up
     }
-    if (job->state == JobState::backing_off && !job->removed) deadline = std::min(deadline, std::max(job->retry_at, now));
+    if (job->state == JobState::backing_off && !job->removed)
+      deadline = std::min(deadline, std::max(job->retry_at, now));
     if (job->excess_since != 0) fast = true;
-    if (job->notify_read && !job->notify_armed) deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
+    if (job->notify_read && !job->notify_armed)
+      deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
   }
   if (fast) deadline = std::min(deadline, now + kFastTick);
   if (auto n = notifier_.next_deadline(); n != 0) deadline = std::min(deadline, std::max(n, now));

@@ -36,19 +36,19 @@ enum phase {
 struct corral_worker {
   int in_use;
   unsigned n_listeners;
-  struct pollfd *pfds;     /* one per listener, fd 3+i, POLLIN */
-  char *names_buf;         /* LISTEN_FDNAMES copy, ':' replaced by NUL */
-  const char **names;      /* n_listeners pointers into names_buf, or NULL */
-  unsigned last_served;    /* index of the listener that gave the last connection */
+  struct pollfd* pfds;  /* one per listener, fd 3+i, POLLIN */
+  char* names_buf;      /* LISTEN_FDNAMES copy, ':' replaced by NUL */
+  const char** names;   /* n_listeners pointers into names_buf, or NULL */
+  unsigned last_served; /* index of the listener that gave the last connection */
   enum corral_lock_kind lock_kind;
-  int lock_fd;             /* -1 for NONE and EPOLL */
-  int epoll_fd;            /* EPOLL only */
-  struct corral_sb_slot *slot; /* NULL without a scoreboard */
-  void *map_base;
+  int lock_fd;                 /* -1 for NONE and EPOLL */
+  int epoll_fd;                /* EPOLL only */
+  struct corral_sb_slot* slot; /* NULL without a scoreboard */
+  void* map_base;
   size_t map_len;
-  int slot_index;          /* -1 without a scoreboard */
-  struct corral_sb_header *header; /* first page of the file, for idle_hint; NULL if none */
-  int notify_fd;           /* CORRAL_NOTIFY_FD, or -1 */
+  int slot_index;                  /* -1 without a scoreboard */
+  struct corral_sb_header* header; /* first page of the file, for idle_hint; NULL if none */
+  int notify_fd;                   /* CORRAL_NOTIFY_FD, or -1 */
   uint64_t requests;
   struct sigaction old_term;
 };
@@ -71,7 +71,7 @@ static uint64_t mono_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void slot_set_lock(struct corral_worker *w, uint32_t lock) {
+static void slot_set_lock(struct corral_worker* w, uint32_t lock) {
   if (!w->slot) return;
   /* Timestamp first, then the value with release: a reader that loads `lock`
    * with acquire sees a timestamp at least as new. */
@@ -79,14 +79,14 @@ static void slot_set_lock(struct corral_worker *w, uint32_t lock) {
   __atomic_store_n(&w->slot->lock, lock, __ATOMIC_RELEASE);
 }
 
-static int slot_says_stopping(const struct corral_worker *w) {
+static int slot_says_stopping(const struct corral_worker* w) {
   return w->slot && __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE) == CORRAL_SLOT_STOPPING;
 }
 
 /* The idle hint (protocol.h, header offset 960): +1 on becoming idle, -1 on
  * leaving idle; below min_spare after our -1, one byte to CORRAL_NOTIFY_FD wakes
  * the supervisor to start spares now. Async-signal-safe. */
-static void hint_transition(struct corral_worker *w, uint32_t from, uint32_t to) {
+static void hint_transition(struct corral_worker* w, uint32_t from, uint32_t to) {
   if (!w->header || from == to) return;
   if (to == CORRAL_SLOT_IDLE) {
     __atomic_fetch_add(&w->header->idle_hint, 1, __ATOMIC_RELAXED);
@@ -106,7 +106,7 @@ static void hint_transition(struct corral_worker *w, uint32_t from, uint32_t to)
  * it, so that a STOPPING written by the supervisor is never overwritten (the
  * supervisor may write it at any time). Returns 0, or -1 if the slot says
  * STOPPING: then the worker must stop. */
-static int slot_set_state(struct corral_worker *w, uint32_t state) {
+static int slot_set_state(struct corral_worker* w, uint32_t state) {
   if (!w->slot) return 0;
   uint32_t cur = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
   for (;;) {
@@ -148,16 +148,14 @@ static int fcntl_lock(int fd, short type, int cmd) {
 
 int corral_lock_release(enum corral_lock_kind kind, int fd) {
   switch (kind) {
-    case CORRAL_LOCK_KIND_PIPE:
-      return pipe_release(fd);
+    case CORRAL_LOCK_KIND_PIPE: return pipe_release(fd);
     case CORRAL_LOCK_KIND_FCNTL:
       for (;;) {
         int r = fcntl_lock(fd, F_UNLCK, F_SETLK);
         if (r != -EINTR) return r;
       }
     case CORRAL_LOCK_KIND_NONE:
-    case CORRAL_LOCK_KIND_EPOLL:
-      return 0;
+    case CORRAL_LOCK_KIND_EPOLL: return 0;
   }
   return -EINVAL;
 }
@@ -167,7 +165,7 @@ int corral_lock_release(enum corral_lock_kind kind, int fd) {
  * O_NONBLOCK (the supervisor should not do that; the flag is shared by every
  * worker, so we may not clear it) is waited for with poll(), which is correct
  * but wakes every waiter. */
-static int lock_try_acquire(enum corral_lock_kind kind, int fd, char *buf) {
+static int lock_try_acquire(enum corral_lock_kind kind, int fd, char* buf) {
   switch (kind) {
     case CORRAL_LOCK_KIND_PIPE: {
       ssize_t n = read(fd, buf, 1);
@@ -185,8 +183,7 @@ static int lock_try_acquire(enum corral_lock_kind kind, int fd, char *buf) {
       return fcntl_lock(fd, F_WRLCK, F_SETLKW);
     }
     case CORRAL_LOCK_KIND_NONE:
-    case CORRAL_LOCK_KIND_EPOLL:
-      return 0;
+    case CORRAL_LOCK_KIND_EPOLL: return 0;
   }
   return -EINVAL;
 }
@@ -203,7 +200,7 @@ int corral_lock_acquire(enum corral_lock_kind kind, int fd) {
 
 /* Leaves from inside the handler: the slot shows what happened, then _exit(0).
  * Everything here is async-signal-safe (lock-free atomics, clock_gettime). */
-static void leave_from_handler(struct corral_worker *w) {
+static void leave_from_handler(struct corral_worker* w) {
   if (w->slot) {
     slot_set_lock(w, CORRAL_LOCK_NONE);
     uint32_t cur = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
@@ -224,7 +221,7 @@ static void leave_from_handler(struct corral_worker *w) {
 static void on_sigterm(int sig) {
   (void)sig;
   int saved_errno = errno;
-  struct corral_worker *w = &g_worker;
+  struct corral_worker* w = &g_worker;
   g_stop = 1;
   switch (g_phase) {
     case PHASE_WAIT_LOCK:
@@ -232,7 +229,7 @@ static void on_sigterm(int sig) {
        * signal arrived just after read() took the token but before the program
        * saw it, the byte is already in g_token: give it back, or it is lost. A
        * fcntl lock that was just granted is released by the kernel at exit. */
-      if (w->lock_kind == CORRAL_LOCK_KIND_PIPE && *(volatile char *)g_token != 0)
+      if (w->lock_kind == CORRAL_LOCK_KIND_PIPE && *(volatile char*)g_token != 0)
         (void)pipe_release(w->lock_fd);
       leave_from_handler(w);
       break;
@@ -252,7 +249,7 @@ static void on_sigterm(int sig) {
   errno = saved_errno;
 }
 
-static int stop_requested(const struct corral_worker *w) {
+static int stop_requested(const struct corral_worker* w) {
   return g_stop || slot_says_stopping(w);
 }
 
@@ -261,7 +258,7 @@ static int stop_requested(const struct corral_worker *w) {
 /* Gives the mutex back from the main flow. The phase is OTHER before the
  * write, so the handler cannot release a second time. Token first, then the
  * slot: see "Auditing the token" in docs/PROTOCOL.md. */
-static void release_main(struct corral_worker *w) {
+static void release_main(struct corral_worker* w) {
   g_phase = PHASE_OTHER;
   if (w->lock_fd < 0) return;
   int r = corral_lock_release(w->lock_kind, w->lock_fd);
@@ -279,14 +276,14 @@ static void release_main(struct corral_worker *w) {
 
 /* Takes the mutex in phase WAIT_LOCK. Returns 0 with the phase HOLD_POLL (the
  * mutex held, or no mutex), -ESHUTDOWN, or another -errno. */
-static int acquire_main(struct corral_worker *w) {
+static int acquire_main(struct corral_worker* w) {
   if (w->lock_fd < 0) {
     g_phase = PHASE_HOLD_POLL;
     return 0;
   }
   slot_set_lock(w, CORRAL_LOCK_WAITING);
   for (;;) {
-    *(volatile char *)g_token = 0;
+    *(volatile char*)g_token = 0;
     g_phase = PHASE_WAIT_LOCK;
     /* A SIGTERM that came before the phase was set only raised the flag: look
      * at it now. One that comes from here on makes the handler leave. */
@@ -311,7 +308,7 @@ static int acquire_main(struct corral_worker *w) {
 
 /* Waits (phase HOLD_POLL) until at least one listener is readable and fills
  * pfds[].revents. Returns 0, -EINTR, or another -errno. */
-static int wait_listeners(struct corral_worker *w) {
+static int wait_listeners(struct corral_worker* w) {
   if (w->lock_kind == CORRAL_LOCK_KIND_EPOLL) {
     struct epoll_event ev[64];
     int max = w->n_listeners < 64 ? (int)w->n_listeners : 64;
@@ -348,10 +345,8 @@ static int accept_error_is_transient(int e) {
     case ENETUNREACH:
     case ETIMEDOUT:
     case ECONNRESET:
-    case EPERM: /* a firewall rule refused the connection */
-      return 1;
-    default:
-      return 0;
+    case EPERM: /* a firewall rule refused the connection */ return 1;
+    default: return 0;
   }
 }
 
@@ -369,14 +364,14 @@ static int fail(int neg_errno) {
   return -1;
 }
 
-static int shut_down(struct corral_worker *w) {
+static int shut_down(struct corral_worker* w) {
   g_phase = PHASE_OTHER;
   (void)slot_set_state(w, CORRAL_SLOT_STOPPING);
   return fail(-ESHUTDOWN);
 }
 
-int corral_worker_accept(corral_worker *w, struct sockaddr *addr, socklen_t *addrlen,
-                         unsigned *listener_index) {
+int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
+                         unsigned* listener_index) {
   if (!w || !w->in_use) return fail(-EINVAL);
   const socklen_t addr_cap = addrlen ? *addrlen : 0;
 
@@ -457,32 +452,34 @@ int corral_worker_accept(corral_worker *w, struct sockaddr *addr, socklen_t *add
   }
 }
 
-void corral_worker_done(corral_worker *w) {
+void corral_worker_done(corral_worker* w) {
   if (!w || !w->in_use) return;
   (void)slot_set_state(w, CORRAL_SLOT_IDLE);
 }
 
-int corral_worker_stopping(const corral_worker *w) {
+int corral_worker_stopping(const corral_worker* w) {
   if (g_stop) return 1;
   return w ? slot_says_stopping(w) : 0;
 }
 
-unsigned corral_worker_listener_count(const corral_worker *w) { return w ? w->n_listeners : 0; }
+unsigned corral_worker_listener_count(const corral_worker* w) {
+  return w ? w->n_listeners : 0;
+}
 
-int corral_worker_listener_fd(const corral_worker *w, unsigned i) {
+int corral_worker_listener_fd(const corral_worker* w, unsigned i) {
   return (w && i < w->n_listeners) ? w->pfds[i].fd : -1;
 }
 
-const char *corral_worker_listener_name(const corral_worker *w, unsigned i) {
+const char* corral_worker_listener_name(const corral_worker* w, unsigned i) {
   if (!w || i >= w->n_listeners) return NULL;
   return w->names ? w->names[i] : "unknown";
 }
 
-enum corral_lock_kind corral_worker_lock_kind(const corral_worker *w) {
+enum corral_lock_kind corral_worker_lock_kind(const corral_worker* w) {
   return w ? w->lock_kind : CORRAL_LOCK_KIND_NONE;
 }
 
-const char *corral_lock_kind_name(enum corral_lock_kind kind) {
+const char* corral_lock_kind_name(enum corral_lock_kind kind) {
   switch (kind) {
     case CORRAL_LOCK_KIND_NONE: return "none";
     case CORRAL_LOCK_KIND_PIPE: return "pipe";
@@ -492,15 +489,17 @@ const char *corral_lock_kind_name(enum corral_lock_kind kind) {
   return "?";
 }
 
-int corral_worker_slot(const corral_worker *w) { return w ? w->slot_index : -1; }
+int corral_worker_slot(const corral_worker* w) {
+  return w ? w->slot_index : -1;
+}
 
 /* ---- initialisation ----------------------------------------------------- */
 
 /* Parses a decimal, non-negative int that fills the whole string. */
-static int parse_uint(const char *s, long max, long *out) {
+static int parse_uint(const char* s, long max, long* out) {
   if (!s || *s < '0' || *s > '9') return -1;
   errno = 0;
-  char *end = NULL;
+  char* end = NULL;
   long v = strtol(s, &end, 10);
   if (errno != 0 || *end != '\0' || v < 0 || v > max) return -1;
   *out = v;
@@ -524,10 +523,10 @@ static int set_nonblock(int fd) {
   return 0;
 }
 
-static int setup_listeners(struct corral_worker *w) {
+static int setup_listeners(struct corral_worker* w) {
   long pid = 0, n = 0;
-  const char *pid_s = getenv("LISTEN_PID");
-  const char *n_s = getenv("LISTEN_FDS");
+  const char* pid_s = getenv("LISTEN_PID");
+  const char* n_s = getenv("LISTEN_FDS");
   /* As sd_listen_fds: the variables are for the process they name, not for a
    * child that inherited the environment. */
   if (!pid_s || !n_s || parse_uint(pid_s, INT_MAX, &pid) < 0 || (pid_t)pid != getpid())
@@ -552,18 +551,18 @@ static int setup_listeners(struct corral_worker *w) {
   /* The last listener counts as served, so that the first turn starts at 0. */
   w->last_served = w->n_listeners - 1;
 
-  const char *names = getenv("LISTEN_FDNAMES");
+  const char* names = getenv("LISTEN_FDNAMES");
   if (names) {
     size_t count = 1;
-    for (const char *p = names; *p; p++) count += (*p == ':');
+    for (const char* p = names; *p; p++) count += (*p == ':');
     if (count == w->n_listeners) {
       w->names_buf = strdup(names);
       w->names = calloc(w->n_listeners, sizeof *w->names);
       if (!w->names_buf || !w->names) return -ENOMEM;
-      char *p = w->names_buf;
+      char* p = w->names_buf;
       for (unsigned i = 0; i < w->n_listeners; i++) {
         w->names[i] = p;
-        char *colon = strchr(p, ':');
+        char* colon = strchr(p, ':');
         if (colon) {
           *colon = '\0';
           p = colon + 1;
@@ -574,9 +573,9 @@ static int setup_listeners(struct corral_worker *w) {
   return 0;
 }
 
-static int setup_lock(struct corral_worker *w) {
-  const char *kind_s = getenv(CORRAL_ENV_LOCK_KIND);
-  const char *fd_s = getenv(CORRAL_ENV_LOCK_FD);
+static int setup_lock(struct corral_worker* w) {
+  const char* kind_s = getenv(CORRAL_ENV_LOCK_KIND);
+  const char* fd_s = getenv(CORRAL_ENV_LOCK_FD);
   long fd = -1;
   if (fd_s && parse_uint(fd_s, INT_MAX, &fd) < 0) return -EINVAL;
 
@@ -589,9 +588,12 @@ static int setup_lock(struct corral_worker *w) {
       return 0;
     }
     /* No kind given: the fd's type says which mutex it is. */
-    if (S_ISFIFO(st.st_mode)) w->lock_kind = CORRAL_LOCK_KIND_PIPE;
-    else if (S_ISREG(st.st_mode)) w->lock_kind = CORRAL_LOCK_KIND_FCNTL;
-    else return -EBADF;
+    if (S_ISFIFO(st.st_mode))
+      w->lock_kind = CORRAL_LOCK_KIND_PIPE;
+    else if (S_ISREG(st.st_mode))
+      w->lock_kind = CORRAL_LOCK_KIND_FCNTL;
+    else
+      return -EBADF;
   } else if (strcmp(kind_s, "pipe") == 0) {
     w->lock_kind = CORRAL_LOCK_KIND_PIPE;
   } else if (strcmp(kind_s, "fcntl") == 0) {
@@ -623,16 +625,14 @@ static int setup_lock(struct corral_worker *w) {
       }
       break;
     }
-    case CORRAL_LOCK_KIND_NONE:
-      fd = -1;
-      break;
+    case CORRAL_LOCK_KIND_NONE: fd = -1; break;
   }
   w->lock_fd = (int)fd;
   return w->lock_fd >= 0 ? set_cloexec(w->lock_fd) : 0;
 }
 
 /* Returns NULL when the scoreboard is usable, or why not. */
-static const char *map_scoreboard(struct corral_worker *w, int fd, long slot) {
+static const char* map_scoreboard(struct corral_worker* w, int fd, long slot) {
   struct corral_sb_header h;
   if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) return "cannot read the header";
   if (memcmp(h.magic, CORRAL_SB_MAGIC, sizeof h.magic) != 0) return "bad magic";
@@ -656,36 +656,39 @@ static const char *map_scoreboard(struct corral_worker *w, int fd, long slot) {
   uint64_t slot_off = (uint64_t)h.header_size + (uint64_t)slot * h.slot_size;
   uint64_t map_off = slot_off & ~(uint64_t)(page - 1);
   size_t map_len = (size_t)(slot_off - map_off) + CORRAL_SB_SLOT_SIZE;
-  void *base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map_off);
+  void* base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map_off);
   if (base == MAP_FAILED) return "mmap failed (is the fd open read-write?)";
   w->map_base = base;
   w->map_len = map_len;
-  w->slot = (struct corral_sb_slot *)((char *)base + (slot_off - map_off));
+  w->slot = (struct corral_sb_slot*)((char*)base + (slot_off - map_off));
   w->slot_index = (int)slot;
   /* The header's first page, for the idle hint only (optional: without it the
    * supervisor still sees the pool within a second). */
-  void *hdr = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (hdr != MAP_FAILED) w->header = (struct corral_sb_header *)hdr;
+  void* hdr = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (hdr != MAP_FAILED) w->header = (struct corral_sb_header*)hdr;
   (void)set_cloexec(fd);
   return NULL;
 }
 
-static void setup_scoreboard(struct corral_worker *w) {
-  const char *fd_s = getenv(CORRAL_ENV_SCOREBOARD_FD);
+static void setup_scoreboard(struct corral_worker* w) {
+  const char* fd_s = getenv(CORRAL_ENV_SCOREBOARD_FD);
   if (!fd_s) return; /* not run by corral: no scoreboard, no complaint */
-  const char *slot_s = getenv(CORRAL_ENV_SLOT);
+  const char* slot_s = getenv(CORRAL_ENV_SLOT);
   long fd = -1, slot = -1;
-  const char *why = NULL;
-  if (parse_uint(fd_s, INT_MAX, &fd) < 0) why = "CORRAL_SCOREBOARD_FD is not a number";
-  else if (parse_uint(slot_s, INT_MAX, &slot) < 0) why = "CORRAL_SLOT missing or not a number";
-  else why = map_scoreboard(w, (int)fd, slot);
+  const char* why = NULL;
+  if (parse_uint(fd_s, INT_MAX, &fd) < 0)
+    why = "CORRAL_SCOREBOARD_FD is not a number";
+  else if (parse_uint(slot_s, INT_MAX, &slot) < 0)
+    why = "CORRAL_SLOT missing or not a number";
+  else
+    why = map_scoreboard(w, (int)fd, slot);
   if (why)
-    fprintf(stderr, "corral worker: scoreboard (fd %s, slot %s): %s; running without it\n",
-            fd_s, slot_s ? slot_s : "?", why);
+    fprintf(stderr, "corral worker: scoreboard (fd %s, slot %s): %s; running without it\n", fd_s,
+            slot_s ? slot_s : "?", why);
 }
 
-static void setup_notify(struct corral_worker *w) {
-  const char *fd_s = getenv(CORRAL_ENV_NOTIFY_FD);
+static void setup_notify(struct corral_worker* w) {
+  const char* fd_s = getenv(CORRAL_ENV_NOTIFY_FD);
   long fd = -1;
   if (!fd_s || parse_uint(fd_s, INT_MAX, &fd) < 0) return;
   struct stat st;
@@ -694,7 +697,7 @@ static void setup_notify(struct corral_worker *w) {
   (void)set_cloexec(w->notify_fd);
 }
 
-static void release_resources(struct corral_worker *w) {
+static void release_resources(struct corral_worker* w) {
   if (w->header) {
     long page = sysconf(_SC_PAGESIZE);
     munmap(w->header, (size_t)(page > 0 ? page : 4096));
@@ -711,7 +714,7 @@ static void release_resources(struct corral_worker *w) {
   w->notify_fd = -1;
 }
 
-static int install_sigterm(struct corral_worker *w) {
+static int install_sigterm(struct corral_worker* w) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigterm;
@@ -725,10 +728,10 @@ static int install_sigterm(struct corral_worker *w) {
   return 0;
 }
 
-int corral_worker_init(corral_worker **out) {
+int corral_worker_init(corral_worker** out) {
   if (!out) return -EINVAL;
   *out = NULL;
-  struct corral_worker *w = &g_worker;
+  struct corral_worker* w = &g_worker;
   if (w->in_use) return -EBUSY;
   release_resources(w);
 
@@ -750,7 +753,7 @@ int corral_worker_init(corral_worker **out) {
   return 0;
 }
 
-void corral_worker_free(corral_worker *w) {
+void corral_worker_free(corral_worker* w) {
   if (!w || !w->in_use) return;
   sigaction(SIGTERM, &w->old_term, NULL);
   g_phase = PHASE_OTHER;

@@ -115,10 +115,12 @@ jobs:
         s = connect(port)
         s.sendall(b"hold\n")
         self.assertEqual(recv_until(s), b"hold\n")
-        job = wait_until(lambda: (lambda j: j if j["busy"] == 1 else None)(c.job(self.sbdir, "echo")), log=c)
-        busy = [w for w in job["workers"] if w["state"] == "busy"][0]
-        c.wait_log(rf"worker {busy['pid']} \(slot {busy['slot']}\) busy for more than 700ms; killing it")
-        self.assertEqual(recv_until(s), b"")  # the connection went with the worker
+        c.wait_log(r"worker \d+ \(slot \d+\) busy for more than 700ms; killing it")
+        s.settimeout(10)
+        try:
+            self.assertEqual(recv_until(s), b"")  # the connection went with the worker
+        except ConnectionResetError:
+            pass
         s.close()
         wait_until(lambda: self.idle(c) >= 2, log=c)
         self.assertEqual(c.stop(), 0)

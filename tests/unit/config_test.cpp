@@ -71,8 +71,10 @@ class EnvGuard {
     if (const char* v = std::getenv(name_.c_str())) saved_ = v;
   }
   ~EnvGuard() {
-    if (saved_) ::setenv(name_.c_str(), saved_->c_str(), 1);
-    else ::unsetenv(name_.c_str());
+    if (saved_)
+      ::setenv(name_.c_str(), saved_->c_str(), 1);
+    else
+      ::unsetenv(name_.c_str());
   }
   EnvGuard(const EnvGuard&) = delete;
   EnvGuard& operator=(const EnvGuard&) = delete;
@@ -135,7 +137,8 @@ std::string default_dir_as_non_root(uid_t& uid) {
   ::close(fds[1]);
   std::string out;
   char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<size_t>(n));
   ::close(fds[0]);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
@@ -240,7 +243,8 @@ jobs:
   CHECK(job.restart.max_failures == 3);
   CHECK(job.user == "www-data");
   CHECK(job.group == "nogroup");
-  CHECK(job.env == std::vector<std::pair<std::string, std::string>>{{"KEY", "value"}, {"OTHER", "2"}});
+  CHECK(job.env ==
+        std::vector<std::pair<std::string, std::string>>{{"KEY", "value"}, {"OTHER", "2"}});
   CHECK(job.cwd == "/srv/web");
   CHECK(job.graceful_timeout == 90s);
   CHECK(job.busy_timeout == 5min);
@@ -267,7 +271,8 @@ TEST_CASE("several jobs keep their order and their own settings") {
   CHECK(config.jobs[1].name == "legacy");
   CHECK(config.jobs[2].name == "copies");
   CHECK(config.jobs[1].mode == corral::Mode::inetd);
-  CHECK(config.jobs[1].command == std::vector<std::string>{"/usr/bin/cat", "-u"});  // split on spaces
+  CHECK(config.jobs[1].command ==
+        std::vector<std::string>{"/usr/bin/cat", "-u"});  // split on spaces
   CHECK(config.jobs[1].max_per_source == 3);
   CHECK(config.jobs[1].workers.max == 20);
   CHECK(config.jobs[1].listeners[0].name == "legacy");
@@ -313,7 +318,8 @@ TEST_CASE("a bad duration names the key, the text and the position") {
   auto issues = issues_of(web_job("    busy_timeout: 5x\n"));
   REQUIRE(issues.size() == 1);
   CHECK(issues[0] ==
-        "/tmp/x/test.yaml:5:19: busy_timeout: invalid duration \"5x\": unknown unit \"x\" (write e.g. "
+        "/tmp/x/test.yaml:5:19: busy_timeout: invalid duration \"5x\": unknown unit \"x\" (write "
+        "e.g. "
         "500ms, 30s, 5m, 1h, 1m30s, or a number of seconds)");
   CHECK(has_issue(issues_of(web_job("    workers: { start_timeout: -1s }\n")),
                   "workers.start_timeout: invalid duration \"-1s\""));
@@ -342,7 +348,8 @@ TEST_CASE("a relative unix socket path is resolved against the YAML file's direc
 
 TEST_CASE("listener map errors: mode, backlog, name, address, tcp-only keys") {
   auto listener = [](const std::string& map) {
-    return issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    listen:\n      - " + map + "\n");
+    return issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    listen:\n      - " + map +
+                     "\n");
   };
   CHECK(listener("{ address: \"unix:/r/w.sock\", mode: \"0999\" }") ==
         std::vector<std::string>{
@@ -360,10 +367,12 @@ TEST_CASE("listener map errors: mode, backlog, name, address, tcp-only keys") {
   CHECK(has_issue(listener("{ address: \"127.0.0.1:80\", owner: root }"),
                   "mode, owner and group apply to unix: sockets only"));
   // Reported at the map, as an issue among the others (not an exception that hides them).
-  CHECK(has_issue(listener("{ name: admin }"), "/tmp/x/test.yaml:5:9: listener has no \"address:\""));
-  CHECK(has_issue(issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    mode: frob\n    listen:\n"
-                            "      - { name: admin }\n"),
-                  "mode must be prefork, inetd or plain"));
+  CHECK(
+      has_issue(listener("{ name: admin }"), "/tmp/x/test.yaml:5:9: listener has no \"address:\""));
+  CHECK(
+      has_issue(issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    mode: frob\n    listen:\n"
+                          "      - { name: admin }\n"),
+                "mode must be prefork, inetd or plain"));
   CHECK(has_issue(listener("{ address: \"unix:/r/w.sock\", adress: x }"),
                   "unknown key \"adress\" in listener; did you mean \"address\"?"));
 }
@@ -379,14 +388,16 @@ TEST_CASE("a bad listen address is reported at its position with the parser's me
   CHECK(issues == std::vector<std::string>{
                       "/tmp/x/test.yaml:6:9: invalid listen address \"::1:8080\": an IPv6 address "
                       "needs brackets, as in [::1]:8080"});
-  CHECK(has_issue(issues_of(web_job("").replace(web_job("").find("127.0.0.1:8080"), 14, "example.com:80")),
-                  "host names are not resolved"));
+  CHECK(has_issue(
+      issues_of(web_job("").replace(web_job("").find("127.0.0.1:8080"), 14, "example.com:80")),
+      "host names are not resolved"));
 }
 
 TEST_CASE("a unix path too long once resolved against the YAML directory is rejected") {
   // 102 bytes relative: fits the parser, but not once "/tmp/x/" is prepended (109).
   std::string rel(102, 'a');
-  auto issues = issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    listen: [\"unix:" + rel + "\"]\n");
+  auto issues =
+      issues_of("jobs:\n  web:\n    command: [\"/bin/sh\"]\n    listen: [\"unix:" + rel + "\"]\n");
   CHECK(has_issue(issues, "unix socket path too long"));
 }
 
@@ -408,22 +419,26 @@ TEST_CASE("an unknown job key is reported, and so is the missing command it mean
 )");
   REQUIRE(issues.size() == 2);
   CHECK(issues[0] ==
-        "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean \"command\"? (known "
+        "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean \"command\"? "
+        "(known "
         "keys: command, mode, listen, workers, accept_mutex, max_per_source, restart, user, group, "
         "env, cwd, graceful_timeout, busy_timeout)");
-  CHECK(issues[1] == "/tmp/x/test.yaml:2:3: job \"web\" has no \"command:\"; name the program to run");
+  CHECK(issues[1] ==
+        "/tmp/x/test.yaml:2:3: job \"web\" has no \"command:\"; name the program to run");
 }
 
 TEST_CASE("an unknown top-level key") {
   auto issues = issues_of("job:\n  web:\n    command: [\"/bin/sh\"]\n");
-  CHECK(has_issue(issues, "/tmp/x/test.yaml:1:1: unknown key \"job\" in top level; did you mean \"jobs\"?"));
+  CHECK(has_issue(
+      issues, "/tmp/x/test.yaml:1:1: unknown key \"job\" in top level; did you mean \"jobs\"?"));
   CHECK(has_issue(issues, "\"jobs:\" is missing"));
 }
 
 TEST_CASE("an unknown key far from every known one gets no suggestion") {
   auto issues = issues_of(web_job("    frobnicate: yes\n"));
   REQUIRE(issues.size() == 1);
-  CHECK(issues[0].find("/tmp/x/test.yaml:5:5: unknown key \"frobnicate\" in job \"web\" (known keys:") == 0);
+  CHECK(issues[0].find(
+            "/tmp/x/test.yaml:5:5: unknown key \"frobnicate\" in job \"web\" (known keys:") == 0);
   CHECK(issues[0].find("did you mean") == std::string::npos);
 }
 
@@ -438,17 +453,20 @@ TEST_CASE("unknown keys inside restart are rejected") {
 
 TEST_CASE("type errors name the key and the value") {
   CHECK(issues_of(web_job("    workers:\n      start: abc\n")) ==
-        std::vector<std::string>{"/tmp/x/test.yaml:6:14: workers.start must be a whole number, not \"abc\""});
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:6:14: workers.start must be a whole number, not \"abc\""});
   CHECK(has_issue(issues_of(web_job("    workers: { start: 2.5 }\n")),
                   "workers.start must be a whole number, not \"2.5\""));
   CHECK(has_issue(issues_of(web_job("    workers: { start: -1 }\n")),
                   "workers.start must be a whole number, not \"-1\""));
-  CHECK(has_issue(issues_of(web_job("    workers: { start: [1] }\n")), "workers.start must be a single value"));
+  CHECK(has_issue(issues_of(web_job("    workers: { start: [1] }\n")),
+                  "workers.start must be a single value"));
   CHECK(has_issue(issues_of(web_job("    workers: 4\n")), "workers must be a map"));
   CHECK(has_issue(issues_of(web_job("    restart: 3\n")), "restart must be a map"));
   CHECK(has_issue(issues_of(web_job("    env: [A]\n")), "env must be a map of NAME: value"));
   CHECK(has_issue(issues_of(web_job("    env: { A: [1, 2] }\n")), "env.A must be a single value"));
-  CHECK(has_issue(issues_of(web_job("    mode: fork\n")), "mode must be prefork, inetd or plain, not \"fork\""));
+  CHECK(has_issue(issues_of(web_job("    mode: fork\n")),
+                  "mode must be prefork, inetd or plain, not \"fork\""));
   CHECK(has_issue(issues_of(web_job("    accept_mutex: futex\n")),
                   "accept_mutex must be auto, pipe, fcntl, epoll or none, not \"futex\""));
   CHECK(has_issue(issues_of(web_job("    user: [a, b]\n")), "user must be a single value"));
@@ -466,10 +484,11 @@ TEST_CASE("command: a list, or a string split on spaces; never empty or a map") 
 }
 
 TEST_CASE("the document must be a map with jobs") {
-  CHECK(issues_of("") == std::vector<std::string>{
-                             "/tmp/x/test.yaml: the file is empty; it needs a \"jobs:\" map"});
+  CHECK(issues_of("") ==
+        std::vector<std::string>{"/tmp/x/test.yaml: the file is empty; it needs a \"jobs:\" map"});
   CHECK(has_issue(issues_of("- a\n- b\n"), "the top level must be a map with \"jobs:\""));
-  CHECK(has_issue(issues_of("jobs: []\n"), "\"jobs\" must be a map of job names to job definitions"));
+  CHECK(
+      has_issue(issues_of("jobs: []\n"), "\"jobs\" must be a map of job names to job definitions"));
   CHECK(has_issue(issues_of("jobs:\n"), "\"jobs\" must be a map of job names to job definitions"));
   CHECK(has_issue(issues_of("jobs:\n  web: /bin/sh\n"), "job \"web\" must be a map"));
 }
@@ -497,13 +516,15 @@ TEST_CASE("start may not exceed max") {
 }
 
 TEST_CASE("min_spare may not exceed max") {
-  CHECK(has_issue(issues_of(web_job("    workers: { min_spare: 8, max_spare: 10, max: 4, start: 1 }\n")),
-                  "workers.min_spare (8) must not exceed workers.max (4)"));
+  CHECK(has_issue(
+      issues_of(web_job("    workers: { min_spare: 8, max_spare: 10, max: 4, start: 1 }\n")),
+      "workers.min_spare (8) must not exceed workers.max (4)"));
 }
 
 TEST_CASE("max and max_spare must be at least 1; counts have an upper bound") {
   CHECK(issues_of(web_job("    workers:\n      max: 0\n")) ==
-        std::vector<std::string>{"/tmp/x/test.yaml:6:12: workers.max must be between 1 and 16384, not 0"});
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:6:12: workers.max must be between 1 and 16384, not 0"});
   CHECK(has_issue(issues_of(web_job("    workers: { max_spare: 0 }\n")),
                   "workers.max_spare must be between 1 and 16384, not 0"));
   CHECK(has_issue(issues_of(web_job("    workers: { max: 100000 }\n")),
@@ -511,7 +532,8 @@ TEST_CASE("max and max_spare must be at least 1; counts have an upper bound") {
 }
 
 TEST_CASE("plain mode needs at least one copy") {
-  auto issues = issues_of("jobs:\n  p:\n    command: [\"/bin/sh\"]\n    mode: plain\n    workers: { start: 0 }\n");
+  auto issues = issues_of(
+      "jobs:\n  p:\n    command: [\"/bin/sh\"]\n    mode: plain\n    workers: { start: 0 }\n");
   CHECK(has_issue(issues, "job \"p\": plain mode needs workers.start >= 1"));
 }
 
@@ -529,7 +551,8 @@ TEST_CASE("prefork and inetd need a listener; plain does not") {
 
 TEST_CASE("max_per_source applies to inetd mode only") {
   CHECK(issues_of(web_job("    max_per_source: 2\n")) ==
-        std::vector<std::string>{"/tmp/x/test.yaml:2:3: job \"web\": max_per_source applies to mode inetd only"});
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:2:3: job \"web\": max_per_source applies to mode inetd only"});
   CHECK_NOTHROW(load(web_job("    max_per_source: 0\n")));
   CHECK(load(web_job("    mode: inetd\n    max_per_source: 2\n")).jobs[0].max_per_source == 2);
 }
@@ -544,7 +567,8 @@ TEST_CASE("the epoll accept mutex is refused in inetd mode") {
 TEST_CASE("job names use letters, digits, '-' and '_' only") {
   for (const char* bad : {"web server", "a.b", "a/b", "\"a:b\"", "\"\""}) {
     CAPTURE(bad);
-    auto issues = issues_of(std::string("jobs:\n  ") + bad + ":\n    command: [\"/bin/sh\"]\n    mode: plain\n");
+    auto issues = issues_of(std::string("jobs:\n  ") + bad +
+                            ":\n    command: [\"/bin/sh\"]\n    mode: plain\n");
     CHECK(has_issue(issues, "may use only letters, digits, '-' and '_'"));
   }
   CHECK(issues_of("jobs:\n  a.b:\n    command: [\"/bin/sh\"]\n    mode: plain\n") ==
@@ -589,7 +613,8 @@ TEST_CASE("port 0 may appear more than once: the kernel picks distinct ports") {
 
 // ---- paths ------------------------------------------------------------
 
-TEST_CASE("relative command, cwd and scoreboard_dir are resolved against the YAML file's directory") {
+TEST_CASE(
+    "relative command, cwd and scoreboard_dir are resolved against the YAML file's directory") {
   auto config = load(R"(scoreboard_dir: state/sb
 jobs:
   web:
@@ -607,7 +632,8 @@ jobs:
 TEST_CASE("a relative command that exists next to the YAML file resolves with checks on") {
   TempDir tmp;
   write_file(tmp.path() + "/bin/server", "#!/bin/sh\n", 0755);
-  std::string yaml = "jobs:\n  web:\n    command: [\"bin/server\"]\n    cwd: .\n    listen: [\":8080\"]\n";
+  std::string yaml =
+      "jobs:\n  web:\n    command: [\"bin/server\"]\n    cwd: .\n    listen: [\":8080\"]\n";
   auto config = corral::load_config_text(yaml, tmp.path() + "/corral.yaml", kAllChecks);
   CHECK(config.jobs[0].command[0] == tmp.path() + "/bin/server");
   CHECK(config.jobs[0].cwd == tmp.path());
@@ -624,25 +650,30 @@ TEST_CASE("a command that is not executable is reported with checks on") {
   write_file(tmp.path() + "/bin/data", "not a program\n", 0644);
   auto issues = issues_of("jobs:\n  web:\n    command: [\"bin/data\"]\n    listen: [\":8080\"]\n",
                           kAllChecks, tmp.path() + "/c.yaml");
-  CHECK(issues == std::vector<std::string>{
-                      tmp.path() + "/c.yaml:3:14: job \"web\": command \"bin/data\" is not an executable "
-                                   "file; check the path and its permissions"});
+  CHECK(issues ==
+        std::vector<std::string>{
+            tmp.path() + "/c.yaml:3:14: job \"web\": command \"bin/data\" is not an executable "
+                         "file; check the path and its permissions"});
 }
 
 TEST_CASE("commands: /bin/sh resolves, /nonexistent does not, bare names come from PATH") {
   CHECK(load(web_job(""), kAllChecks).jobs[0].command[0] == "/bin/sh");
-  auto issues = issues_of("jobs:\n  web:\n    command: [\"/nonexistent\"]\n    listen: [\":8080\"]\n", kAllChecks);
+  auto issues = issues_of(
+      "jobs:\n  web:\n    command: [\"/nonexistent\"]\n    listen: [\":8080\"]\n", kAllChecks);
   CHECK(issues == std::vector<std::string>{
                       "/tmp/x/test.yaml:3:14: job \"web\": command \"/nonexistent\" is not an "
                       "executable file; check the path and its permissions"});
-  CHECK(has_issue(issues_of("jobs:\n  web:\n    command: no-such-program-xyz\n    listen: [\":8080\"]\n",
-                            kAllChecks),
-                  "command \"no-such-program-xyz\" is not an executable file found in PATH"));
+  CHECK(has_issue(
+      issues_of("jobs:\n  web:\n    command: no-such-program-xyz\n    listen: [\":8080\"]\n",
+                kAllChecks),
+      "command \"no-such-program-xyz\" is not an executable file found in PATH"));
   // With command checks off, an unresolvable command is accepted as written.
-  CHECK(load("jobs:\n  web:\n    command: [\"/nonexistent\"]\n    listen: [\":8080\"]\n").jobs[0].command[0] ==
-        "/nonexistent");
+  CHECK(load("jobs:\n  web:\n    command: [\"/nonexistent\"]\n    listen: [\":8080\"]\n")
+            .jobs[0]
+            .command[0] == "/nonexistent");
 
-  auto sh = load("jobs:\n  web:\n    command: [sh, -c, \"exit 0\"]\n    listen: [\":8080\"]\n", kAllChecks);
+  auto sh = load("jobs:\n  web:\n    command: [sh, -c, \"exit 0\"]\n    listen: [\":8080\"]\n",
+                 kAllChecks);
   CHECK(sh.jobs[0].command[0].front() == '/');
   CHECK(sh.jobs[0].command[0].ends_with("/sh"));
   CHECK(::access(sh.jobs[0].command[0].c_str(), X_OK) == 0);
@@ -659,7 +690,8 @@ TEST_CASE("resolve_command searches PATH in order and skips files that are not e
   CHECK(corral::resolve_command("missing-prog", "/elsewhere") == "");
   // A path with a slash is never looked up in PATH.
   CHECK(corral::resolve_command("second/prog", tmp.path()) == tmp.path() + "/second/prog");
-  CHECK(corral::resolve_command("./second/../third/prog", tmp.path()) == tmp.path() + "/third/prog");
+  CHECK(corral::resolve_command("./second/../third/prog", tmp.path()) ==
+        tmp.path() + "/third/prog");
   CHECK(corral::resolve_command("first/prog", tmp.path()) == "");
   CHECK(corral::resolve_command(tmp.path() + "/second", "/") == "");  // a directory
   CHECK(corral::resolve_command("", "/") == "");
@@ -667,18 +699,21 @@ TEST_CASE("resolve_command searches PATH in order and skips files that are not e
 
 TEST_CASE("cwd must be a directory when checks are on") {
   auto issues = issues_of(web_job("    cwd: /nonexistent-dir-xyz\n"), kAllChecks);
-  CHECK(issues == std::vector<std::string>{
-                      "/tmp/x/test.yaml:5:10: job \"web\": cwd /nonexistent-dir-xyz is not a directory"});
+  CHECK(issues ==
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:5:10: job \"web\": cwd /nonexistent-dir-xyz is not a directory"});
   CHECK(load(web_job("    cwd: /tmp\n"), kAllChecks).jobs[0].cwd == "/tmp");
 }
 
 // ---- users and groups ---------------------------------------------------------
 
 TEST_CASE("users and groups must exist when checks are on") {
-  auto issues = issues_of(web_job("    user: nosuchuser-xyz\n    group: nosuchgroup-xyz\n"), kAllChecks);
-  CHECK(issues == std::vector<std::string>{
-                      "/tmp/x/test.yaml:5:11: job \"web\": user \"nosuchuser-xyz\" does not exist",
-                      "/tmp/x/test.yaml:6:12: job \"web\": group \"nosuchgroup-xyz\" does not exist"});
+  auto issues =
+      issues_of(web_job("    user: nosuchuser-xyz\n    group: nosuchgroup-xyz\n"), kAllChecks);
+  CHECK(issues ==
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:5:11: job \"web\": user \"nosuchuser-xyz\" does not exist",
+            "/tmp/x/test.yaml:6:12: job \"web\": group \"nosuchgroup-xyz\" does not exist"});
   CHECK(load(web_job("    user: root\n    group: root\n"), kAllChecks).jobs[0].user == "root");
   // Checks off: names are taken as written.
   CHECK(load(web_job("    user: nosuchuser-xyz\n")).jobs[0].user == "nosuchuser-xyz");
@@ -742,12 +777,15 @@ TEST_CASE("every problem is reported at once") {
   for (const auto& i : issues) printed.push_back(i.to_string());
   INFO(joined(printed));
   CHECK(printed.size() == 6);
-  CHECK(has_issue(printed, "/tmp/x/test.yaml:4:11: mode must be prefork, inetd or plain, not \"fork\""));
+  CHECK(has_issue(printed,
+                  "/tmp/x/test.yaml:4:11: mode must be prefork, inetd or plain, not \"fork\""));
   CHECK(has_issue(printed, "/tmp/x/test.yaml:5:30: invalid listen address \"::1:80\""));
-  CHECK(has_issue(printed, "/tmp/x/test.yaml:9:7: unknown key \"star\" in workers; did you mean \"start\"?"));
+  CHECK(has_issue(
+      printed, "/tmp/x/test.yaml:9:7: unknown key \"star\" in workers; did you mean \"start\"?"));
   CHECK(has_issue(printed, "/tmp/x/test.yaml:10:23: graceful_timeout: invalid duration \"soon\""));
   CHECK(has_issue(printed, "/tmp/x/test.yaml:11:3: job name \"bad name\""));
-  CHECK(has_issue(printed, "/tmp/x/test.yaml:7:7: job \"web\": workers.min_spare (9) must not exceed"));
+  CHECK(has_issue(printed,
+                  "/tmp/x/test.yaml:7:7: job \"web\": workers.min_spare (9) must not exceed"));
   // what() is the same lines, one per issue, as `corral check` prints them.
   std::string expected;
   for (const auto& p : printed) expected += (expected.empty() ? "" : "\n") + p;
@@ -799,7 +837,8 @@ jobs:
 )");
   CHECK(corral::summarize(config) ==
         "/tmp/x/test.yaml: 2 jobs, scoreboards in /run/sb\n"
-        "  web: prefork, start 4, spare 2..8, max 64, listen 127.0.0.1:8080 unix:/run/w.sock, command /bin/sh\n"
+        "  web: prefork, start 4, spare 2..8, max 64, listen 127.0.0.1:8080 unix:/run/w.sock, "
+        "command /bin/sh\n"
         "  copies: plain, 3 copies, listen (none), command /bin/true\n");
 }
 

@@ -122,8 +122,9 @@ TEST_CASE("format_duration gives the shortest exact form") {
 }
 
 TEST_CASE("format_duration round-trips through parse_duration") {
-  for (corral::Duration d : {corral::Duration(0), corral::Duration(1500ns), corral::Duration(1500us),
-                             corral::Duration(1500ms), corral::Duration(90s), corral::Duration(25h)}) {
+  for (corral::Duration d :
+       {corral::Duration(0), corral::Duration(1500ns), corral::Duration(1500us),
+        corral::Duration(1500ms), corral::Duration(90s), corral::Duration(25h)}) {
     CAPTURE(d.count());
     CHECK(corral::parse_duration(corral::format_duration(d)) == d);
   }

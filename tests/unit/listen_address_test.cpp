@@ -93,8 +93,8 @@ TEST_CASE("unix: and systemd: addresses") {
 }
 
 TEST_CASE("to_string gives the canonical text, which parses back to the same address") {
-  for (const char* text : {"127.0.0.1:8080", "[::1]:8080", ":8080", "0.0.0.0:80", "unix:/run/web.sock",
-                           "systemd:web-https", "[2001:db8::5]:443"}) {
+  for (const char* text : {"127.0.0.1:8080", "[::1]:8080", ":8080", "0.0.0.0:80",
+                           "unix:/run/web.sock", "systemd:web-https", "[2001:db8::5]:443"}) {
     CAPTURE(text);
     auto a = corral::parse_listen_address(text);
     CHECK(corral::to_string(a) == text);
@@ -107,7 +107,8 @@ TEST_CASE("to_string gives the canonical text, which parses back to the same add
 TEST_CASE("a bare IPv6 address is rejected: brackets are required") {
   CHECK_THROWS_AS(corral::parse_listen_address("::1:8080"), corral::ConfigError);
   auto msg = error_of("::1:8080");
-  CHECK(msg == "invalid listen address \"::1:8080\": an IPv6 address needs brackets, as in [::1]:8080");
+  CHECK(msg ==
+        "invalid listen address \"::1:8080\": an IPv6 address needs brackets, as in [::1]:8080");
 }
 
 TEST_CASE("a missing port is rejected") {
@@ -242,7 +243,8 @@ TEST_CASE("format_socket_address on unix sockets; split_socket_address refuses t
   sun.sun_family = AF_UNIX;
   std::strcpy(sun.sun_path, "/run/web.sock");
   const auto* sa = reinterpret_cast<const sockaddr*>(&sun);
-  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + std::strlen(sun.sun_path) + 1);
+  auto len =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + std::strlen(sun.sun_path) + 1);
   CHECK(corral::format_socket_address(sa, len) == "unix:/run/web.sock");
   // Without the terminating NUL in the length (as some kernels report).
   CHECK(corral::format_socket_address(sa, len - 1) == "unix:/run/web.sock");

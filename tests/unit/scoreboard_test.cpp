@@ -62,7 +62,8 @@ void write_file(const std::string& path, const std::string& bytes) {
 TEST_CASE("validate_header accepts a well-formed header") {
   CHECK(corral::validate_header(good_header(4), size_for(4)) == "");
   CHECK(corral::validate_header(good_header(0), size_for(0)) == "");
-  CHECK(corral::validate_header(good_header(4), size_for(4) + 100) == "");  // grown, not yet re-read
+  CHECK(corral::validate_header(good_header(4), size_for(4) + 100) ==
+        "");  // grown, not yet re-read
 }
 
 TEST_CASE("validate_header refuses a bad magic") {
@@ -99,7 +100,8 @@ TEST_CASE("validate_header refuses a slot count out of range") {
   CHECK(corral::validate_header(h, size_for(CORRAL_SB_MAX_SLOTS + 1)) == "slot count out of range");
   h.slot_count = 0xffffffffU;  // would overflow a 32-bit size computation
   CHECK(corral::validate_header(h, UINT64_MAX) == "slot count out of range");
-  CHECK(corral::validate_header(good_header(CORRAL_SB_MAX_SLOTS), size_for(CORRAL_SB_MAX_SLOTS)) == "");
+  CHECK(corral::validate_header(good_header(CORRAL_SB_MAX_SLOTS), size_for(CORRAL_SB_MAX_SLOTS)) ==
+        "");
 }
 
 TEST_CASE("validate_header refuses a file shorter than its slots") {
@@ -211,8 +213,8 @@ TEST_CASE("create makes the directory and a file sized for its slots, mode 0644"
 TEST_CASE("a second create of the same job's scoreboard fails: it is in use") {
   TempDir tmp;
   auto first = corral::Scoreboard::create(tmp.path(), "web", 2);
-  first.write_header(::getpid(), 1, corral::realtime_ns(), CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0,
-                     2, 8, 64, 0, "web", "127.0.0.1:8080");
+  first.write_header(::getpid(), 1, corral::realtime_ns(), CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING,
+                     0, 2, 8, 64, 0, "web", "127.0.0.1:8080");
   first.claim_slot(0, 4242, 1, corral::monotonic_ns());
 
   std::string message;

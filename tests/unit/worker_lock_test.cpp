@@ -107,7 +107,8 @@ bool exited_with(const std::optional<int>& status, int code) {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "corral-worker-test-XXXXXX").string();
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "corral-worker-test-XXXXXX").string();
     REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path_ = tmpl;
   }
@@ -153,7 +154,8 @@ struct Shared {
 };
 
 Shared* map_shared() {
-  void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* p =
+      ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(p != MAP_FAILED);
   std::memset(p, 0, sizeof(Shared));
   return static_cast<Shared*>(p);
@@ -166,9 +168,8 @@ int count_under_lock(corral_lock_kind kind, int fd, Shared* sh, int rounds) {
     if (corral_lock_acquire(kind, fd) != 0) return 2;
     int inside = __atomic_add_fetch(&sh->inside, 1, __ATOMIC_SEQ_CST);
     int max = __atomic_load_n(&sh->max_inside, __ATOMIC_SEQ_CST);
-    while (inside > max &&
-           !__atomic_compare_exchange_n(&sh->max_inside, &max, inside, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
+    while (inside > max && !__atomic_compare_exchange_n(&sh->max_inside, &max, inside, false,
+                                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     }
     std::uint64_t v = *static_cast<volatile std::uint64_t*>(&sh->counter);
     ::sched_yield();  // invite another process into the critical section
@@ -257,7 +258,9 @@ struct Scoreboard {
     return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(map) + CORRAL_SB_HEADER_SIZE +
                                              i * CORRAL_SB_SLOT_SIZE);
   }
-  std::uint32_t state(unsigned i) const { return __atomic_load_n(&slot(i)->state, __ATOMIC_ACQUIRE); }
+  std::uint32_t state(unsigned i) const {
+    return __atomic_load_n(&slot(i)->state, __ATOMIC_ACQUIRE);
+  }
   std::uint32_t lock(unsigned i) const { return __atomic_load_n(&slot(i)->lock, __ATOMIC_ACQUIRE); }
   ~Scoreboard() {
     if (map != MAP_FAILED) ::munmap(map, size);
@@ -318,8 +321,10 @@ int place_worker_fds(const WorkerEnv& env) {
   int next = 3 + static_cast<int>(env.listeners.size());
   ::setenv("LISTEN_FDS", std::to_string(env.listeners.size()).c_str(), 1);
   ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
-  if (env.fd_names) ::setenv("LISTEN_FDNAMES", env.fd_names, 1);
-  else ::unsetenv("LISTEN_FDNAMES");
+  if (env.fd_names)
+    ::setenv("LISTEN_FDNAMES", env.fd_names, 1);
+  else
+    ::unsetenv("LISTEN_FDNAMES");
   for (const char* v : {CORRAL_ENV_LOCK_FD, CORRAL_ENV_LOCK_KIND, CORRAL_ENV_SCOREBOARD_FD,
                         CORRAL_ENV_SLOT, CORRAL_ENV_JOB, CORRAL_ENV_GENERATION})
     ::unsetenv(v);
@@ -457,7 +462,7 @@ TEST_SUITE("worker lock") {
     CHECK_FALSE(readable_now(report.rd));  // the waiter has not got it
 
     // Seen from a third process (us): the holder owns the lock.
-    struct flock fl{};
+    struct flock fl {};
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
     REQUIRE(::fcntl(fd, F_GETLK, &fl) == 0);
@@ -488,9 +493,8 @@ TEST_SUITE("worker accept") {
     }
     // Every connection is queued on both listeners before the worker starts,
     // so the order of service is the worker's choice alone.
-    REQUIRE(wait_until([&] {
-      return accept_queue(l0) == kPerListener && accept_queue(l1) == kPerListener;
-    }));
+    REQUIRE(wait_until(
+        [&] { return accept_queue(l0) == kPerListener && accept_queue(l1) == kPerListener; }));
 
     int lock = make_token_fifo(dir, 1);
     Scoreboard sb;

@@ -15,13 +15,13 @@ extern "C" {
 #endif
 
 /* ---- environment ------------------------------------------------------ */
-#define CORRAL_ENV_JOB "CORRAL_JOB"                   /* job name */
-#define CORRAL_ENV_SLOT "CORRAL_SLOT"                 /* this worker's slot index */
+#define CORRAL_ENV_JOB "CORRAL_JOB"                     /* job name */
+#define CORRAL_ENV_SLOT "CORRAL_SLOT"                   /* this worker's slot index */
 #define CORRAL_ENV_SCOREBOARD_FD "CORRAL_SCOREBOARD_FD" /* fd of the scoreboard file */
-#define CORRAL_ENV_LOCK_FD "CORRAL_LOCK_FD"           /* fd of the accept mutex */
-#define CORRAL_ENV_LOCK_KIND "CORRAL_LOCK_KIND"       /* "pipe" or "fcntl" */
-#define CORRAL_ENV_NOTIFY_FD "CORRAL_NOTIFY_FD"       /* fd the worker may write to (see PROTOCOL.md) */
-#define CORRAL_ENV_GENERATION "CORRAL_GENERATION"     /* generation the worker belongs to */
+#define CORRAL_ENV_LOCK_FD "CORRAL_LOCK_FD"             /* fd of the accept mutex */
+#define CORRAL_ENV_LOCK_KIND "CORRAL_LOCK_KIND"         /* "pipe" or "fcntl" */
+#define CORRAL_ENV_NOTIFY_FD "CORRAL_NOTIFY_FD"   /* fd the worker may write to (see PROTOCOL.md) */
+#define CORRAL_ENV_GENERATION "CORRAL_GENERATION" /* generation the worker belongs to */
 
 /* ---- scoreboard file -------------------------------------------------- */
 #define CORRAL_SB_MAGIC "CORRALSB" /* 8 bytes, no terminator */
@@ -70,27 +70,28 @@ enum corral_job_state {
 
 /* The header: written by the supervisor only (a worker must not write it). */
 struct corral_sb_header {
-  char magic[8];                 /*   0: "CORRALSB" */
-  uint32_t version;              /*   8: CORRAL_SB_VERSION */
-  uint32_t header_size;          /*  12: offset of slot 0 */
-  uint32_t slot_size;            /*  16: bytes per slot */
-  uint32_t slot_count;           /*  20: number of slots */
-  int32_t supervisor_pid;        /*  24 */
-  uint32_t generation;           /*  28: current generation (1, then +1 per reload) */
-  uint64_t started_realtime_ns;  /*  32: CLOCK_REALTIME when the supervisor started */
-  uint32_t mode;                 /*  40: enum corral_job_mode */
-  uint32_t job_state;            /*  44: enum corral_job_state */
-  uint64_t retry_at_mono_ns;     /*  48: CLOCK_MONOTONIC of the next try when backing off */
-  uint32_t min_spare;            /*  56 */
-  uint32_t max_spare;            /*  60 */
-  uint32_t max_workers;          /*  64 */
-  uint32_t reserved0;            /*  68 */
-  uint64_t updated_mono_ns;      /*  72: CLOCK_MONOTONIC of the supervisor's last write */
+  char magic[8];                /*   0: "CORRALSB" */
+  uint32_t version;             /*   8: CORRAL_SB_VERSION */
+  uint32_t header_size;         /*  12: offset of slot 0 */
+  uint32_t slot_size;           /*  16: bytes per slot */
+  uint32_t slot_count;          /*  20: number of slots */
+  int32_t supervisor_pid;       /*  24 */
+  uint32_t generation;          /*  28: current generation (1, then +1 per reload) */
+  uint64_t started_realtime_ns; /*  32: CLOCK_REALTIME when the supervisor started */
+  uint32_t mode;                /*  40: enum corral_job_mode */
+  uint32_t job_state;           /*  44: enum corral_job_state */
+  uint64_t retry_at_mono_ns;    /*  48: CLOCK_MONOTONIC of the next try when backing off */
+  uint32_t min_spare;           /*  56 */
+  uint32_t max_spare;           /*  60 */
+  uint32_t max_workers;         /*  64 */
+  uint32_t reserved0;           /*  68 */
+  uint64_t updated_mono_ns;     /*  72: CLOCK_MONOTONIC of the supervisor's last write */
   char job_name[CORRAL_SB_JOB_NAME_SIZE];   /*  80: NUL-terminated */
-  char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated */
-  uint64_t max_requests;         /* 912: workers.max_requests, 0 = unlimited; a worker that
-                                  * reached it stops accepting and exits (docs/PROTOCOL.md) */
-  uint8_t reserved1[40];         /* 920 .. 959 */
+  char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated
+                                             */
+  uint64_t max_requests; /* 912: workers.max_requests, 0 = unlimited; a worker that
+                          * reached it stops accepting and exits (docs/PROTOCOL.md) */
+  uint8_t reserved1[40]; /* 920 .. 959 */
   /* 960: the one field of the header that workers write, on a cache line of its own:
    * a hint of how many workers are idle. A worker adds 1 when it becomes idle and
    * subtracts 1 when it leaves idle (atomic fetch-and-add); when the value after its
@@ -98,7 +99,7 @@ struct corral_sb_header {
    * supervisor starts spares at once instead of at its next look. The supervisor
    * corrects drift (workers that died idle) by adding the difference. Optional for a
    * worker: one that never touches it is still seen within a second. */
-  int32_t idle_hint;             /* 960 */
+  int32_t idle_hint;                             /* 960 */
   uint8_t reserved[CORRAL_SB_HEADER_SIZE - 964]; /* 964 .. 1023 */
 };
 

@@ -61,7 +61,7 @@ typedef struct corral_worker corral_worker;
 ///   -EBADF   a listener or the lock fd is not open, or not of the right type
 ///   -EBUSY   a worker already exists in this process
 ///   -ENOMEM, or the errno of epoll_create1/epoll_ctl/sigaction
-int corral_worker_init(corral_worker **out);
+int corral_worker_init(corral_worker** out);
 
 /// Runs one accept cycle and returns the accepted connection, a blocking
 /// SOCK_CLOEXEC socket the caller owns (close it, then call corral_worker_done()).
@@ -82,44 +82,44 @@ int corral_worker_init(corral_worker **out);
 /// Transient accept errors (EAGAIN, ECONNABORTED, EINTR, network errors) are
 /// retried; EMFILE/ENFILE/ENOBUFS/ENOMEM give the mutex back and retry after
 /// 10 ms so that other workers can accept meanwhile.
-int corral_worker_accept(corral_worker *w, struct sockaddr *addr, socklen_t *addrlen,
-                         unsigned *listener_index);
+int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
+                         unsigned* listener_index);
 
 /// Marks the slot idle again after the program closed the connection returned
 /// by corral_worker_accept(). Calling it twice, or with w NULL, is harmless.
-void corral_worker_done(corral_worker *w);
+void corral_worker_done(corral_worker* w);
 
 /// Nonzero once a stop was asked for (SIGTERM received, or STOPPING written in
 /// the slot by the supervisor). Cheap: one volatile and one atomic load.
 /// Async-signal-safe.
-int corral_worker_stopping(const corral_worker *w);
+int corral_worker_stopping(const corral_worker* w);
 
 /// Number of listening sockets (LISTEN_FDS).
-unsigned corral_worker_listener_count(const corral_worker *w);
+unsigned corral_worker_listener_count(const corral_worker* w);
 
 /// The fd of listener i (3 + i), or -1 if i is out of range. Still owned by
 /// the library's process-wide setup: do not close it.
-int corral_worker_listener_fd(const corral_worker *w, unsigned i);
+int corral_worker_listener_fd(const corral_worker* w, unsigned i);
 
 /// The name of listener i from LISTEN_FDNAMES, or "unknown" when the variable
 /// is missing or does not have one entry per listener (as sd_listen_fds_with_names
 /// does). NULL if i is out of range. Valid until corral_worker_free().
-const char *corral_worker_listener_name(const corral_worker *w, unsigned i);
+const char* corral_worker_listener_name(const corral_worker* w, unsigned i);
 
 /// The accept mutex in use.
-enum corral_lock_kind corral_worker_lock_kind(const corral_worker *w);
+enum corral_lock_kind corral_worker_lock_kind(const corral_worker* w);
 
 /// "none", "pipe", "fcntl", "epoll" (or "?" for an unknown value). Static string.
-const char *corral_lock_kind_name(enum corral_lock_kind kind);
+const char* corral_lock_kind_name(enum corral_lock_kind kind);
 
 /// This worker's scoreboard slot (CORRAL_SLOT), or -1 when running without a
 /// scoreboard.
-int corral_worker_slot(const corral_worker *w);
+int corral_worker_slot(const corral_worker* w);
 
 /// Unmaps the scoreboard, closes the epoll instance, restores SIGTERM's default
 /// action and releases the handle. The inherited fds (listeners, lock,
 /// scoreboard) stay open: they belong to the process. NULL is allowed.
-void corral_worker_free(corral_worker *w);
+void corral_worker_free(corral_worker* w);
 
 /* ---- low-level accept mutex --------------------------------------------
  * The plain system calls of docs/PROTOCOL.md, for programs that run their own
