@@ -70,12 +70,19 @@ for b in corral examples/hello-http examples/echo; do
   [[ -x "$BUILD/$b" ]] || { log "missing $BUILD/$b: build first (cmake --build $BUILD)"; exit 1; }
 done
 
-# --- a fresh results dir (the previous run's files would mix with this one's) ----
+# --- the results dir: emptied for a run of every scenario (the previous run's files
+# would mix with this one's); kept when scenarios are named (their report is then
+# results-NAME....md, next to the full run's results.md) -------------------------------
+named=0
+for a in "${args[@]}"; do
+  case "$a" in -*|[0-9]*) ;; *) named=1 ;; esac
+done
 mkdir -p "$RESULTS"
-if [[ "$RESULTS" == "$HERE/results" || -e "$RESULTS/.corral-bench" ]]; then
-  find "$RESULTS" -mindepth 1 -maxdepth 1 ! -name bin ! -name .corral-bench -exec rm -rf {} +
-elif [[ -n "$(ls -A "$RESULTS")" ]]; then
+if [[ "$RESULTS" != "$HERE/results" && ! -e "$RESULTS/.corral-bench" && -n "$(ls -A "$RESULTS")" ]]; then
   log "$RESULTS is not empty and not a corral bench results dir; refusing to write into it"; exit 1
+fi
+if ((named == 0)); then
+  find "$RESULTS" -mindepth 1 -maxdepth 1 ! -name bin ! -name .corral-bench -exec rm -rf {} +
 fi
 touch "$RESULTS/.corral-bench"
 
@@ -88,6 +95,7 @@ gcc "${CFLAGS[@]}" -o "$RESULTS/bin/bclient" "$HERE/clients/bclient.c" -lm
 
 # --- a snapshot of corral's binaries: others may rebuild build/ during the run ------
 SNAP="$RESULTS/build"
+((named)) && SNAP="$RESULTS/build-partial"
 rm -rf "$SNAP"
 mkdir -p "$SNAP/examples"
 cp -p "$BUILD/corral" "$SNAP/corral"

@@ -90,6 +90,7 @@ def main() -> int:
         (["--no-pin"] if a.no_pin else []) + (["--no-perf"] if a.no_perf else []) + \
         ([f"--wait-quiet {a.wait_quiet:g}"] if a.wait_quiet else []) + a.scenario
     ctx = Ctx(Path(a.root), Path(a.build), Path(a.results), a.quick, a.rounds, not a.no_pin, not a.no_perf)
+    ctx.named = list(a.scenario)  # type: ignore[attr-defined]
     if os.geteuid() != 0:
         ctx.log("not root: no cgroup CPU accounting, and Apache/xinetd may not start")
 
@@ -139,7 +140,7 @@ def main() -> int:
     finally:
         ctx.cleanup()
     write(ctx, header, sections, raw, time.monotonic() - t_all)
-    ctx.log(f"done in {time.monotonic() - t_all:.0f} s: {ctx.results / 'results.md'}")
+    ctx.log(f"done in {time.monotonic() - t_all:.0f} s: {ctx.results / (report_name(ctx) + '.md')}")
     return status
 
 
@@ -169,10 +170,14 @@ def wait_quiet(max_s: float, threshold: float = 0.25, need: int = 3) -> tuple[fl
     return time.monotonic() - t0, busy
 
 
+def report_name(ctx: Ctx) -> str:
+    return "results" if not ctx.named else "results-" + "-".join(ctx.named)
+
+
 def write(ctx: Ctx, header: str, sections: list[str], raw: dict, total: float) -> None:
     text = header + f"Total time: {total:.0f} s.\n\n" + "\n".join(sections)
-    (ctx.results / "results.md").write_text(text)
-    (ctx.results / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
+    (ctx.results / f"{report_name(ctx)}.md").write_text(text)
+    (ctx.results / f"{report_name(ctx).replace('results', 'raw')}.json").write_text(json.dumps(raw, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -83,9 +83,10 @@ corral::Config config_from_command_line(const RunOptions& o) {
   return config;
 }
 
-int run_command(const RunOptions& o, int log_level) {
+int run_command(const RunOptions& o, int log_level, std::vector<std::string> argv) {
   corral::setup_logging(log_level);
   corral::SupervisorOptions options;
+  options.argv = std::move(argv);
   try {
     if (!o.program.empty()) {
       if (!o.config.empty())
@@ -101,7 +102,8 @@ int run_command(const RunOptions& o, int log_level) {
         throw corral::ConfigError(
             "--listen, --mode, --workers ... apply to -- PROGRAM only; put them in " + o.config +
             " instead");
-      options.config = corral::load_config_file(o.config, options.check);
+      options.config_text = corral::read_config_text(o.config);
+      options.config = corral::load_config_text(options.config_text, o.config, options.check);
       options.config_path = std::filesystem::absolute(o.config).string();
     }
   } catch (const corral::ConfigError& e) {
@@ -223,7 +225,10 @@ int main(int argc, char** argv) {
   } catch (const corral::ConfigError& e) {
     return print_config_error(e);
   }
-  if (run_cmd->parsed()) return run_command(run, level);
+  if (run_cmd->parsed()) {
+    std::vector<std::string> full(argv, argv + argc);
+    return run_command(run, level, std::move(full));
+  }
   if (check_cmd->parsed()) return check_command(check_path);
   if (status_cmd->parsed()) return status_command(status_config, status_dir, status_json);
   return kExitConfig;

@@ -568,7 +568,13 @@ Config load_config_text(const std::string& text, const std::string& file,
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    throw ConfigError(SourceMark{file, e.mark.line + 1, e.mark.column + 1}, e.msg);
+    // yaml-cpp's guard against deep nesting (which would overflow the stack) throws
+    // "bad file"; nothing else can while parsing text.
+    throw ConfigError(
+        SourceMark{file, e.mark.line + 1, e.mark.column + 1},
+        e.msg == YAML::ErrorMsg::BAD_FILE
+            ? "lists and maps nested too deeply (yaml-cpp stops at a few hundred levels)"
+            : e.msg);
   }
   Loader loader(file, directory_of(file));
   loader.check_users_ = options.check_users;
@@ -584,6 +590,16 @@ Config load_config_text(const std::string& text, const std::string& file,
   validate_model(config, options, marks, directory_of(file), loader.issues());
   if (!loader.issues().empty()) throw ConfigError(std::move(loader.issues()));
   return config;
+}
+
+std::string read_config_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw ConfigError(SourceMark{path, 0, 0},
+                      std::string("cannot read the file: ") + std::strerror(errno));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
 }
 
 Config load_config_file(const std::string& path, const CheckOptions& options) {

@@ -80,6 +80,9 @@ struct CheckOptions {
 /// each with FILE:LINE:COLUMN. Binds nothing.
 Config load_config_file(const std::string& path, const CheckOptions& options = {});
 
+/// Reads a configuration file's text. Throws ConfigError naming the file.
+std::string read_config_text(const std::string& path);
+
 /// The same from text already read; `file` names it in messages and anchors
 /// relative paths (its directory).
 Config load_config_text(const std::string& text, const std::string& file,

@@ -48,6 +48,8 @@ class ListenerSet {
 
   /// Marks every socket unused; open_for_job marks the ones it returns.
   void begin_generation();
+  /// Takes a socket handed over by the previous image (binary upgrade).
+  void add(std::shared_ptr<Listener> listener) { listeners_.push_back(std::move(listener)); }
   /// Closes the sockets no job uses, except inherited ones (kept for a later reload).
   /// Returns the displays of what was closed.
   std::vector<std::string> close_unused();

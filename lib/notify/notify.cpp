@@ -37,6 +37,14 @@ Notifier Notifier::from_environment() {
   return n;
 }
 
+Notifier Notifier::from_state(std::string socket, std::uint64_t watchdog_interval_ns) {
+  Notifier n;
+  n.socket_ = std::move(socket);
+  n.watchdog_interval_ns_ = watchdog_interval_ns;
+  if (watchdog_interval_ns != 0) n.next_watchdog_ns_ = monotonic_ns();  // ping at once
+  return n;
+}
+
 bool Notifier::send(const std::string& message, const int* fds, std::size_t n_fds) {
   if (socket_.empty()) return true;
   sockaddr_un addr{};

@@ -17,6 +17,11 @@ class Notifier {
   /// pid, as sd_watchdog_enabled does) and unsets them so workers never see them.
   static Notifier from_environment();
 
+  /// For the binary upgrade: what from_environment() found, to hand to the next image.
+  [[nodiscard]] const std::string& socket_path() const { return socket_; }
+  [[nodiscard]] std::uint64_t watchdog_interval() const { return watchdog_interval_ns_; }
+  static Notifier from_state(std::string socket, std::uint64_t watchdog_interval_ns);
+
   [[nodiscard]] bool enabled() const { return !socket_.empty(); }
 
   /// READY=1 with a STATUS= line, once start-up (or a reload) is complete.

@@ -178,6 +178,25 @@ bool Scoreboard::grow(unsigned slot_count) {
   return true;
 }
 
+Result<Scoreboard> Scoreboard::adopt(int fd, const std::string& path) {
+  Scoreboard sb;
+  sb.path_ = path;
+  sb.fd_ = UniqueFd(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return errno_error("stat " + path);
+  sb.size_ = static_cast<size_t>(st.st_size);
+  if (sb.size_ < CORRAL_SB_HEADER_SIZE) return Error{0, path + ": too short"};
+  void* base = ::mmap(nullptr, sb.size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return errno_error("mmap " + path);
+  sb.base_ = base;
+  sb.writable_ = true;
+  auto h = sb.header();
+  auto why = validate_header(h, sb.size_);
+  if (!why.empty()) return Error{0, path + ": " + why};
+  sb.slot_count_ = h.slot_count;
+  return sb;
+}
+
 Result<Scoreboard> Scoreboard::open_read_only(const std::string& path) {
   Scoreboard sb;
   sb.path_ = path;

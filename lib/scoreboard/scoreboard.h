@@ -45,6 +45,10 @@ class Scoreboard {
   /// ("... is in use by another corral (pid N)").
   static Scoreboard create(const std::string& dir, const std::string& job, unsigned slot_count);
 
+  /// Maps a scoreboard this process already owns through `fd` (its flock held by that
+  /// open file description), after a binary upgrade. Nothing is truncated.
+  static Result<Scoreboard> adopt(int fd, const std::string& path);
+
   /// Maps an existing file read-only after validating its header. For `corral status`.
   static Result<Scoreboard> open_read_only(const std::string& path);
 

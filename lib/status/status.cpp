@@ -183,7 +183,11 @@ int print_status(const std::string& dir, const std::vector<std::string>& jobs, b
     return kExitNotRunning;
   }
   if (json) {
-    out << nlohmann::json{{"supervisor", supervisor}, {"jobs", job_list}}.dump() << "\n";
+    // The header's text comes from a file workers can write: bytes that are not UTF-8
+    // are replaced (U+FFFD) rather than making dump() throw.
+    out << nlohmann::json{{"supervisor", supervisor}, {"jobs", job_list}}.dump(
+               -1, ' ', false, nlohmann::json::error_handler_t::replace)
+        << "\n";
   } else {
     for (const auto& job : job_list) print_table(supervisor, job, out);
   }

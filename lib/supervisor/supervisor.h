@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 
@@ -13,7 +14,9 @@ namespace corral {
 struct SupervisorOptions {
   Config config;
   std::string config_path;  // "" = command line: SIGHUP re-validates nothing
+  std::string config_text;  // the YAML the running configuration came from
   CheckOptions check;
+  std::vector<std::string> argv;  // the command line, for the binary upgrade (SIGUSR2)
 };
 
 /// Runs until stopped. Construction binds nothing; run() does.
