@@ -169,6 +169,11 @@ bool Scoreboard::grow(unsigned slot_count) {
   if (slot_count <= slot_count_ || !writable_) return true;
   size_t new_size = file_size_for(slot_count);
   if (::ftruncate(fd_.get(), static_cast<off_t>(new_size)) != 0) return false;
+  if (int err = ::posix_fallocate(fd_.get(), 0, static_cast<off_t>(new_size));
+      err != 0 && err != EOPNOTSUPP && err != EINVAL) {
+    errno = err;
+    return false;
+  }
   void* base = ::mremap(base_, size_, new_size, MREMAP_MAYMOVE);
   if (base == MAP_FAILED) return false;
   base_ = base;

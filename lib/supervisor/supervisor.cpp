@@ -224,6 +224,7 @@ class Job {
   std::uint64_t spawn_window_start = 0;
   unsigned spawned_in_window = 0;
   int hint_delta = 0;
+  bool sb_gone_logged = false;
   std::vector<std::string> base_env;
   std::optional<Credentials> credentials;
   std::string listeners_text;
@@ -1101,6 +1102,16 @@ void Supervisor::Impl::store_bound_listeners() noexcept {
 void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
   for (auto& job : jobs_) {
     if (job->removed) continue;
+    // Someone removed the file (or its directory): the workers and we keep the mapping,
+    // so nothing breaks, but `corral status` cannot find it. Say so, once.
+    struct stat st {};
+    if (!job->sb_gone_logged && ::fstat(job->sb.fd(), &st) == 0 && st.st_nlink == 0) {
+      spdlog::error(
+          "job {}: scoreboard {} was removed; the job runs on, but `corral status` "
+          "cannot see it until corral restarts",
+          job->cfg.name, job->sb.path());
+      job->sb_gone_logged = true;
+    }
     corral_job_state state = CORRAL_JOB_RUNNING;
     if (stopping_)
       state = CORRAL_JOB_STOPPING;

@@ -158,3 +158,14 @@ jobs:
         self.assertIsNotNone(wait_until(lambda: c.status(self.sbdir), log=c))
         self.assertEqual(c.stop(), 0)
         self.assertTrue(pid_alive(bystander.pid))
+
+    def test_deleted_scoreboard_directory_is_reported_and_survived(self):
+        import shutil as _shutil
+        c = self.start(f'["{ECHO}"]', workers="{ start: 2, min_spare: 2, max_spare: 4, max: 4 }")
+        port = c.port(self.sbdir, "echo")
+        _shutil.rmtree(self.sbdir)
+        c.wait_log(r"scoreboard .*echo\.scoreboard was removed; the job runs on")
+        for _ in range(5):
+            self.assertEqual(self.echo_once(port), b"hello corral\n")
+        self.assertIsNone(c.proc.poll())
+        self.assertEqual(c.stop(), 0)
