@@ -753,7 +753,12 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     LogContext slot_ctx{cfg.name, slot};
     job.sb.free_slot(slot, now);
     spdlog::error("job {}: spawn worker (slot {}): {}", cfg.name, slot, pid.error().to_string());
-    record_failure(job, now, true, "could not be started");
+    // fork() short of processes or memory (RLIMIT_NPROC, pids.max) is the machine's
+    // state, not the job's fault: back off, but do not count it toward max_failures.
+    const int code = pid.error().code;
+    const bool resources = code == EAGAIN || code == ENOMEM || code == EMFILE || code == ENFILE;
+    record_failure(job, now, !resources,
+                   resources ? "could not be forked (resources short)" : "could not be started");
     return;
   }
   WorkerRec w;
@@ -950,7 +955,13 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
       std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
   if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
   if (job.state == JobState::backing_off && spawn > 0) job.retry_at = now + job.backoff_ns;
-  for (unsigned i = 0; i < spawn && job.state != JobState::failed; ++i) spawn_worker(job, now);
+  const auto failures_before = job.failures;
+  const auto backoff_before = job.backoff_ns;
+  for (unsigned i = 0; i < spawn && job.state != JobState::failed; ++i) {
+    spawn_worker(job, now);
+    // A start that failed outright (fork, exec of the acceptor...) ends this round.
+    if (job.failures != failures_before || job.backoff_ns != backoff_before) break;
+  }
   job.spawned_in_window += spawn;
   if (spawn == action.spawn) job.initial = false;
 

@@ -108,3 +108,49 @@ jobs:
         out = self.run_cli(["status", "--scoreboard-dir", self.sbdir])
         self.assertEqual(out.returncode, 3)
         self.assertIn("no supervisor is running", out.stderr)
+
+
+class ForkFailureTest(CorralTest):
+    def test_fork_failure_backs_off_without_giving_up(self):
+        import shutil
+        import subprocess
+        import unittest
+        if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("prlimit"):
+            raise unittest.SkipTest("needs root, setpriv and prlimit to run corral as nobody")
+        # RLIMIT_NPROC is not enforced for root: run corral as nobody, allowed 4 processes
+        # of that user in all (corral and 3 workers), and ask for 6 workers.
+        os.chmod(self.tmp, 0o777)
+        sb = os.path.join(self.tmp, "sbn")
+        os.makedirs(sb)
+        os.chmod(sb, 0o777)
+        config = self.write("nproc.yaml", f"""
+scoreboard_dir: {sb}
+jobs:
+  echo:
+    command: ["{os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")}"]
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 6, min_spare: 6, max_spare: 8, max: 8 }}
+    restart: {{ backoff_max: 300ms, max_failures: 3 }}
+""")
+        from harness import CORRAL
+        log_path = os.path.join(self.tmp, "nproc.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["prlimit", "--nproc=4:4", "setpriv", "--reuid=nobody", "--regid=nogroup",
+                                     "--clear-groups", CORRAL, "run", config], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        self.track_pid(proc.pid)
+
+        def text():
+            with open(log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        wait_until(lambda: text().count("could not be forked (resources short)") >= 4, timeout=20,
+                   what=f"fork failures; log:\n{text()}")
+        # More failures than max_failures (3), and still running: resource shortage is
+        # not the job's fault. The workers that could start serve.
+        self.assertIsNone(proc.poll(), text())
+        self.assertNotIn("giving up", text())
+        self.assertIn("Resource temporarily unavailable", text())
+        delays = re.findall(r"resources short\); backing off, next try in (\S+)", text())
+        self.assertEqual(delays[:3], ["100ms", "200ms", "300ms"], text())
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=15), 0)
