@@ -205,10 +205,12 @@ Result<Scoreboard> Scoreboard::adopt(int fd, const std::string& path) {
 Result<Scoreboard> Scoreboard::open_read_only(const std::string& path) {
   Scoreboard sb;
   sb.path_ = path;
-  sb.fd_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO put in the file's place must not hang the reader.
+  sb.fd_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!sb.fd_) return errno_error("open " + path);
   struct stat st {};
   if (::fstat(sb.fd_.get(), &st) != 0) return errno_error("stat " + path);
+  if (!S_ISREG(st.st_mode)) return Error{0, path + ": not a regular file"};
   if (static_cast<std::uint64_t>(st.st_size) < CORRAL_SB_HEADER_SIZE)
     return Error{0, path + ": not a corral scoreboard (too short)"};
   sb.size_ = static_cast<size_t>(st.st_size);

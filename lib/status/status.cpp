@@ -51,7 +51,8 @@ const char* job_state_name(std::uint32_t s) {
 // The supervisor holds an exclusive flock on its scoreboards for as long as it (or a
 // worker it started) runs; a file nobody locks is left over from a stopped one.
 bool held_by_supervisor(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: a FIFO named *.scoreboard must not block status in open().
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return false;
   if (::flock(fd.get(), LOCK_SH | LOCK_NB) == 0) return false;
   return errno == EWOULDBLOCK;

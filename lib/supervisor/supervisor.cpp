@@ -225,6 +225,7 @@ class Job {
   unsigned spawned_in_window = 0;
   int hint_delta = 0;
   bool sb_gone_logged = false;
+  bool at_max = false;  // the current generation has workers.max workers
   std::vector<std::string> base_env;
   std::optional<Credentials> credentials;
   std::string listeners_text;
@@ -503,7 +504,9 @@ int Supervisor::Impl::run() {
     }
     auto after = monotonic_ns();
     for (auto& job : jobs_) {
-      if (job->notify_read && !job->notify_armed && after >= job->notify_rearm_at) arm_notify(*job);
+      // At max nothing can be started: the notifications would only wake us up.
+      if (job->notify_read && !job->notify_armed && after >= job->notify_rearm_at && !job->at_max)
+        arm_notify(*job);
     }
     maintain();
   }
@@ -946,6 +949,9 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
   if (job.state == JobState::backing_off && now < job.retry_at) return;
 
   PoolAction action = plan_pool(job.cfg, counts, job.initial);
+  const bool was_at_max = job.at_max;
+  job.at_max = counts.starting + counts.idle + counts.busy >= job.cfg.workers.max;
+  if (was_at_max && !job.at_max && job.notify_read && !job.notify_armed) arm_notify(job);
   // Fork-rate cap: at most kSpawnBurst starts per kSpawnWindow.
   if (now - job.spawn_window_start >= kSpawnWindow) {
     job.spawn_window_start = now;
@@ -1149,7 +1155,7 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
     if (job->state == JobState::backing_off && !job->removed)
       deadline = std::min(deadline, std::max(job->retry_at, now));
     if (job->excess_since != 0) fast = true;
-    if (job->notify_read && !job->notify_armed)
+    if (job->notify_read && !job->notify_armed && !job->at_max)
       deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
   }
   if (fast) deadline = std::min(deadline, now + kFastTick);
