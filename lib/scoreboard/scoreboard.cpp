@@ -151,6 +151,11 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
   if (::ftruncate(sb.fd_.get(), 0) != 0 ||
       ::ftruncate(sb.fd_.get(), static_cast<off_t>(sb.size_)) != 0)
     throw SetupError("resize scoreboard", sb.path_, errno);
+  // Reserve the blocks now: on a full filesystem a sparse mapping would SIGBUS at the
+  // first write to a new page, in the supervisor or a worker. Fail here instead.
+  if (int err = ::posix_fallocate(sb.fd_.get(), 0, static_cast<off_t>(sb.size_));
+      err != 0 && err != EOPNOTSUPP && err != EINVAL)
+    throw SetupError("allocate scoreboard", sb.path_, err);
   void* base = ::mmap(nullptr, sb.size_, PROT_READ | PROT_WRITE, MAP_SHARED, sb.fd_.get(), 0);
   if (base == MAP_FAILED) throw SetupError("mmap", sb.path_, errno);
   sb.base_ = base;

@@ -155,3 +155,56 @@ jobs:
         self.assertLessEqual(set(delays), {"100ms", "200ms", "300ms"}, text())
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=15), 0)
+
+
+class HostileEnvironmentTest(CorralTest):
+    def test_full_filesystem_for_scoreboards_is_a_clear_setup_error(self):
+        import shutil
+        import subprocess
+        import unittest
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            raise unittest.SkipTest("needs root and unshare to mount a tiny tmpfs")
+        from harness import CORRAL
+        sb = os.path.join(self.tmp, "tiny")
+        os.makedirs(sb)
+        config = self.write("full.yaml", f"""
+scoreboard_dir: {sb}
+jobs:
+  echo:
+    command: ["/bin/cat"]
+    mode: inetd
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 1, max: 64 }}
+""")
+        # 4 KiB of tmpfs cannot hold a scoreboard for 64 workers (1024 + 128 * 64 bytes):
+        # corral must say so at start (exit 1), not die of SIGBUS later.
+        script = f"mount -t tmpfs -o size=4k tmpfs {sb} || exit 77; exec {CORRAL} run {config}"
+        out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+        if out.returncode == 77:
+            raise unittest.SkipTest("cannot mount tmpfs here")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("No space left on device", out.stderr)
+        self.assertIn("echo.scoreboard", out.stderr)
+
+    def test_status_needs_read_access_only(self):
+        import shutil
+        import subprocess
+        import unittest
+        if os.geteuid() != 0 or not shutil.which("setpriv"):
+            raise unittest.SkipTest("needs root and setpriv to read as nobody")
+        from harness import CORRAL
+        os.chmod(self.tmp, 0o755)
+        probe_dir, config = SupervisionTest.config(self, workers="{ start: 2, min_spare: 1, max_spare: 4, max: 4 }")
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_idle(self.sbdir, "probe", 1)
+        sb = os.path.join(self.sbdir, "probe.scoreboard")
+        self.assertEqual(os.stat(sb).st_mode & 0o777, 0o644)  # nobody else may write it
+        out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", CORRAL, "status",
+                              "--scoreboard-dir", self.sbdir, "--json"], capture_output=True, text=True, timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn('"name":"probe"', out.stdout)
+        denied = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+                                 "-c", f"open({sb!r}, 'r+b')"], capture_output=True, text=True, timeout=20)
+        self.assertNotEqual(denied.returncode, 0)
+        self.assertIn("PermissionError", denied.stderr)
+        self.assertEqual(c.stop(), 0)
