@@ -28,8 +28,13 @@ work="build-fuzz/fuzz/run"
 artifacts="build-fuzz/fuzz/artifacts"
 rm -rf "$work"
 mkdir -p "$work" "$artifacts"
+# scoreboard_fuzz keeps its scratch directory under TMPDIR (memory-backed when possible);
+# removed here even when a crash skipped the target's own clean-up.
+scratch=$(mktemp -d /dev/shm/corral-fuzz.XXXXXX 2>/dev/null || mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR="$scratch"
 status=0
-# name, max input length, dictionary ("" for none)
+# name, max input length, dictionary
 for spec in "config 4096 fuzz/config.dict" "scoreboard 8192 fuzz/scoreboard.dict"; do
   set -- $spec
   name="$1" max_len="$2" dict="$3"
@@ -44,7 +49,7 @@ for spec in "config 4096 fuzz/config.dict" "scoreboard 8192 fuzz/scoreboard.dict
     >"$work/$name.log" 2>&1; then
     grep -E '^(stat::|#[0-9]+[[:space:]]+DONE)' "$work/$name.log" || true
   else
-    echo "${name}_fuzz FAILED; log: $work/$name.log; input: $(ls "$artifacts" | grep "^$name-" | tail -n 1)"
+    echo "${name}_fuzz FAILED; log: $work/$name.log; input: $(ls -t "$artifacts" | grep "^$name-" | head -n 1)"
     tail -n 60 "$work/$name.log"
     status=1
   fi

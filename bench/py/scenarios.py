@@ -124,7 +124,8 @@ def throughput(ctx: Ctx, close: bool):
     def rr(a_, b_, f="rps"):
         return med(x[f] / y[f] for x, y in zip(data[a_], data[b_]) if y[f])
     ratios = {"corral/ceiling": rr("corral", "ceiling"), "corral/apache": rr("corral", "apache"),
-              "ceiling/apache": rr("ceiling", "apache")}
+              "ceiling/apache": rr("ceiling", "apache"),
+              "cpu corral/ceiling": rr("corral", "ceiling", "cpu_us"), "cpu apache/ceiling": rr("apache", "ceiling", "cpu_us")}
     title = ("1. New connection per request (`Connection: close`)" if close else "2. Keep-alive")
     md = f"### {title}\n\n"
     hdr = ' -H "Connection: close"' if close else ''
@@ -142,7 +143,11 @@ def throughput(ctx: Ctx, close: bool):
            f"(goal ≥ 0.95: {'met' if ratios['corral/ceiling'] >= 0.95 else 'missed'}); "
            f"corral/Apache **{ratios['corral/apache']:.2f}x** (goal ≥ {goal_apache:.0f}x: "
            f"{'met' if ratios['corral/apache'] >= goal_apache else 'missed'}); ceiling/Apache "
-           f"{ratios['ceiling/apache']:.2f}x.\n")
+           f"{ratios['ceiling/apache']:.2f}x.\n\n"
+           f"Server CPU per request, corral/ceiling: **{ratios['cpu corral/ceiling']:.3f}** (median of per-round "
+           f"ratios; Apache/ceiling {ratios['cpu apache/ceiling']:.2f}). On a noisy machine this is the steadier "
+           f"figure, and the one that decides when the server, not the client, is the bottleneck: corral would "
+           f"then reach about {1 / ratios['cpu corral/ceiling']:.2f}x the ceiling's requests/s.\n")
     if pids0 != pids1:
         md += "\n**Warning:** corral's worker pids changed during the run (a worker was replaced).\n"
     if prof:

@@ -599,8 +599,13 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
     } else {
       spdlog::error("job {}: spawn worker (slot {}): {}", name, rec.slot, failure->to_string());
     }
-    if (current && !stopping_ && job.state != JobState::failed)
-      record_failure(job, now, true, "could not be started");
+    if (current && !stopping_ && job.state != JobState::failed) {
+      // Out of fds, processes or memory is the machine's state, not the job's fault.
+      const int code = failure->code;
+      const bool resources = code == EMFILE || code == ENFILE || code == EAGAIN || code == ENOMEM;
+      record_failure(job, now, !resources,
+                     resources ? "could not be started (resources short)" : "could not be started");
+    }
     return;
   }
   // In inetd mode a program ending is the end of a connection, not an event.

@@ -93,6 +93,29 @@ def recv_all(sock, limit=1 << 20):
     return data
 
 
+def job_status(scoreboard_dir, name):
+    """The job `name` from `corral status --scoreboard-dir DIR --json`, or None."""
+    out = subprocess.run([CORRAL, "status", "--scoreboard-dir", scoreboard_dir, "--json"],
+                         capture_output=True, text=True, timeout=10)
+    if out.returncode != 0:
+        return None
+    for job in json.loads(out.stdout)["jobs"]:
+        if job["name"] == name:
+            return job
+    return None
+
+
+class LogFile:
+    """A log file, for wait_until(log=...)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def log_text(self):
+        with open(self.path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
 class Corral:
     """One running `corral run` process, with its log in a file."""
 

@@ -208,3 +208,42 @@ jobs:
         self.assertNotEqual(denied.returncode, 0)
         self.assertIn("PermissionError", denied.stderr)
         self.assertEqual(c.stop(), 0)
+
+    def test_supervisor_out_of_fds_backs_off_and_recovers(self):
+        import shutil
+        import subprocess
+        import unittest
+        if not shutil.which("prlimit"):
+            raise unittest.SkipTest("needs prlimit")
+        from harness import CORRAL
+        echo = os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")
+        config = self.write("nofile.yaml", f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  echo:
+    command: ["{echo}"]
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 16, min_spare: 16, max_spare: 16, max: 16 }}
+    restart: {{ backoff_max: 200ms, max_failures: 2 }}
+""")
+        # 24 fds in all: the supervisor's own (signalfd, epoll, listener, scoreboard, lock,
+        # notify pipe) leave room for a few spawns at a time (each needs a report pipe
+        # until its worker is up): EMFILE, a backoff that does not count as a failure,
+        # and recovery as workers come up.
+        log_path = os.path.join(self.tmp, "nofile.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["prlimit", "--nofile=24:24", CORRAL, "run", config], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.track_pid(proc.pid)
+
+        from harness import LogFile, job_status
+        log = LogFile(log_path)
+        text = log.log_text
+        wait_until(lambda: "Too many open files" in text(), timeout=20, log=log)
+        job = wait_until(lambda: (lambda j: j if j and j["idle"] == 16 else None)(job_status(self.sbdir, "echo")),
+                         timeout=30, log=log)
+        self.assertEqual(len(job["workers"]), 16)
+        self.assertIsNone(proc.poll())
+        self.assertNotIn("giving up", text())
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=15), 0)
