@@ -247,3 +247,52 @@ jobs:
         self.assertNotIn("giving up", text())
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=15), 0)
+
+    def test_worker_out_of_fds_neither_dies_nor_spins(self):
+        import shutil
+        import subprocess
+        import time as _time
+        import unittest
+        if not shutil.which("prlimit"):
+            raise unittest.SkipTest("needs prlimit")
+        from harness import CORRAL, LogFile, connect, job_status
+        echo = os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")
+        config = self.write("emfile.yaml", f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  echo:
+    command: ["{echo}"]
+    listen: ["127.0.0.1:0", "127.0.0.1:0"]
+    accept_mutex: epoll
+    workers: {{ start: 2, min_spare: 2, max_spare: 2, max: 2 }}
+""")
+        # Workers get the soft limit corral was started with (8): 0-2, two listeners, the
+        # scoreboard, the notify pipe and the library's epoll take fds 0..7 (the dynamic
+        # loader had fd 7 free while it ran), so every accept fails with EMFILE. The
+        # supervisor itself raises its own soft limit to the hard one.
+        log_path = os.path.join(self.tmp, "emfile.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["prlimit", "--nofile=8:256", CORRAL, "run", config], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.track_pid(proc.pid)
+        log = LogFile(log_path)
+        job = wait_until(lambda: (lambda j: j if j and j["idle"] == 2 else None)(job_status(self.sbdir, "echo")),
+                         log=log)
+        pids = [w["pid"] for w in job["workers"]]
+        port = int(job["listeners"][0].rsplit(":", 1)[1])
+        s = connect(port)  # queued; every worker that tries gets EMFILE
+        s.sendall(b"x\n")
+
+        def cpu(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        before = sum(cpu(p) for p in pids)
+        _time.sleep(1.0)  # the measurement window
+        after = sum(cpu(p) for p in pids)
+        ticks = os.sysconf("SC_CLK_TCK")
+        self.assertLess((after - before) / ticks, 0.3)  # retries pace themselves, no spinning
+        self.assertTrue(all(pid_alive(p) for p in pids), log.log_text())
+        s.close()
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=15), 0)
