@@ -58,12 +58,12 @@ def machine(ctx: Ctx, args) -> str:
         f"{sh(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}; load average at start "
         f"{os.getloadavg()[0]:.2f}",
         f"- {sh([str(ctx.corral), '--version'])} at git {git}{' + uncommitted changes (' + ', '.join(l[3:] for l in dirty.splitlines() if l.strip()) + ')' if dirty.strip() else ''}, "
-        f"{btype} build, copied to results/build/ before the run; "
+        f"{btype} build, copied to results/{snap.name}/ before the run; "
         f"{sh(['sh', '-c', 'apache2 -v | head -1'])}; {sh(['sh', '-c', 'wrk -v 2>&1 | head -1'])}; "
         f"{sh(['sh', '-c', 'xinetd -version 2>&1 | head -1'])}; "
         f"ucspi-tcp {sh(['dpkg-query', '-W', '-f=${Version}', 'ucspi-tcp'])}; "
         f"systemd {sh(['dpkg-query', '-W', '-f=${Version}', 'systemd'])}",
-        f"- {pin}",
+        f"- {pin} (scenarios that say so run unpinned)",
         f"- {cpu}",
     ]) + "\n"
 

@@ -1,6 +1,7 @@
 #include "scoreboard/scoreboard.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -34,7 +35,73 @@ void copy_text(char* dst, size_t size, const std::string& text) {
   text.copy(dst, n);
 }
 
+// A worker holds a writable fd on its job's scoreboard, so it can ftruncate() the file;
+// the supervisor's next read of a slot past the new end would then fault with SIGBUS.
+// The guard remembers the size each scoreboard must have; its SIGBUS handler restores
+// the sizes (ftruncate is async-signal-safe) and returns, and the faulting access is
+// retried on a file that is whole again. A SIGBUS with nothing to restore is a real one:
+// the default action is put back and the fault recurs.
+constexpr int kGuardSlots = 256;
+struct Guarded {
+  int fd;
+  off_t size;
+};
+Guarded g_guarded[kGuardSlots];
+volatile sig_atomic_t g_restored = 0;
+
+void on_sigbus(int sig, siginfo_t*, void*) {
+  int saved = errno;
+  bool restored = false;
+  for (auto& g : g_guarded) {
+    if (g.fd <= 0) continue;
+    struct stat st {};
+    if (::fstat(g.fd, &st) == 0 && st.st_size < g.size && ::ftruncate(g.fd, g.size) == 0)
+      restored = true;
+  }
+  if (restored) {
+    g_restored = g_restored + 1;
+  } else {
+    ::signal(sig, SIG_DFL);
+  }
+  errno = saved;
+}
+
+void guard(int fd, size_t size) {
+  static bool installed = false;
+  if (!installed) {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+    installed = true;
+  }
+  for (auto& g : g_guarded) {
+    if (g.fd == fd) {
+      g.size = static_cast<off_t>(size);
+      return;
+    }
+  }
+  for (auto& g : g_guarded) {
+    if (g.fd <= 0) {
+      g.size = static_cast<off_t>(size);
+      g.fd = fd;
+      return;
+    }
+  }
+}
+
+void unguard(int fd) {
+  for (auto& g : g_guarded) {
+    if (g.fd == fd) g.fd = 0;
+  }
+}
+
 }  // namespace
+
+int scoreboard_truncations_repaired() {
+  return g_restored;
+}
 
 std::uint64_t monotonic_ns() {
   timespec ts{};
@@ -121,7 +188,10 @@ Scoreboard::~Scoreboard() {
 }
 
 void Scoreboard::unmap() {
-  if (base_ != nullptr) ::munmap(base_, size_);
+  if (base_ != nullptr) {
+    if (writable_) unguard(fd_.get());
+    ::munmap(base_, size_);
+  }
   base_ = nullptr;
 }
 
@@ -161,6 +231,7 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
   sb.base_ = base;
   sb.slot_count_ = slot_count;
   sb.writable_ = true;
+  guard(sb.fd_.get(), sb.size_);
   auto* h = static_cast<corral_sb_header*>(base);
   std::memcpy(h->magic, CORRAL_SB_MAGIC, 8);
   h->version = CORRAL_SB_VERSION;
@@ -184,6 +255,7 @@ bool Scoreboard::grow(unsigned slot_count) {
   base_ = base;
   size_ = new_size;
   slot_count_ = slot_count;
+  guard(fd_.get(), size_);
   store(&static_cast<corral_sb_header*>(base_)->slot_count, slot_count);
   return true;
 }
@@ -200,6 +272,7 @@ Result<Scoreboard> Scoreboard::adopt(int fd, const std::string& path) {
   if (base == MAP_FAILED) return errno_error("mmap " + path);
   sb.base_ = base;
   sb.writable_ = true;
+  guard(fd, sb.size_);
   auto h = sb.header();
   auto why = validate_header(h, sb.size_);
   if (!why.empty()) return Error{0, path + ": " + why};

@@ -95,6 +95,10 @@ class Scoreboard {
   bool writable_ = false;
 };
 
+/// How many times a scoreboard shrunk by a worker (ftruncate through its inherited fd)
+/// was restored to its size by the supervisor's SIGBUS guard. Never decreases.
+int scoreboard_truncations_repaired();
+
 /// CLOCK_MONOTONIC in nanoseconds.
 std::uint64_t monotonic_ns();
 /// CLOCK_REALTIME in nanoseconds.

@@ -283,6 +283,7 @@ class Supervisor::Impl {
   bool ready_sent_ = false;
   std::optional<rlimit> original_nofile_;
   std::string self_exe_;
+  int truncations_logged_ = 0;
   pid_t self_ = 0;
   std::uint64_t started_realtime_ = 0;
   std::uint32_t generation_ = 1;
@@ -1122,6 +1123,12 @@ void Supervisor::Impl::store_bound_listeners() noexcept {
 }
 
 void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
+  if (int repaired = scoreboard_truncations_repaired(); repaired != truncations_logged_) {
+    spdlog::error(
+        "a worker shrank a scoreboard file (ftruncate); its size was restored ({} time(s))",
+        repaired);
+    truncations_logged_ = repaired;
+  }
   for (auto& job : jobs_) {
     if (job->removed) continue;
     // Someone removed the file (or its directory): the workers and we keep the mapping,

@@ -57,6 +57,10 @@ if os.environ.get("PROBE_IDLE") == "1" and "CORRAL_SCOREBOARD_FD" in os.environ:
     struct.pack_into("=Q", sb, off + 24, time.monotonic_ns())
     struct.pack_into("=I", sb, off, 2)  # CORRAL_SLOT_IDLE
 
+if os.environ.get("PROBE_TRUNCATE") == "1" and "CORRAL_SCOREBOARD_FD" in os.environ:
+    # Hostile: shrink the scoreboard through the inherited fd.
+    os.ftruncate(int(os.environ["CORRAL_SCOREBOARD_FD"]), 0)
+
 if os.environ.get("PROBE_IGNORE_TERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:

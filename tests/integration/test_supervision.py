@@ -94,6 +94,15 @@ jobs:
             self.assertFalse(os.path.exists(os.path.join(self.sbdir, f"probe{int(sig)}.scoreboard")) and
                              self.run_cli(["status", "--scoreboard-dir", self.sbdir]).returncode == 0)
 
+    def test_a_worker_truncating_the_scoreboard_cannot_crash_the_supervisor(self):
+        probe_dir, config = self.config(env=', PROBE_TRUNCATE: "1"')
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_log(r"a worker shrank a scoreboard file \(ftruncate\); its size was restored")
+        # The supervisor lives on, and `corral status` reads the restored file.
+        wait_until(lambda: c.job(self.sbdir, "probe") is not None, log=c)
+        self.assertIsNone(c.proc.poll())
+        self.assertEqual(c.stop(), 0)
+
     def test_plain_mode_keeps_exact_copies(self):
         probe_dir, config = self.config(mode="plain", workers="{ start: 3 }")
         c = self.corral(["run", "{config}"], config=config)
