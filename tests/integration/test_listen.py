@@ -94,3 +94,27 @@ jobs:
         c = self.corral(["run", "--listen", f"unix:{path}", "--scoreboard-dir", self.sbdir, "--", ECHO])
         self.assertEqual(c.wait_exit(), 1)
         self.assertIn("Address already in use", c.log_text())
+
+    def test_unix_socket_owner_and_group(self):
+        import grp
+        import pwd
+        import unittest
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to chown")
+        path = os.path.join(self.tmp, "owned.sock")
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  echo:
+    command: ["{ECHO}"]
+    listen:
+      - {{ address: "unix:{path}", mode: "0660", owner: nobody, group: nogroup }}
+    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 2 }}
+"""
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_idle(self.sbdir, "echo", 1)
+        st = os.stat(path)
+        self.assertEqual(st.st_uid, pwd.getpwnam("nobody").pw_uid)
+        self.assertEqual(st.st_gid, grp.getgrnam("nogroup").gr_gid)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o660)
+        self.assertEqual(c.stop(), 0)
