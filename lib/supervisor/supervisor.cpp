@@ -43,7 +43,7 @@ constexpr std::uint64_t kSlowTick = 1 * kSec;
 // kRetireHysteresis, then a quarter of the excess every kRetireInterval: an oscillating
 // load causes no fork/kill churn, and a burst's surplus is gone within seconds.
 constexpr std::uint64_t kRetireInterval = 500 * kMs;
-constexpr std::uint64_t kRetireHysteresis = 3 * kSec;
+constexpr std::uint64_t kRetireHysteresis = 10 * kSec;
 // Notifications from workers wake the supervisor at most once per kNotifyInterval.
 constexpr std::uint64_t kNotifyInterval = 5 * kMs;
 // A worker holding the accept mutex this long while connections wait and none is

@@ -73,7 +73,7 @@ jobs:
         for s in clients[4:]:
             s.close()
         # Load gone: 10 idle, above max_spare 4: retired gradually back into [2, 4].
-        wait_until(lambda: 2 <= self.idle(c) <= 4, timeout=20, log=c)
+        wait_until(lambda: 2 <= self.idle(c) <= 4, timeout=40, log=c)
         self.assertIn("retiring", c.log_text())
         self.assertEqual(c.stop(), 0)
 
