@@ -381,6 +381,11 @@ void Scoreboard::free_slot(unsigned slot, std::uint64_t now_ns) {
   store(&s->state_since_ns, now_ns);
 }
 
+void Scoreboard::set_at_max(bool at_max) {
+  if (base_ == nullptr || !writable_) return;
+  store(&static_cast<corral_sb_header*>(base_)->at_max, at_max ? 1U : 0U);
+}
+
 int Scoreboard::idle_hint() const {
   if (base_ == nullptr) return 0;
   return __atomic_load_n(&static_cast<corral_sb_header*>(base_)->idle_hint, __ATOMIC_ACQUIRE);

@@ -76,6 +76,9 @@ class Scoreboard {
   void set_slot_pid(unsigned slot, pid_t pid);
   void free_slot(unsigned slot, std::uint64_t now_ns);
 
+  /// Header offset 920: whether the job is at workers.max (workers then skip notifying).
+  void set_at_max(bool at_max);
+
   /// The workers' idle hint (header offset 960), and the supervisor's correction.
   [[nodiscard]] int idle_hint() const;
   void add_idle_hint(int delta);

@@ -957,6 +957,7 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
   PoolAction action = plan_pool(job.cfg, counts, job.initial);
   const bool was_at_max = job.at_max;
   job.at_max = counts.starting + counts.idle + counts.busy >= job.cfg.workers.max;
+  job.sb.set_at_max(job.at_max);  // every look: a reload may have left a stale value
   if (was_at_max && !job.at_max && job.notify_read && !job.notify_armed) arm_notify(job);
   // Fork-rate cap: at most kSpawnBurst starts per kSpawnWindow.
   if (now - job.spawn_window_start >= kSpawnWindow) {

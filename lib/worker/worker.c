@@ -93,7 +93,8 @@ static void hint_transition(struct corral_worker* w, uint32_t from, uint32_t to)
   } else if (from == CORRAL_SLOT_IDLE) {
     int32_t left = __atomic_sub_fetch(&w->header->idle_hint, 1, __ATOMIC_RELAXED);
     uint32_t min_spare = __atomic_load_n(&w->header->min_spare, __ATOMIC_RELAXED);
-    if (w->notify_fd >= 0 && left < (int32_t)min_spare) {
+    if (w->notify_fd >= 0 && left < (int32_t)min_spare &&
+        __atomic_load_n(&w->header->at_max, __ATOMIC_RELAXED) == 0) {
       static const char byte = 'b';
       /* Non-blocking: a full pipe already says everything. */
       ssize_t n = write(w->notify_fd, &byte, 1);

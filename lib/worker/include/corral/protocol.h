@@ -91,7 +91,9 @@ struct corral_sb_header {
                                              */
   uint64_t max_requests; /* 912: workers.max_requests, 0 = unlimited; a worker that
                           * reached it stops accepting and exits (docs/PROTOCOL.md) */
-  uint8_t reserved1[40]; /* 920 .. 959 */
+  uint32_t at_max;       /* 920: 1 while the job has workers.max workers: nothing can be
+                          * started, so a worker need not write CORRAL_NOTIFY_FD */
+  uint8_t reserved1[36]; /* 924 .. 959 */
   /* 960: the one field of the header that workers write, on a cache line of its own:
    * a hint of how many workers are idle. A worker adds 1 when it becomes idle and
    * subtracts 1 when it leaves idle (atomic fetch-and-add); when the value after its
