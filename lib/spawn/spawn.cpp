@@ -16,13 +16,24 @@
 #include <cstring>
 
 #include "common/unique_fd.h"
+#include "spawn/report.h"
 
 extern char** environ;
 
 namespace corral {
 namespace {
 
-enum class Step : int { dup, setpgid, chdir, setgroups, setgid, setuid, pdeathsig, exec };
+enum class Step : int {
+  dup = CORRAL_SPAWN_DUP,
+  setpgid = CORRAL_SPAWN_SETPGID,
+  chdir = CORRAL_SPAWN_CHDIR,
+  setgroups = CORRAL_SPAWN_SETGROUPS,
+  setgid = CORRAL_SPAWN_SETGID,
+  setuid = CORRAL_SPAWN_SETUID,
+  pdeathsig = CORRAL_SPAWN_PDEATHSIG,
+  exec = CORRAL_SPAWN_EXEC,
+  exec_helper = CORRAL_SPAWN_EXEC_HELPER,
+};
 
 const char* step_name(Step step) {
   switch (step) {
@@ -34,17 +45,12 @@ const char* step_name(Step step) {
     case Step::setuid: return "setuid for";
     case Step::pdeathsig: return "prctl PR_SET_PDEATHSIG for";
     case Step::exec: return "exec";
+    case Step::exec_helper: return "exec the inetd acceptor for";
   }
   return "spawn";
 }
 
-// In a child started by fork_process: the report pipe, for report_exec_failure().
-int g_report_fd = -1;
-
-struct ChildReport {
-  int step;
-  int err;
-};
+using ChildReport = corral_spawn_report;
 
 // Everything the child touches, laid out before fork so the child allocates nothing.
 struct Prepared {
@@ -75,8 +81,9 @@ void format_pid(char* out, pid_t pid) {
   out[n] = '\0';
 }
 
-// Runs in the child between fork and exec: only async-signal-safe calls.
-void prepare_child(const Prepared& p, int& report_fd) {
+// Runs in the child between fork and exec: only async-signal-safe calls. Moves
+// report_fd and exec_fd (when >= 0) out of the way of the inherited fds.
+void prepare_child(const Prepared& p, int& report_fd, int& exec_fd) {
   const SpawnPlan& plan = *p.plan;
   // Dispositions first, then the mask: a signal pending in the supervisor's blocked set
   // must not reach a handler that does not exist here.
@@ -94,11 +101,14 @@ void prepare_child(const Prepared& p, int& report_fd) {
   // Move every source above the target range first, so a dup2 onto 3+i never
   // clobbers a source still to be placed (or the report pipe).
   const int n = static_cast<int>(plan.inherit.size());
-  const int floor = 3 + n;
+  const int floor = 3 + n + (plan.pass_report ? 1 : 0);
   int moved_report = ::fcntl(report_fd, F_DUPFD_CLOEXEC, floor);
   if (moved_report < 0) child_fail(report_fd, Step::dup);
-  ::close(report_fd);  // the copy below floor would outlive a body that never execs
   report_fd = moved_report;
+  if (exec_fd >= 0) {
+    exec_fd = ::fcntl(exec_fd, F_DUPFD_CLOEXEC, floor);
+    if (exec_fd < 0) child_fail(report_fd, Step::dup);
+  }
   int tmp[64];
   if (n > 64) {
     errno = EMFILE;
@@ -123,6 +133,7 @@ void prepare_child(const Prepared& p, int& report_fd) {
   for (int i = 0; i < n; ++i) {
     if (::dup2(tmp[i], 3 + i) < 0) child_fail(report_fd, Step::dup);
   }
+  if (plan.pass_report && ::dup2(report_fd, 3 + n) < 0) child_fail(report_fd, Step::dup);
   // Anything else still open without CLOEXEC (leaked to corral by whoever started it)
   // must not reach the worker either.
   ::syscall(SYS_close_range, static_cast<unsigned>(floor), ~0U, CLOSE_RANGE_CLOEXEC);
@@ -157,8 +168,15 @@ struct ExecChild {
 int exec_child_main(void* arg) {
   auto* c = static_cast<ExecChild*>(arg);
   int report_fd = c->report_fd;
-  prepare_child(*c->p, report_fd);
-  ::execve(c->p->plan->path.c_str(), c->p->argv.data(), c->p->envp.data());
+  const SpawnPlan& plan = *c->p->plan;
+  int exec_fd = plan.exec_fd;
+  prepare_child(*c->p, report_fd, exec_fd);
+  if (exec_fd >= 0) {
+    // A CLOEXEC fd can be exec'd this way as long as it is not a script (execveat(2)).
+    ::syscall(SYS_execveat, exec_fd, "", c->p->argv.data(), c->p->envp.data(), AT_EMPTY_PATH);
+    child_fail(report_fd, Step::exec_helper);
+  }
+  ::execve(plan.path.c_str(), c->p->argv.data(), c->p->envp.data());
   child_fail(report_fd, Step::exec);
 }
 
@@ -186,8 +204,7 @@ void prepare_vectors(const SpawnPlan& plan, Prepared& p) {
   if (plan.listen_pid) p.listen_pid_slot = p.env_storage.back().data() + std::strlen("LISTEN_PID=");
 }
 
-Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg,
-                       UniqueFd* report_out) noexcept {
+Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
   try {
     Prepared p;
     prepare_vectors(plan, p);
@@ -199,36 +216,13 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg,
     UniqueFd report_r(pipefd[0]);
     UniqueFd report_w(pipefd[1]);
 
-    pid_t pid = -1;
-    if (body == nullptr) {
-      // exec right away: share the address space until then (CLONE_VM | CLONE_VFORK, as
-      // posix_spawn does), so that no page table is copied; on a VM with many mappings
-      // fork() costs milliseconds. The child touches only its own stack and the kernel.
-      ExecChild child{&p, report_w.get()};
-      pid = ::clone(exec_child_main, child_stack_top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
-      if (pid < 0) return errno_error("clone for " + plan.path);
-    } else {
-      pid = ::fork();
-    }
-    if (pid < 0) return errno_error("fork for " + plan.path);
-    if (pid == 0) {
-      int report_fd = report_w.get();
-      prepare_child(p, report_fd);
-      if (body != nullptr) {
-        // No exec will close the supervisor's other fds (other jobs' listeners, the
-        // signalfd...): close them now, so that no socket outlives its use here.
-        auto floor = static_cast<unsigned>(3 + plan.inherit.size());
-        auto report = static_cast<unsigned>(report_fd);
-        if (report > floor) ::syscall(SYS_close_range, floor, report - 1, 0U);
-        ::syscall(SYS_close_range, report + 1, ~0U, 0U);
-        // The body keeps the report pipe (CLOEXEC): a later exec of its own closes it
-        // (EOF: success), or it reports that exec's failure with report_exec_failure().
-        g_report_fd = report_fd;
-        _exit(body(arg));
-      }
-      ::execve(plan.path.c_str(), p.argv.data(), p.envp.data());
-      child_fail(report_fd, Step::exec);
-    }
+    // Share the address space until the exec (CLONE_VM | CLONE_VFORK, as posix_spawn
+    // does), so that no page table is copied; on a VM with many mappings fork() costs
+    // milliseconds. The child touches only its own stack and the kernel.
+    ExecChild child{&p, report_w.get()};
+    pid_t pid =
+        ::clone(exec_child_main, child_stack_top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
+    if (pid < 0) return errno_error("clone for " + plan.path);
     report_w.reset();
     if (report_out != nullptr) {
       // Do not wait for the exec: a burst of spawns proceeds while the children exec
@@ -258,18 +252,7 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, int (*body)(void*), void* arg,
 }  // namespace
 
 Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report) noexcept {
-  return do_spawn(plan, nullptr, nullptr, report);
-}
-
-Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void*), void* arg,
-                           UniqueFd* report) noexcept {
-  return do_spawn(plan, body, arg, report);
-}
-
-void report_exec_failure(int err) noexcept {
-  if (g_report_fd < 0) return;
-  ChildReport r{static_cast<int>(Step::exec), err};
-  [[maybe_unused]] auto n = ::write(g_report_fd, &r, sizeof r);
+  return do_spawn(plan, report);
 }
 
 std::optional<Error> read_spawn_report(int fd, const std::string& path) noexcept {

@@ -40,6 +40,9 @@ struct SpawnPlan {
   std::optional<Credentials> credentials;
   pid_t parent = 0;              // the supervisor's pid, for the PDEATHSIG race check
   std::optional<rlimit> nofile;  // RLIMIT_NOFILE to restore (the supervisor raised its own)
+  int exec_fd = -1;              // >= 0: exec this file (execveat) instead of `path`
+  bool pass_report = false;      // the report pipe is inherited too, after `inherit`, so
+                                 // that the program can report a later exec of its own
 };
 
 /// Forks and execs `plan`. The child leaves the supervisor's process group, resets
@@ -51,16 +54,6 @@ struct SpawnPlan {
 /// over the pipe's read end (non-blocking): read it with read_spawn_report() once the
 /// child has exited. Never throws.
 Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report = nullptr) noexcept;
-
-/// Like spawn_process, but instead of exec'ing runs `body` in the child after the same
-/// preparation (fds, group, signals, credentials, PDEATHSIG), then _exit()s with its
-/// return value. For inetd acceptors, which exec only once they hold a connection; the
-/// report pipe stays open in the body until its own exec (report_exec_failure()).
-Result<pid_t> fork_process(const SpawnPlan& plan, int (*body)(void* arg), void* arg,
-                           UniqueFd* report = nullptr) noexcept;
-
-/// In a fork_process body: reports that its exec failed with `err`. Async-signal-safe.
-void report_exec_failure(int err) noexcept;
 
 /// The failure a child reported on its pipe, if any ("exec /srv/app", errno).
 std::optional<Error> read_spawn_report(int fd, const std::string& path) noexcept;

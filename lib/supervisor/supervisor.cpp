@@ -50,6 +50,11 @@ constexpr std::uint64_t kNotifyInterval = 5 * kMs;
 // accepted is stuck (alive, not accepting): it is replaced.
 constexpr std::uint64_t kStuckHolder = 3 * kSec;
 constexpr unsigned kSpawnBurst = 64;  // fork-rate cap: starts per kSpawnWindow
+// A top-up (spares short of min_spare, but at least half of it idle and no connection
+// waiting) is started this long after it is first seen: the new workers' exec then
+// does not compete for the CPU with the connection that used up a spare (in inetd mode,
+// the program's own exec), and top-ups close together are done at once.
+constexpr std::uint64_t kTopUpDelay = 10 * kMs;
 constexpr std::uint64_t kSpawnWindow = 100 * kMs;
 
 std::uint64_t to_ns(Duration d) {
@@ -223,6 +228,7 @@ class Job {
   std::uint64_t stall_requests = 0;
   std::uint64_t spawn_window_start = 0;
   unsigned spawned_in_window = 0;
+  std::uint64_t topup_at = 0;  // when a deferred top-up is due; 0: none pending
   int hint_delta = 0;
   bool sb_gone_logged = false;
   bool at_max = false;  // the current generation has workers.max workers
@@ -717,12 +723,12 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     plan.inherit.push_back(l->fd.get());
     names += (names.empty() ? "" : ":") + l->name;
   }
-  if (cfg.mode != Mode::inetd && !job.listeners.empty()) {
+  if (!job.listeners.empty()) {
     set_env(plan.env, "LISTEN_FDS", std::to_string(job.listeners.size()));
     set_env(plan.env, "LISTEN_FDNAMES", names);
     plan.listen_pid = true;
   }
-  if (cfg.mode == Mode::prefork) {
+  if (cfg.mode != Mode::plain) {
     if (job.lock.fd) {
       set_env(plan.env, CORRAL_ENV_LOCK_FD, std::to_string(3 + plan.inherit.size()));
       plan.inherit.push_back(job.lock.fd.get());
@@ -742,19 +748,12 @@ void Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   Result<pid_t> pid = Error{};
   UniqueFd report;
   if (cfg.mode == Mode::inetd) {
-    if (job.lock.fd) plan.inherit.push_back(job.lock.fd.get());
-    plan.inherit.push_back(job.sb.fd());
-    if (job.notify_write) plan.inherit.push_back(job.notify_write.get());
-    InetdParams params;
-    params.has_notify_fd = job.notify_write.valid();
-    params.job = cfg.name;
-    params.listener_names = names;
-    params.listener_count = static_cast<unsigned>(job.listeners.size());
-    params.lock_kind = lock_env_kind(job.lock.kind);
-    params.has_lock_fd = job.lock.fd.valid();
-    params.slot = slot;
-    params.max_per_source = cfg.max_per_source;
-    pid = spawn_inetd_acceptor(plan, params, report);
+    // The acceptor speaks the worker protocol; the program gets none of it.
+    if (auto made = make_inetd_plan(plan, cfg.name, cfg.max_per_source); !made) {
+      pid = made.error();
+    } else {
+      pid = spawn_process(plan, &report);
+    }
   } else {
     pid = spawn_process(plan, &report);
   }
@@ -967,6 +966,15 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
   unsigned spawn =
       std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
   if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
+  const bool urgent =
+      job.initial || counts.queued > 0 || counts.idle * 2 < job.cfg.workers.min_spare;
+  if (spawn == 0) {
+    job.topup_at = 0;
+  } else if (!urgent) {
+    if (job.topup_at == 0) job.topup_at = now + kTopUpDelay;
+    if (now < job.topup_at) spawn = 0;
+  }
+  if (spawn > 0) job.topup_at = 0;
   if (job.state == JobState::backing_off && spawn > 0) job.retry_at = now + job.backoff_ns;
   const auto failures_before = job.failures;
   const auto backoff_before = job.backoff_ns;
@@ -1168,6 +1176,7 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
     if (job->state == JobState::backing_off && !job->removed)
       deadline = std::min(deadline, std::max(job->retry_at, now));
     if (job->excess_since != 0) fast = true;
+    if (job->topup_at != 0) deadline = std::min(deadline, std::max(job->topup_at, now));
     if (job->notify_read && !job->notify_armed && !job->at_max)
       deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
   }

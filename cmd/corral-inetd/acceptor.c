@@ -1,0 +1,288 @@
+/* corral's inetd acceptor: one pre-forked process of a `mode: inetd` job.
+ *
+ * The supervisor starts it like a prefork worker (clone-vfork and exec, with the
+ * listeners, accept mutex, scoreboard and notify pipe of the worker protocol); it waits
+ * for one connection with lib/worker, then execs the legacy program on it, so that
+ * only this exec lies between accept() and the program. It is a small static C
+ * program, embedded in the corral binary and exec'd from a sealed memfd: no dynamic
+ * loader runs on the way to the connection, and no copy of the supervisor's address
+ * space is made for it.
+ *
+ *   corral-inetd JOB MAX_PER_SOURCE REPORT_FD PROGRAM ARGV0 [ARG...]
+ *
+ * The environment is the program's, plus the worker protocol's variables, which are
+ * removed again before the program's exec. REPORT_FD is the supervisor's spawn-report
+ * pipe (lib/spawn/report.h): a failed exec of PROGRAM is written there, and the exec
+ * closes it (FD_CLOEXEC) when it succeeds. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <corral/protocol.h>
+#include <corral/worker.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "spawn/report.h"
+
+/* Built with musl when Debian's musl-tools is there, which has no kernel headers. */
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436 /* the same number on every architecture */
+#endif
+
+extern char** environ;
+
+/* Byte range of the scoreboard header that acceptors lock (fcntl, process-owned, so
+ * released if the holder dies) around the per-source count. Inside reserved bytes. */
+#define PER_SOURCE_LOCK_OFFSET 1000
+
+/* Variables that are the acceptor's, not the program's, and the connection's, which
+ * are set afresh for each program. */
+static const char* const kStripped[] = {
+    "LISTEN_PID=",
+    "LISTEN_FDS=",
+    "LISTEN_FDNAMES=",
+    CORRAL_ENV_SLOT "=",
+    CORRAL_ENV_SCOREBOARD_FD "=",
+    CORRAL_ENV_LOCK_FD "=",
+    CORRAL_ENV_LOCK_KIND "=",
+    CORRAL_ENV_NOTIFY_FD "=",
+    CORRAL_ENV_GENERATION "=",
+    "PROTO=",
+    "REMOTE_ADDR=",
+    "REMOTE_PORT=",
+    "TCPREMOTEIP=",
+    "TCPREMOTEPORT=",
+    "TCPLOCALIP=",
+    "TCPLOCALPORT=",
+};
+#define N_STRIPPED (sizeof kStripped / sizeof kStripped[0])
+
+static const char* g_job = "?";
+
+static int stripped(const char* kv) {
+  for (size_t i = 0; i < N_STRIPPED; ++i) {
+    if (strncmp(kv, kStripped[i], strlen(kStripped[i])) == 0) return 1;
+  }
+  return 0;
+}
+
+static int parse_uint(const char* s, unsigned* out) {
+  if (s == NULL || *s == '\0') return -1;
+  char* end = NULL;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v > 0x7fffffffUL) return -1;
+  *out = (unsigned)v;
+  return 0;
+}
+
+/* Host and port of an IPv4 or IPv6 address (IPv4-mapped IPv6 as IPv4, no brackets),
+ * as the supervisor prints them; 0 for anything else (unix sockets). */
+static int split_address(const struct sockaddr* sa, socklen_t len, char host[INET6_ADDRSTRLEN],
+                         unsigned* port) {
+  if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in* sin = (const struct sockaddr_in*)sa;
+    inet_ntop(AF_INET, &sin->sin_addr, host, INET6_ADDRSTRLEN);
+    *port = ntohs(sin->sin_port);
+    return 1;
+  }
+  if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    const struct sockaddr_in6* sin6 = (const struct sockaddr_in6*)sa;
+    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+      inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], host, INET6_ADDRSTRLEN);
+    } else {
+      inet_ntop(AF_INET6, &sin6->sin6_addr, host, INET6_ADDRSTRLEN);
+    }
+    *port = ntohs(sin6->sin6_port);
+    return 1;
+  }
+  return 0;
+}
+
+/* The peer as 16 bytes (IPv4 as IPv4-mapped IPv6) for the per-source count; 0 for
+ * unix sockets (no source to count). */
+static int peer_key(const struct sockaddr* sa, uint8_t out[16]) {
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in* sin = (const struct sockaddr_in*)sa;
+    memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    memcpy(out + 12, &sin->sin_addr, 4);
+    return 1;
+  }
+  if (sa->sa_family == AF_INET6) {
+    memcpy(out, &((const struct sockaddr_in6*)sa)->sin6_addr, 16);
+    return 1;
+  }
+  return 0;
+}
+
+static void region_lock(int fd, short type) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = PER_SOURCE_LOCK_OFFSET;
+  fl.l_len = 8;
+  while (fcntl(fd, type == F_UNLCK ? F_SETLK : F_SETLKW, &fl) != 0 && errno == EINTR) {
+  }
+}
+
+/* Records this acceptor's peer in its slot and counts the busy slots with the same
+ * peer, under a lock so that two acceptors cannot both slip under the limit. The
+ * scoreboard is mapped per connection: a reload may have resized it. On any doubt
+ * (no mapping), the connection is let through. */
+static int within_source_limit(int sb_fd, unsigned slot, unsigned limit, const uint8_t key[16],
+                               unsigned* count) {
+  struct stat st;
+  *count = 0;
+  if (fstat(sb_fd, &st) != 0 || st.st_size < (off_t)CORRAL_SB_HEADER_SIZE) return 1;
+  size_t size = (size_t)st.st_size;
+  void* base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, sb_fd, 0);
+  if (base == MAP_FAILED) return 1;
+  const struct corral_sb_header* h = base;
+  unsigned slots = h->slot_count;
+  if (CORRAL_SB_HEADER_SIZE + (size_t)slots * CORRAL_SB_SLOT_SIZE > size) slots = 0;
+  struct corral_sb_slot* table = (struct corral_sb_slot*)((char*)base + CORRAL_SB_HEADER_SIZE);
+  region_lock(sb_fd, F_WRLCK);
+  for (unsigned i = 0; i < slots; ++i) {
+    if (i == slot) continue;
+    if (__atomic_load_n(&table[i].state, __ATOMIC_ACQUIRE) != CORRAL_SLOT_BUSY) continue;
+    if (memcmp(table[i].reserved, key, 16) == 0) ++*count;
+  }
+  int ok = *count < limit;
+  if (ok && slot < slots) memcpy(table[slot].reserved, key, 16);
+  region_lock(sb_fd, F_UNLCK);
+  munmap(base, size);
+  return ok;
+}
+
+/* The program's environment: ours minus kStripped, plus the connection's variables
+ * (PRODUCT.md: REMOTE_ADDR, REMOTE_PORT, PROTO, TCP*; for unix sockets PROTO=UNIX). The
+ * strings live in `buf`; returns NULL when the environment is too large to copy. */
+static char** connection_environment(const struct sockaddr* peer, socklen_t peer_len,
+                                     const struct sockaddr* local, socklen_t local_len,
+                                     char buf[7][INET6_ADDRSTRLEN + 24]) {
+  size_t n = 0;
+  while (environ[n] != NULL) ++n;
+  char** envp = malloc((n + 8) * sizeof *envp);
+  if (envp == NULL) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!stripped(environ[i])) envp[k++] = environ[i];
+  }
+  char host[INET6_ADDRSTRLEN];
+  unsigned port = 0;
+  if (split_address(peer, peer_len, host, &port)) {
+    snprintf(buf[0], sizeof buf[0], "PROTO=TCP");
+    snprintf(buf[1], sizeof buf[1], "REMOTE_ADDR=%s", host);
+    snprintf(buf[2], sizeof buf[2], "REMOTE_PORT=%u", port);
+    snprintf(buf[3], sizeof buf[3], "TCPREMOTEIP=%s", host);
+    snprintf(buf[4], sizeof buf[4], "TCPREMOTEPORT=%u", port);
+    for (int i = 0; i < 5; ++i) envp[k++] = buf[i];
+    if (split_address(local, local_len, host, &port)) {
+      snprintf(buf[5], sizeof buf[5], "TCPLOCALIP=%s", host);
+      snprintf(buf[6], sizeof buf[6], "TCPLOCALPORT=%u", port);
+      envp[k++] = buf[5];
+      envp[k++] = buf[6];
+    }
+  } else {
+    snprintf(buf[0], sizeof buf[0], "PROTO=UNIX");
+    envp[k++] = buf[0];
+  }
+  envp[k] = NULL;
+  return envp;
+}
+
+static void report(int fd, int step, int err) {
+  struct corral_spawn_report r = {step, err};
+  ssize_t n = write(fd, &r, sizeof r); /* atomic on a pipe; nothing to do if it fails */
+  (void)n;
+}
+
+int main(int argc, char** argv) {
+  unsigned max_per_source = 0;
+  unsigned report_fd = 0;
+  if (argc < 6 || parse_uint(argv[2], &max_per_source) != 0 ||
+      parse_uint(argv[3], &report_fd) != 0) {
+    fprintf(stderr,
+            "corral-inetd: started by hand? It is corral's inetd acceptor; usage: corral-inetd "
+            "JOB MAX_PER_SOURCE REPORT_FD PROGRAM ARGV0 [ARG...]\n");
+    return CORRAL_EXIT_FATAL;
+  }
+  g_job = argv[1];
+  const char* program = argv[4];
+  char** program_argv = argv + 5;
+
+  corral_worker* w = NULL;
+  int r = corral_worker_init(&w);
+  if (r != 0) {
+    fprintf(stderr, "corral: job %s: inetd acceptor: %s\n", g_job, strerror(-r));
+    return CORRAL_EXIT_FATAL;
+  }
+  unsigned slot = 0;
+  unsigned sb_fd = 0;
+  int have_sb = parse_uint(getenv(CORRAL_ENV_SLOT), &slot) == 0 &&
+                parse_uint(getenv(CORRAL_ENV_SCOREBOARD_FD), &sb_fd) == 0;
+
+  for (;;) {
+    struct sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    memset(&peer, 0, sizeof peer);
+    int conn = corral_worker_accept(w, (struct sockaddr*)&peer, &peer_len, NULL);
+    if (conn < 0) return errno == ESHUTDOWN ? 0 : 1;
+    uint8_t key[16];
+    unsigned count = 0;
+    if (max_per_source != 0 && have_sb && peer_key((struct sockaddr*)&peer, key) &&
+        !within_source_limit((int)sb_fd, slot, max_per_source, key, &count)) {
+      char host[INET6_ADDRSTRLEN] = "?";
+      unsigned port = 0;
+      split_address((struct sockaddr*)&peer, peer_len, host, &port);
+      int v6 = strchr(host, ':') != NULL;
+      fprintf(stderr,
+              "corral: job %s: refused %s%s%s:%u: %u connections from that address already "
+              "(max_per_source %u)\n",
+              g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, count, max_per_source);
+      close(conn);
+      corral_worker_done(w);
+      continue;
+    }
+    struct sockaddr_storage local;
+    socklen_t local_len = sizeof local;
+    memset(&local, 0, sizeof local);
+    getsockname(conn, (struct sockaddr*)&local, &local_len);
+    static char env_buf[7][INET6_ADDRSTRLEN + 24];
+    char** envp = connection_environment((struct sockaddr*)&peer, peer_len,
+                                         (struct sockaddr*)&local, local_len, env_buf);
+    /* The connection becomes stdin and stdout; nothing else of ours may reach the
+     * program: every fd from 3 up, the report pipe included, is closed at exec. */
+    if (envp == NULL || dup2(conn, 0) < 0 || dup2(conn, 1) < 0) {
+      report((int)report_fd, CORRAL_SPAWN_EXEC, errno != 0 ? errno : ENOMEM);
+      return 127;
+    }
+    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGTERM, &dfl, NULL);
+    execve(program, program_argv, envp);
+    report((int)report_fd, CORRAL_SPAWN_EXEC, errno);
+    /* Close the connection cleanly (FIN, not RST): nothing was read from it. */
+    shutdown(0, SHUT_WR);
+    return 127;
+  }
+}
