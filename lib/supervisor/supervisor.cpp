@@ -308,6 +308,9 @@ int Supervisor::run() {
 void Supervisor::Impl::block_signals() {
   sigset_t set;
   sigemptyset(&set);
+  // Blocked, an ignored signal is still queued (kernel/signal.c, sig_ignored()), so
+  // signalfd sees it even when corral was started with it ignored (nohup, a shell's
+  // background job).
   for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2})
     sigaddset(&set, sig);
   if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) throw SetupError("sigprocmask", "", errno);

@@ -66,6 +66,38 @@ jobs:
             self.assertEqual(int(r["SigBlk"], 16), 0)
         self.assertEqual(c.stop(), 0)
 
+    def test_signals_ignored_by_whoever_started_corral(self):
+        # As under nohup, or from a shell's background job: SIGHUP and SIGINT ignored
+        # (the disposition survives exec), and SIGALRM, which corral does not handle.
+        # corral still reloads on SIGHUP and stops on SIGINT, and its workers start with
+        # none of them ignored.
+        launcher = (PYTHON, "-c", "import os, signal, sys; "
+                    "signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                    "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                    "signal.signal(signal.SIGALRM, signal.SIG_IGN); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
+        probe_dir = os.path.join(self.tmp, "probes")
+        os.makedirs(probe_dir, exist_ok=True)
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  probe:
+    command: ["{PYTHON}", "{PROBE}"]
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 1, min_spare: 0, max_spare: 8, max: 8 }}
+    env: {{ PROBE_DIR: "{probe_dir}", PROBE_IDLE: "1" }}
+"""
+        c = self.corral(["run", "{config}"], config=config, launcher=launcher)
+        reports = wait_until(lambda: self.probes(probe_dir) or None, what="probe report", log=c)
+        # (The probe, a Python program, ignores SIGPIPE and SIGXFSZ itself.)
+        ours = sum(1 << (s - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGALRM))
+        for r in reports.values():
+            self.assertEqual(int(r["SigIgn"], 16) & ours, 0, f"a worker inherited SigIgn {r['SigIgn']}")
+        c.signal(signal.SIGHUP)
+        c.wait_log("reload done: generation 2")
+        c.signal(signal.SIGINT)
+        self.assertEqual(c.proc.wait(timeout=15), 0)
+
     def test_plain_mode_gets_only_listeners(self):
         c, reports = self.start_probe_job(mode="plain", listen=("127.0.0.1:0",), workers=2)
         for pid, r in reports.items():
