@@ -243,18 +243,24 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
         ::clone(exec_child_main, child_stack_top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
     if (pid < 0) return errno_error("clone for " + plan.path);
     report_w.reset();
-    if (report_out != nullptr) {
-      // Do not wait for the exec: a burst of spawns proceeds while the children exec
-      // on other cores. The caller reads the outcome at reap time (read_spawn_report).
-      ::fcntl(report_r.get(), F_SETFL, O_NONBLOCK);
-      *report_out = std::move(report_r);
-      return pid;
-    }
     ChildReport report{};
     ssize_t got;
-    do {
+    if (report_out != nullptr) {
+      // CLONE_VFORK: the child has exec'd or exited by now. A failure before or at the
+      // exec was written before it exited, so it is in the pipe already: report it now,
+      // and the caller's loop stops at the first failed start instead of starting a
+      // whole burst of them. EOF: the exec closed the pipe, nothing more can come.
+      // Otherwise (the exec is still closing fds, or the program keeps the pipe, as the
+      // inetd acceptor does) the caller reads it at reap time (read_spawn_report).
+      ::fcntl(report_r.get(), F_SETFL, O_NONBLOCK);
       got = ::read(report_r.get(), &report, sizeof report);
-    } while (got < 0 && errno == EINTR);
+      if (got < 0 && (errno == EAGAIN || errno == EINTR)) *report_out = std::move(report_r);
+      if (got != static_cast<ssize_t>(sizeof report)) return pid;
+    } else {
+      do {
+        got = ::read(report_r.get(), &report, sizeof report);
+      } while (got < 0 && errno == EINTR);
+    }
     if (got == static_cast<ssize_t>(sizeof report)) {
       int status = 0;
       while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {

@@ -352,13 +352,17 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
   job.at_max = counts.starting + counts.idle + counts.busy >= job.cfg.workers.max;
   job.sb.set_at_max(job.at_max);  // every look: a reload may have left a stale value
   if (was_at_max && !job.at_max && job.notify_read && !job.notify_armed) arm_notify(job);
-  // Fork-rate cap: at most kSpawnBurst starts per kSpawnWindow.
+  // Fork-rate cap: at most kSpawnBurst starts per kSpawnWindow, except for the
+  // `workers.start` the configuration asks for at start-up and reload (Apache forks its
+  // StartServers at once too). A start that fails outright ends the round anyway.
   if (now - job.spawn_window_start >= kSpawnWindow) {
     job.spawn_window_start = now;
     job.spawned_in_window = 0;
   }
   unsigned spawn =
-      std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
+      job.initial
+          ? action.spawn
+          : std::min(action.spawn, kSpawnBurst - std::min(kSpawnBurst, job.spawned_in_window));
   if (job.state == JobState::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
   const bool urgent =
       job.initial || counts.queued > 0 || counts.idle * 2 < job.cfg.workers.min_spare;
