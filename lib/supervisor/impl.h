@@ -48,10 +48,11 @@ constexpr std::uint64_t kNotifyInterval = 5 * kMs;
 constexpr std::uint64_t kStuckHolder = 3 * kSec;
 constexpr unsigned kSpawnBurst = 64;  // fork-rate cap: starts per kSpawnWindow
 // A top-up (spares short of min_spare, but at least half of it idle and no connection
-// waiting) is started this long after it is first seen: the new workers' exec then
-// does not compete for the CPU with the connection that used up a spare (in inetd mode,
-// the program's own exec), and top-ups close together are done at once.
-constexpr std::uint64_t kTopUpDelay = 10 * kMs;
+// waiting) waits for a moment when no worker is busy, kTopUpMaxWait at the most: the
+// new workers' exec then does not compete for the CPU with a connection being served
+// (in inetd mode, the program's own exec, which made the paced p99 1.5x tcpserver's),
+// and top-ups close together are done at once.
+constexpr std::uint64_t kTopUpMaxWait = 50 * kMs;
 constexpr std::uint64_t kSpawnWindow = 100 * kMs;
 
 constexpr const char* kUpgradeEnv = "CORRAL_UPGRADE_STATE";

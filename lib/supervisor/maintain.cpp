@@ -368,8 +368,8 @@ void Supervisor::Impl::maintain_job(Job& job, std::uint64_t now) noexcept {
       job.initial || counts.queued > 0 || counts.idle * 2 < job.cfg.workers.min_spare;
   if (spawn == 0) {
     job.topup_at = 0;
-  } else if (!urgent) {
-    if (job.topup_at == 0) job.topup_at = now + kTopUpDelay;
+  } else if (!urgent && counts.busy > 0) {
+    if (job.topup_at == 0) job.topup_at = now + kTopUpMaxWait;
     if (now < job.topup_at) spawn = 0;
   }
   if (spawn > 0) job.topup_at = 0;
