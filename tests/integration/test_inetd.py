@@ -194,6 +194,27 @@ jobs:
             self.assertEqual(recv_until(s), b"still here\n", c.log_text())
         self.assertEqual(c.stop(), 0)
 
+    def test_acceptors_are_small_named_processes(self):
+        # An idle acceptor is corral's small static acceptor, named after its job in ps,
+        # not a copy of the supervisor; the program replaces it in the same pid.
+        c = self.start('["/bin/cat"]', workers="{ start: 3, min_spare: 1, max_spare: 4, max: 8 }")
+        job = wait_until(lambda: (lambda j: j if j["idle"] >= 3 else None)(c.job(self.sbdir, "legacy")),
+                         what="3 idle acceptors", log=c)
+        for w in job["workers"]:
+            with open(f"/proc/{w['pid']}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            self.assertEqual(argv[0], b"corral-inetd: legacy")
+            with open(f"/proc/{w['pid']}/status") as f:
+                rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+            self.assertLess(rss_kb, 1024, "an acceptor should be far smaller than the supervisor")
+        with connect(c.port(self.sbdir, "legacy")) as s:
+            s.sendall(b"x\n")
+            self.assertEqual(recv_until(s), b"x\n")
+            busy = wait_until(lambda: [w for w in c.job(self.sbdir, "legacy")["workers"] if w["state"] == "busy"] or None,
+                              what="a busy slot", log=c)
+            self.assertEqual(os.readlink(f"/proc/{busy[0]['pid']}/exe"), os.path.realpath("/bin/cat"))
+        self.assertEqual(c.stop(), 0)
+
     def test_command_line_inetd(self):
         c = self.corral(["run", "--inetd", "--listen", "127.0.0.1:0", "--scoreboard-dir", self.sbdir, "--", "/bin/cat"])
         c.wait_idle(self.sbdir, "cat", 1)
