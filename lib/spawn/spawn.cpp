@@ -242,7 +242,8 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
     pid_t pid =
         ::clone(exec_child_main, child_stack_top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
     if (pid < 0) return errno_error("clone for " + plan.path);
-    report_w.reset();
+    // With pass_report our write end stays open until the look below (see there).
+    if (!plan.pass_report) report_w.reset();
     ChildReport report{};
     ssize_t got;
     if (report_out != nullptr) {
@@ -254,9 +255,21 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
       // inetd acceptor does) the caller reads it at reap time (read_spawn_report).
       ::fcntl(report_r.get(), F_SETFL, O_NONBLOCK);
       got = ::read(report_r.get(), &report, sizeof report);
-      if (got < 0 && (errno == EAGAIN || errno == EINTR)) *report_out = std::move(report_r);
+      if (got == static_cast<ssize_t>(sizeof report) && plan.pass_report &&
+          report.step == CORRAL_SPAWN_EXEC) {
+        // Not the start's failure: the program already ran, accepted a connection and
+        // failed to exec its own program before this look (an inetd acceptor, when this
+        // process was slow to get the CPU back). Put it back for the reap.
+        [[maybe_unused]] auto n = ::write(report_w.get(), &report, sizeof report);
+        got = -1;
+        errno = EAGAIN;
+      }
+      const bool pending = got < 0 && (errno == EAGAIN || errno == EINTR);
+      report_w.reset();
+      if (pending) *report_out = std::move(report_r);
       if (got != static_cast<ssize_t>(sizeof report)) return pid;
     } else {
+      report_w.reset();
       do {
         got = ::read(report_r.get(), &report, sizeof report);
       } while (got < 0 && errno == EINTR);
