@@ -250,9 +250,9 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
       // CLONE_VFORK: the child has exec'd or exited by now. A failure before or at the
       // exec was written before it exited, so it is in the pipe already: report it now,
       // and the caller's loop stops at the first failed start instead of starting a
-      // whole burst of them. EOF: the exec closed the pipe, nothing more can come.
-      // Otherwise (the exec is still closing fds, or the program keeps the pipe, as the
-      // inetd acceptor does) the caller reads it at reap time (read_spawn_report).
+      // whole burst of them. Otherwise (the exec succeeded or is still closing fds, or
+      // the program keeps the pipe, as the inetd acceptor does) the caller reads it at
+      // reap time (read_spawn_report).
       ::fcntl(report_r.get(), F_SETFL, O_NONBLOCK);
       got = ::read(report_r.get(), &report, sizeof report);
       if (got == static_cast<ssize_t>(sizeof report) && plan.pass_report &&
@@ -264,10 +264,13 @@ Result<pid_t> do_spawn(const SpawnPlan& plan, UniqueFd* report_out) noexcept {
         got = -1;
         errno = EAGAIN;
       }
-      const bool pending = got < 0 && (errno == EAGAIN || errno == EINTR);
+      // Kept even at EOF: until its worker is up, a start holds its pipe (an fd budget
+      // the same under any timing; test_supervision's EMFILE test relies on it).
+      const bool failed = got == static_cast<ssize_t>(sizeof report);
+      const bool pending = !failed && (got >= 0 || errno == EAGAIN || errno == EINTR);
       report_w.reset();
       if (pending) *report_out = std::move(report_r);
-      if (got != static_cast<ssize_t>(sizeof report)) return pid;
+      if (!failed) return pid;
     } else {
       report_w.reset();
       do {

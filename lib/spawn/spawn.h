@@ -52,8 +52,8 @@ struct SpawnPlan {
 /// outcome: returns the pid once exec succeeded, or an Error naming the step and the
 /// program (the child then reaped). With `report`, does not wait for the exec to finish:
 /// a failure already reported when the child released the parent is returned as above;
-/// otherwise `report` receives the pipe's read end (non-blocking), unless it is already
-/// at EOF: read it with read_spawn_report() once the child has exited. Never throws.
+/// otherwise `report` receives the pipe's read end (non-blocking): read it with
+/// read_spawn_report() once the child has exited. Never throws.
 Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report = nullptr) noexcept;
 
 /// The failure a child reported on its pipe, if any ("exec /srv/app", errno).
