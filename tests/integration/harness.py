@@ -223,6 +223,24 @@ class CorralTest(unittest.TestCase):
     def corral(self, args, config=None, **kw):
         return Corral(self, args, config=config, **kw)
 
+    def start_job(self, name, command, listen, workers, extra="", mode="prefork"):
+        """Runs one job from a generated YAML file and waits for one idle worker.
+        command: a YAML list; listen: addresses; workers: a YAML map; extra: more keys,
+        indented four spaces."""
+        listen_yaml = ", ".join(f'"{a}"' for a in listen)
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  {name}:
+    command: {command}
+    mode: {mode}
+    listen: [{listen_yaml}]
+    workers: {workers}
+{extra}"""
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_idle(self.sbdir, name, 1)
+        return c
+
     def run_cli(self, args, timeout=20, **kw):
         return subprocess.run([CORRAL] + args, capture_output=True, text=True, timeout=timeout, **kw)
 

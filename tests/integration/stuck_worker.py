@@ -3,6 +3,7 @@
 accepting, as a wedged worker would. Only the first process to create $STUCK_MARKER
 hangs; every other one becomes the real example echo worker (same env and fds)."""
 import os
+import signal
 import struct
 import sys
 import time
@@ -29,4 +30,4 @@ struct.pack_into("=I", sb, off + 12, 2)     # holding it
 with open(marker, "w") as f:
     f.write(str(os.getpid()))
 while True:
-    time.sleep(3600)                         # wedged: never accepts
+    signal.pause()                           # wedged: never accepts

@@ -2,7 +2,6 @@
 import os
 import socket
 import threading
-import time
 
 from harness import CorralTest, children_of, connect, recv_all, recv_until, wait_until, pid_alive
 from test_listen import ipv6_loopback
@@ -25,19 +24,7 @@ exec ls /proc/self/fd
 class InetdTest(CorralTest):
     def start(self, command, listen=("127.0.0.1:0",), workers="{ start: 2, min_spare: 1, max_spare: 4, max: 8 }",
               extra="", name="legacy"):
-        listen_yaml = ", ".join(f'"{a}"' for a in listen)
-        config = f"""
-scoreboard_dir: {self.sbdir}
-jobs:
-  {name}:
-    command: {command}
-    mode: inetd
-    listen: [{listen_yaml}]
-    workers: {workers}
-{extra}"""
-        c = self.corral(["run", "{config}"], config=config)
-        c.wait_idle(self.sbdir, name, 1)
-        return c
+        return self.start_job(name, command, listen, workers, extra, mode="inetd")
 
     def env_of(self, text):
         return dict(line.split("=", 1) for line in text.decode().splitlines() if "=" in line and " " not in line.split("=", 1)[0])
@@ -120,9 +107,9 @@ jobs:
         stop = threading.Event()
 
         def watch():
-            while not stop.is_set():
+            # A sampler of the peak, every 5 ms until the clients are done.
+            while not stop.wait(0.005):
                 peak[0] = max(peak[0], len(children_of(c.pid)))
-                time.sleep(0.005)
 
         def client(i):
             with connect(port, timeout=20) as s:

@@ -18,18 +18,7 @@ HELLO = os.path.join(BUILD, "examples", "hello-http")
 class PreforkTest(CorralTest):
     def start(self, command, listen=("127.0.0.1:0",), workers="{ start: 3, min_spare: 1, max_spare: 8, max: 8 }",
               extra="", name="echo"):
-        listen_yaml = ", ".join(f'"{a}"' for a in listen)
-        config = f"""
-scoreboard_dir: {self.sbdir}
-jobs:
-  {name}:
-    command: {command}
-    listen: [{listen_yaml}]
-    workers: {workers}
-{extra}"""
-        c = self.corral(["run", "{config}"], config=config)
-        c.wait_idle(self.sbdir, name, 1)
-        return c
+        return self.start_job(name, command, listen, workers, extra)
 
     def echo_once(self, port, text=b"hello corral\n"):
         with connect(port) as s:

@@ -167,6 +167,29 @@ jobs:
 
 
 class HostileEnvironmentTest(CorralTest):
+    def run_echo_under_nofile(self, nofile, job_yaml, name):
+        """corral run under `prlimit --nofile=NOFILE` with one echo job (job_yaml: its keys
+        besides command, indented four spaces); returns the process and its LogFile."""
+        import shutil
+        import subprocess
+        import unittest
+        if not shutil.which("prlimit"):
+            raise unittest.SkipTest("needs prlimit")
+        from harness import CORRAL, LogFile
+        echo = os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")
+        config = self.write(f"{name}.yaml", f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  echo:
+    command: ["{echo}"]
+{job_yaml}""")
+        log_path = os.path.join(self.tmp, f"{name}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["prlimit", f"--nofile={nofile}", CORRAL, "run", config], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.track_pid(proc.pid)
+        return proc, LogFile(log_path)
+
     def test_full_filesystem_for_scoreboards_is_a_clear_setup_error(self):
         import shutil
         import subprocess
@@ -219,34 +242,15 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
     def test_supervisor_out_of_fds_backs_off_and_recovers(self):
-        import shutil
-        import subprocess
-        import unittest
-        if not shutil.which("prlimit"):
-            raise unittest.SkipTest("needs prlimit")
-        from harness import CORRAL
-        echo = os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")
-        config = self.write("nofile.yaml", f"""
-scoreboard_dir: {self.sbdir}
-jobs:
-  echo:
-    command: ["{echo}"]
-    listen: ["127.0.0.1:0"]
-    workers: {{ start: 16, min_spare: 16, max_spare: 16, max: 16 }}
-    restart: {{ backoff_max: 200ms, max_failures: 2 }}
-""")
+        from harness import job_status
         # 24 fds in all: the supervisor's own (signalfd, epoll, listener, scoreboard, lock,
         # notify pipe) leave room for a few spawns at a time (each needs a report pipe
         # until its worker is up): EMFILE, a backoff that does not count as a failure,
         # and recovery as workers come up.
-        log_path = os.path.join(self.tmp, "nofile.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(["prlimit", "--nofile=24:24", CORRAL, "run", config], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.track_pid(proc.pid)
-
-        from harness import LogFile, job_status
-        log = LogFile(log_path)
+        proc, log = self.run_echo_under_nofile("24:24", """    listen: ["127.0.0.1:0"]
+    workers: { start: 16, min_spare: 16, max_spare: 16, max: 16 }
+    restart: { backoff_max: 200ms, max_failures: 2 }
+""", "nofile")
         text = log.log_text
         wait_until(lambda: "Too many open files" in text(), timeout=20, log=log)
         job = wait_until(lambda: (lambda j: j if j and j["idle"] == 16 else None)(job_status(self.sbdir, "echo")),
@@ -258,33 +262,16 @@ jobs:
         self.assertEqual(proc.wait(timeout=15), 0)
 
     def test_worker_out_of_fds_neither_dies_nor_spins(self):
-        import shutil
-        import subprocess
         import time as _time
-        import unittest
-        if not shutil.which("prlimit"):
-            raise unittest.SkipTest("needs prlimit")
-        from harness import CORRAL, LogFile, connect, job_status
-        echo = os.path.join(os.environ.get("CORRAL_BUILD_DIR", "build"), "examples", "echo")
-        config = self.write("emfile.yaml", f"""
-scoreboard_dir: {self.sbdir}
-jobs:
-  echo:
-    command: ["{echo}"]
-    listen: ["127.0.0.1:0", "127.0.0.1:0"]
-    accept_mutex: epoll
-    workers: {{ start: 2, min_spare: 2, max_spare: 2, max: 2 }}
-""")
+        from harness import connect, job_status
         # Workers get the soft limit corral was started with (8): 0-2, two listeners, the
         # scoreboard, the notify pipe and the library's epoll take fds 0..7 (the dynamic
         # loader had fd 7 free while it ran), so every accept fails with EMFILE. The
         # supervisor itself raises its own soft limit to the hard one.
-        log_path = os.path.join(self.tmp, "emfile.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(["prlimit", "--nofile=8:256", CORRAL, "run", config], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.track_pid(proc.pid)
-        log = LogFile(log_path)
+        proc, log = self.run_echo_under_nofile("8:256", """    listen: ["127.0.0.1:0", "127.0.0.1:0"]
+    accept_mutex: epoll
+    workers: { start: 2, min_spare: 2, max_spare: 2, max: 2 }
+""", "emfile")
         job = wait_until(lambda: (lambda j: j if j and j["idle"] == 2 else None)(job_status(self.sbdir, "echo")),
                          log=log)
         pids = [w["pid"] for w in job["workers"]]
