@@ -223,6 +223,14 @@ class CorralTest(unittest.TestCase):
     def corral(self, args, config=None, **kw):
         return Corral(self, args, config=config, **kw)
 
+    def loopback_listener(self, backlog):
+        """A listening TCP socket on 127.0.0.1 (closed at clean-up) and its port."""
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        return sock, sock.getsockname()[1]
+
     def start_job(self, name, command, listen, workers, extra="", mode="prefork"):
         """Runs one job from a generated YAML file and waits for one idle worker.
         command: a YAML list; listen: addresses; workers: a YAML map; extra: more keys,

@@ -25,11 +25,7 @@ class ListenTest(CorralTest):
             return recv_until(s)
 
     def test_address_in_use_is_named_and_exits_1(self):
-        blocker = socket.socket()
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
-        port = blocker.getsockname()[1]
-        self.addCleanup(blocker.close)
+        blocker, port = self.loopback_listener(1)
         c = self.corral(["run", "--listen", f"127.0.0.1:{port}", "--scoreboard-dir", self.sbdir, "--", ECHO])
         self.assertEqual(c.wait_exit(), 1)
         self.assertIn(f"bind 127.0.0.1:{port}: Address already in use", c.log_text())

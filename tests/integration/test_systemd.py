@@ -247,11 +247,7 @@ class SocketActivationTest(CorralTest):
 
 class ListenPidTest(CorralTest):
     def test_a_listen_pid_mismatch_is_ignored_with_a_warning(self):
-        stray = socket.socket()
-        stray.bind(("127.0.0.1", 0))
-        stray.listen(8)
-        self.addCleanup(stray.close)
-        stray_port = stray.getsockname()[1]
+        stray, stray_port = self.loopback_listener(8)
         config = f"""
 scoreboard_dir: {self.sbdir}
 jobs:
@@ -432,11 +428,7 @@ class FdStoreTest(CorralTest):
         # itself, whose listener name defaults to "web" too. After a restart systemd
         # passes both; `systemd:web` must not take the stored one, which goes back to
         # its address (else binding that address fails: a crash loop).
-        unit = socket.socket()
-        unit.bind(("127.0.0.1", 0))
-        unit.listen(16)
-        self.addCleanup(unit.close)
-        unit_port = unit.getsockname()[1]
+        unit, unit_port = self.loopback_listener(16)
         notify = NotifySocket(self)
         config = lambda port: f"""
 scoreboard_dir: {self.sbdir}
