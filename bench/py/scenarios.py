@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from common import (Ctx, Server, bclient, children, corral_status, corral_workers, fmt, gnuplot, jain, med,
@@ -393,14 +394,21 @@ plot '{dat}' using 2:xtic(1) notitle lc rgb '#4477aa'{', ' + cols if cols else '
 # 5: scale
 # =====================================================================================
 
-def scale(ctx: Ctx):
-    """Unpinned: starting 1024 processes is CPU work that may use both cores."""
+@contextmanager
+def unpinned(ctx: Ctx):
+    """Clients and servers on any cpu for the scenario run inside."""
     saved = ctx.client_cpus, ctx.server_cpus
     ctx.client_cpus = ctx.server_cpus = ""
     try:
-        return _scale(ctx)
+        yield
     finally:
         ctx.client_cpus, ctx.server_cpus = saved
+
+
+def scale(ctx: Ctx):
+    """Unpinned: starting 1024 processes is CPU work that may use both cores."""
+    with unpinned(ctx):
+        return _scale(ctx)
 
 
 def _scale(ctx: Ctx):
@@ -530,12 +538,8 @@ INETD_POOL = {"start": 16, "min_spare": 16, "max_spare": 32, "max": 64}
 def inetd(ctx: Ctx):
     """Unpinned: the clients cost little next to fork+exec, and a server held to one
     core would saturate below 150 connections/s on this machine."""
-    saved = ctx.client_cpus, ctx.server_cpus
-    ctx.client_cpus = ctx.server_cpus = ""
-    try:
+    with unpinned(ctx):
         return _inetd(ctx)
-    finally:
-        ctx.client_cpus, ctx.server_cpus = saved
 
 
 def _inetd(ctx: Ctx):
@@ -738,12 +742,8 @@ def count_log(path: Path, since_pos: int, pattern: str) -> int:
 def burst(ctx: Ctx):
     """Unpinned: growing a pool is process creation, CPU work that may use both cores;
     the clients (64 connections) cost next to nothing."""
-    saved = ctx.client_cpus, ctx.server_cpus
-    ctx.client_cpus = ctx.server_cpus = ""
-    try:
+    with unpinned(ctx):
         return _burst(ctx)
-    finally:
-        ctx.client_cpus, ctx.server_cpus = saved
 
 
 def _burst(ctx: Ctx):
