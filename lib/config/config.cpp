@@ -156,6 +156,23 @@ class Loader {
     return node.Scalar();
   }
 
+  // One of a fixed set of words; the error lists them in the order given.
+  template <typename E>
+  std::optional<E> one_of(const YAML::Node& node, const std::string& what,
+                          std::initializer_list<std::pair<const char*, E>> options) {
+    auto text = scalar(node, what);
+    if (!text) return std::nullopt;
+    std::string words;
+    std::size_t i = 0;
+    for (const auto& [word, value] : options) {
+      if (*text == word) return value;
+      words += (i == 0 ? "" : i + 1 == options.size() ? " or " : ", ") + std::string(word);
+      ++i;
+    }
+    issue(node, what + " must be " + words + ", not \"" + *text + "\"");
+    return std::nullopt;
+  }
+
   std::optional<std::uint64_t> integer(const YAML::Node& node, const std::string& what,
                                        std::uint64_t min, std::uint64_t max) {
     auto text = scalar(node, what);
@@ -226,16 +243,9 @@ class Loader {
     }
 
     if (auto m = node["mode"]) {
-      if (auto s = scalar(m, "mode")) {
-        if (*s == "prefork")
-          job.mode = Mode::prefork;
-        else if (*s == "inetd")
-          job.mode = Mode::inetd;
-        else if (*s == "plain")
-          job.mode = Mode::plain;
-        else
-          issue(m, "mode must be prefork, inetd or plain, not \"" + *s + "\"");
-      }
+      auto mode = one_of<Mode>(
+          m, "mode", {{"prefork", Mode::prefork}, {"inetd", Mode::inetd}, {"plain", Mode::plain}});
+      if (mode) job.mode = *mode;
     }
 
     if (auto l = node["listen"]) {
@@ -251,20 +261,13 @@ class Loader {
     if (auto w = node["workers"]) load_workers(job, w);
 
     if (auto a = node["accept_mutex"]) {
-      if (auto s = scalar(a, "accept_mutex")) {
-        if (*s == "auto")
-          job.accept_mutex = AcceptMutex::automatic;
-        else if (*s == "fcntl")
-          job.accept_mutex = AcceptMutex::fcntl;
-        else if (*s == "pipe")
-          job.accept_mutex = AcceptMutex::pipe;
-        else if (*s == "epoll")
-          job.accept_mutex = AcceptMutex::epoll;
-        else if (*s == "none")
-          job.accept_mutex = AcceptMutex::none;
-        else
-          issue(a, "accept_mutex must be auto, pipe, fcntl, epoll or none, not \"" + *s + "\"");
-      }
+      auto kind = one_of<AcceptMutex>(a, "accept_mutex",
+                                      {{"auto", AcceptMutex::automatic},
+                                       {"pipe", AcceptMutex::pipe},
+                                       {"fcntl", AcceptMutex::fcntl},
+                                       {"epoll", AcceptMutex::epoll},
+                                       {"none", AcceptMutex::none}});
+      if (kind) job.accept_mutex = *kind;
     }
     if (auto m = node["max_per_source"]) {
       if (auto v = integer(m, "max_per_source", 0, 1000000)) job.max_per_source = unsigned(*v);
