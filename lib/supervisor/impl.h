@@ -26,6 +26,7 @@
 #include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
+#include "supervisor/accept_lock.h"
 #include "supervisor/supervisor.h"
 
 namespace corral {
@@ -89,18 +90,7 @@ struct WorkerRec {
   std::uint64_t held_requests_base = 0;  // other workers' requests at that moment
 };
 
-enum class AuditFinding { fine, lost, stalled, extra };
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;
-
-// The accept mutex of one generation of a job.
-struct AcceptLock {
-  AcceptMutex kind = AcceptMutex::none;
-  UniqueFd fd;          // handed to workers (pipe: FIFO O_RDWR; fcntl: memfd)
-  UniqueFd private_fd;  // pipe: the supervisor's own non-blocking end, for audits
-  AuditFinding finding = AuditFinding::fine;
-  std::uint64_t finding_since = 0;
-  std::uint64_t last_requests = 0;
-};
 
 // Connections waiting in the accept queues of `listeners` (audit.cpp).
 unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners);
