@@ -2,8 +2,10 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <string_view>
 
 #include "common/error.h"
 #include "config/config.h"
@@ -88,7 +90,15 @@ int run_command(const RunOptions& o, int log_level, std::vector<std::string> arg
   corral::SupervisorOptions options;
   options.argv = std::move(argv);
   try {
-    if (!o.program.empty()) {
+    if (std::getenv("CORRAL_UPGRADE_STATE") != nullptr) {
+      // A binary upgrade: the running configuration comes from the hand-over, never
+      // from the file, which may be broken or gone by now (SIGHUP reads it).
+      if (!o.program.empty()) {
+        options.config = config_from_command_line(o);
+      } else if (!o.config.empty()) {
+        options.config_path = std::filesystem::absolute(o.config).string();
+      }
+    } else if (!o.program.empty()) {
       if (!o.config.empty())
         throw corral::ConfigError("give either CONFIG.yaml or -- PROGRAM, not both");
       options.config = config_from_command_line(o);
@@ -153,6 +163,9 @@ int status_command(const std::string& config_path, const std::string& dir, bool 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Asked by a running corral before a binary upgrade (docs/ARCHITECTURE.md, Upgrade).
+  if (argc == 3 && std::string_view(argv[1]) == "--handover-check")
+    return corral::handover_check_main(argv[2]);
   // Everything after the first "--" is the program to run; CLI11 never sees it.
   RunOptions run;
   std::vector<std::string> args;

@@ -3,6 +3,7 @@
 #include "supervisor/impl.h"
 
 #include <corral/protocol.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -10,7 +11,11 @@
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <algorithm>
 
@@ -39,7 +44,38 @@ unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listen
   return total;
 }
 
-void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
+namespace {
+
+// Whether `pid` is blocked waiting for the accept token, from /proc/PID/syscall: in
+// read()/readv() on `lock_fd` (lib/worker, examples/echo.py), or in poll()/ppoll()
+// (lib/worker's wait on an O_NONBLOCK token pipe; its arguments are not checked).
+// Unknown (no such file, "running") counts as waiting: only a worker seen doing
+// something else is suspected.
+bool waits_for_token(pid_t pid, int lock_fd) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/syscall", static_cast<int>(pid));
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  char buf[256];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return true;
+  buf[n] = '\0';
+  char* end = nullptr;
+  long nr = std::strtol(buf, &end, 10);
+  if (end == buf) return true;  // "running"
+  if (nr < 0) return false;     // blocked, but not in a system call (-1: e.g. a stopped task)
+  unsigned long arg0 = std::strtoul(end, nullptr, 16);
+  if (nr == SYS_read || nr == SYS_readv) return arg0 == static_cast<unsigned long>(lock_fd);
+#ifdef SYS_poll
+  if (nr == SYS_poll) return true;
+#endif
+  return nr == SYS_ppoll;
+}
+
+}  // namespace
+
+std::uint64_t Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
   // The token pipe holds one token, in the pipe or with the worker that read it. A
   // holder killed while holding it takes it along: restore it. What workers write in
   // their slots is untrusted, so a token is restored when no live worker claims it, or
@@ -47,16 +83,23 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
   // since the last audit (a stall, whoever claims the token). Extra tokens (from a
   // wrong guess) only cost a little herd, and are drained once back in the pipe.
   // Every action needs two observations at least kAuditSpacing apart.
-  if (job.lock.kind != AcceptMutex::pipe || !job.lock.private_fd) return;
+  //
+  // A token that vanishes while nobody claims it was taken by a worker that lies (its
+  // slot says idle, lock NONE) or by one that died holding it. Honest idle workers are
+  // blocked reading the token; a worker seen idle, claiming nothing, and doing
+  // something else at both observations is the hog: it is replaced.
+  auto& lock = job.res.lock;
+  if (lock.kind != AcceptMutex::pipe || !lock.private_fd) return 0;
   LogContext log_ctx{job.cfg.name};
-  auto& lock = job.lock;
   int in_pipe = 0;
-  if (::ioctl(lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return;
+  if (::ioctl(lock.private_fd.get(), FIONREAD, &in_pipe) != 0) return 0;
   int held = 0;
   std::uint64_t requests = 0;
   for (const auto& [pid, w] : job.workers) {
-    if (w.generation != job.generation || w.term_sent) continue;
-    auto slot = job.sb.read_slot(w.slot);
+    if (w.generation != job.generation || w.phase == WorkerPhase::stopping ||
+        w.phase == WorkerPhase::killing)
+      continue;
+    auto slot = job.res.sb.read_slot(w.slot);
     if (slot.lock == CORRAL_LOCK_HELD) ++held;
     requests += slot.requests;
   }
@@ -69,24 +112,43 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
     if (held == 0) {
       finding = AuditFinding::lost;
     } else if (!progress) {
-      for (const auto& l : job.listeners) {
+      for (const auto& l : job.res.listeners) {
         pollfd p{l->fd.get(), POLLIN, 0};
         if (::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0) finding = AuditFinding::stalled;
       }
     }
   }
+  // Hog sightings: only while the token is lost.
+  const int lock_fd = 3 + static_cast<int>(job.res.listeners.size());
+  for (auto& [pid, w] : job.workers) {
+    const bool suspect = finding == AuditFinding::lost && w.generation == job.generation &&
+                         w.phase == WorkerPhase::up &&
+                         job.res.sb.read_slot(w.slot).state == CORRAL_SLOT_IDLE &&
+                         !waits_for_token(pid, lock_fd);
+    w.hog_sightings = suspect ? w.hog_sightings + 1 : 0;
+  }
   if (finding == AuditFinding::fine || finding != lock.finding) {
     lock.finding = finding;
     lock.finding_since = now;
-    return;
+    return finding == AuditFinding::fine ? 0 : now + kAuditSpacing;
   }
-  if (now - lock.finding_since < kAuditSpacing) return;
+  if (now - lock.finding_since < kAuditSpacing) return lock.finding_since + kAuditSpacing;
   lock.finding = AuditFinding::fine;
   switch (finding) {
-    case AuditFinding::lost:
-      spdlog::warn("job {}: the accept token was lost (its holder died); restoring it",
-                   job.cfg.name);
+    case AuditFinding::lost: {
+      for (auto& [pid, w] : job.workers) {
+        if (w.hog_sightings < 2) continue;
+        LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
+        spdlog::warn(
+            "job {}: worker {} (slot {}) took the accept token and kept it while its slot "
+            "says idle and not holding it; replacing it",
+            job.cfg.name, w.pid, w.slot);
+        worker_event(job, w, WorkerEvent::kill, now);
+        w.hog_sightings = 0;
+      }
+      spdlog::warn("job {}: the accept token was lost; restoring it", job.cfg.name);
       break;
+    }
     case AuditFinding::stalled:
       spdlog::warn("job {}: connections wait but the accept token is not coming back; adding one",
                    job.cfg.name);
@@ -97,70 +159,25 @@ void Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcept {
       char buf[64];
       auto extra = std::min<size_t>(static_cast<size_t>(in_pipe - 1), sizeof buf);
       [[maybe_unused]] auto r = ::read(lock.private_fd.get(), buf, extra);
-      return;
+      return 0;
     }
-    default: return;
+    default: return 0;
   }
   [[maybe_unused]] auto r = ::write(lock.private_fd.get(), "T", 1);
-}
-
-void Supervisor::Impl::replace_stuck_holders(Job& job, unsigned queued,
-                                             std::uint64_t now) noexcept {
-  // Holding the accept mutex while idle is normal. Holding it for kStuckHolder while
-  // (a) connections waited all along and none was accepted, or (b) other workers
-  // accepted meanwhile (possible only if the holder was bypassed by a restored token)
-  // means the holder is alive but not accepting: replace it.
-  if (job.lock.kind != AcceptMutex::pipe && job.lock.kind != AcceptMutex::fcntl) return;
-  std::uint64_t requests = 0;
-  for (const auto& [pid, w] : job.workers) {
-    if (w.generation == job.generation) requests += job.sb.read_slot(w.slot).requests;
-  }
-  if (queued == 0 || requests != job.stall_requests) {
-    job.stall_since = queued == 0 ? 0 : now;
-    job.stall_requests = requests;
-  } else if (job.stall_since == 0) {
-    job.stall_since = now;
-  }
-  const bool stalled = job.stall_since != 0 && now - job.stall_since >= kStuckHolder;
-  for (auto& [pid, w] : job.workers) {
-    if (w.term_sent || w.generation != job.generation) continue;
-    SlotView s = job.sb.read_slot(w.slot);
-    if (s.lock != CORRAL_LOCK_HELD) {
-      w.held_since = 0;
-      continue;
-    }
-    if (w.held_since != s.lock_since_ns || w.held_since == 0) {
-      w.held_since = s.lock_since_ns;
-      w.held_seen_at = now;
-      w.held_requests_base = requests - std::min(requests, s.requests);
-      continue;
-    }
-    const std::uint64_t others = requests - std::min(requests, s.requests);
-    const bool bypassed = others > w.held_requests_base;
-    if (now - w.held_seen_at >= kStuckHolder && (stalled || bypassed)) {
-      LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
-      spdlog::warn(
-          "job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
-          "waited; replacing it",
-          job.cfg.name, w.pid, w.slot, format_duration(Duration(now - w.held_seen_at)));
-      signal_worker(job, w, SIGKILL);
-      w.term_sent = true;
-      w.kill_sent = true;
-      job.stall_since = 0;
-    }
-  }
+  // Watch whether it stays: a hog takes the restored token too.
+  return now + kAuditSpacing;
 }
 
 void Supervisor::Impl::correct_idle_hint(Job& job, unsigned idle) noexcept {
   // The hint drifts when a worker dies while idle; correct it when the same
   // difference is seen twice in a row (a single sighting may be a worker between
   // writing its state and adjusting the hint).
-  int delta = static_cast<int>(idle) - job.sb.idle_hint();
-  if (delta != 0 && delta == job.hint_delta) {
-    job.sb.add_idle_hint(delta);
+  int delta = static_cast<int>(idle) - job.res.sb.idle_hint();
+  if (delta != 0 && delta == job.audit.hint_delta) {
+    job.res.sb.add_idle_hint(delta);
     delta = 0;
   }
-  job.hint_delta = delta;
+  job.audit.hint_delta = delta;
 }
 
 }  // namespace corral

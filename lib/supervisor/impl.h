@@ -27,6 +27,9 @@
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
 #include "supervisor/accept_lock.h"
+#include "supervisor/decide.h"
+#include "supervisor/handover.h"
+#include "supervisor/lifecycle.h"
 #include "supervisor/supervisor.h"
 
 namespace corral {
@@ -34,35 +37,25 @@ namespace corral {
 constexpr std::uint64_t kMs = 1000000ULL;
 constexpr std::uint64_t kSec = 1000000000ULL;
 constexpr std::uint64_t kBackoffBase = 100 * kMs;
-constexpr std::uint64_t kPlainCrashWindow = 1 * kSec;
-constexpr std::uint64_t kFastTick = 50 * kMs;
-constexpr std::uint64_t kSlowTick = 1 * kSec;
-// Idle workers above max_spare are retired only once the excess has lasted
-// kRetireHysteresis, then a quarter of the excess every kRetireInterval: an oscillating
-// load causes no fork/kill churn, and a burst's surplus is gone within seconds.
-constexpr std::uint64_t kRetireInterval = 500 * kMs;
-constexpr std::uint64_t kRetireHysteresis = 10 * kSec;
-// Notifications from workers wake the supervisor at most once per kNotifyInterval.
+// The periodic look (audits, the idle-hint correction, orphans): truly periodic work
+// only. Pool decisions are made on events and on the deadlines decide() returns.
+constexpr std::uint64_t kAuditTick = 500 * kMs;
+// A job's decision runs at most once per kDecideInterval (events that come faster are
+// folded into one look); notifications from workers are read at the same pace.
+constexpr std::uint64_t kDecideInterval = 5 * kMs;
 constexpr std::uint64_t kNotifyInterval = 5 * kMs;
-// A worker holding the accept mutex this long while connections wait and none is
-// accepted is stuck (alive, not accepting): it is replaced.
-constexpr std::uint64_t kStuckHolder = 3 * kSec;
-constexpr unsigned kSpawnBurst = 64;  // fork-rate cap: starts per kSpawnWindow
-// A top-up (spares short of min_spare, but at least half of it idle and no connection
-// waiting) waits for a moment when no worker is busy, kTopUpMaxWait at the most: the
-// new workers' exec then does not compete for the CPU with a connection being served
-// (in inetd mode, the program's own exec, which made the paced p99 1.5x tcpserver's),
-// and top-ups close together are done at once.
-constexpr std::uint64_t kTopUpMaxWait = 50 * kMs;
-constexpr std::uint64_t kSpawnWindow = 100 * kMs;
+// Bytes read from a notify pipe per wake-up, at most: a flooding worker costs one
+// read per kNotifyInterval, not a core.
+constexpr size_t kNotifyDrain = 4096;
+// Descendants left behind by an exited worker, or adopted as orphans (we are a child
+// subreaper), get SIGTERM and, after this grace (or the job's graceful_timeout), SIGKILL.
+constexpr std::uint64_t kOrphanGrace = 10 * kSec;
 
 constexpr const char* kUpgradeEnv = "CORRAL_UPGRADE_STATE";
 
 inline std::uint64_t to_ns(Duration d) {
   return d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
 }
-
-enum class JobState { running, backing_off, failed };
 
 inline std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -79,15 +72,12 @@ struct WorkerRec {
   unsigned slot = 0;
   std::uint32_t generation = 0;
   std::uint64_t started_ns = 0;
-  bool ready = false;      // has been idle (prefork/inetd) or lived 1 s (plain)
-  bool term_sent = false;  // asked to stop (SIGTERM, or stop without a signal in inetd)
-  bool kill_sent = false;
-  std::uint64_t kill_at = 0;  // SIGKILL deadline once asked to stop; 0 = none
+  WorkerPhase phase = WorkerPhase::starting;
+  std::uint64_t kill_at = 0;  // stopping: SIGKILL deadline; 0 = none
   corral_slot_state last_state = CORRAL_SLOT_STARTING;
-  bool garbage_logged = false;
-  std::uint64_t held_since = 0;  // lock_since_ns of the slot when first seen HELD
-  std::uint64_t held_seen_at = 0;
-  std::uint64_t held_requests_base = 0;  // other workers' requests at that moment
+  bool garbage_logged = false;  // log-once flag for a scribbled slot
+  std::uint32_t hog_sightings =
+      0;  // audits in a row that found it idle, not waiting, while the token was lost
 };
 
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;
@@ -96,44 +86,83 @@ constexpr std::uint64_t kAuditSpacing = 200 * kMs;
 unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners);
 
 // ---------------------------------------------------------------------------
+// What a job holds open: sockets, scoreboard, lock, notify pipe, spawn reports.
+struct JobResources {
+  std::vector<std::shared_ptr<Listener>> listeners;
+  std::string listeners_text;
+  Scoreboard sb;
+  AcceptLock lock;
+  UniqueFd notify_read;   // workers write a byte when idle workers run short
+  UniqueFd notify_write;  // inherited by workers as CORRAL_NOTIFY_FD (non-blocking)
+  std::vector<bool> slot_used;
+  std::map<pid_t, UniqueFd> spawn_reports;  // per worker: what failed before/at exec, if anything
+  std::vector<std::string> base_env;
+  std::optional<Credentials> credentials;
+};
+
+// The job's phase and failure accounting.
+struct JobHealth {
+  JobPhase phase = JobPhase::running;
+  unsigned failures = 0;
+  std::uint64_t backoff_ns = 0;
+  std::uint64_t retry_at = 0;
+  bool sb_gone_logged = false;
+};
+
+// When the job wants to be looked at again.
+struct JobWakeups {
+  bool notify_armed = false;
+  std::uint64_t notify_rearm_at = 0;
+  std::uint64_t decide_due = 0;  // an event asked for a decision; 0: none pending
+  std::uint64_t last_decide = 0;
+  std::uint64_t wake_at = 0;  // what the last decision asked for; 0: nothing
+};
+
+// Health checks of the idle hint (the accept lock keeps its own findings).
+struct JobAudit {
+  int hint_delta = 0;
+  std::uint64_t last_audit = 0;
+};
+
 class Job {
  public:
   JobConfig cfg;
   std::uint32_t generation = 0;
-  std::vector<std::shared_ptr<Listener>> listeners;
-  Scoreboard sb;
-  AcceptLock lock;
   std::map<pid_t, WorkerRec> workers;
-  std::map<pid_t, UniqueFd> spawn_reports;  // per worker: what failed before/at exec, if anything
-  std::vector<bool> slot_used;
-  JobState state = JobState::running;
-  unsigned failures = 0;
-  std::uint64_t backoff_ns = 0;
-  std::uint64_t retry_at = 0;
-  bool initial = true;
-  bool removed = false;  // dropped by a reload: stop and forget once empty
-  std::uint64_t excess_since = 0;
-  std::uint64_t last_retire = 0;
-  UniqueFd notify_read;   // workers write a byte when idle workers run short
-  UniqueFd notify_write;  // inherited by workers as CORRAL_NOTIFY_FD (non-blocking)
-  bool notify_armed = false;
-  std::uint64_t notify_rearm_at = 0;
-  std::uint64_t stall_since = 0;
-  std::uint64_t stall_requests = 0;
-  std::uint64_t spawn_window_start = 0;
-  unsigned spawned_in_window = 0;
-  std::uint64_t topup_at = 0;  // when a deferred top-up is due; 0: none pending
-  int hint_delta = 0;
-  bool sb_gone_logged = false;
-  bool at_max = false;  // the current generation has workers.max workers
-  std::vector<std::string> base_env;
-  std::optional<Credentials> credentials;
-  std::string listeners_text;
+  JobResources res;
+  JobHealth health;
+  Pacing pacing;
+  JobWakeups wake;
+  JobAudit audit;
+  bool at_max = false;  // observed: the current generation has workers.max workers
 
+  [[nodiscard]] bool removed() const { return health.phase == JobPhase::removed; }
   [[nodiscard]] bool has_current_workers() const {
     return std::any_of(workers.begin(), workers.end(),
                        [&](const auto& kv) { return kv.second.generation == generation; });
   }
+};
+
+// Descendants that outlive their worker: a process group left behind, or a child we
+// adopted as subreaper. Signalled (TERM, then KILL at kill_at) until gone.
+struct Leftover;
+/// The earliest SIGKILL deadline among leftovers not yet killed; 0: none.
+std::uint64_t leftover_deadline(const std::vector<Leftover>& leftovers);
+
+struct Leftover {
+  pid_t id = 0;  // a process group id (group) or a pid (orphan)
+  bool group = false;
+  std::uint64_t kill_at = 0;
+  bool killed = false;
+};
+
+enum class StopMode { none, graceful, fast };
+
+// A SIGUSR2 whose new binary is being asked (`corral --handover-check`).
+struct UpgradeCheck {
+  pid_t check_pid = 0;  // 0: none running
+  std::uint64_t deadline = 0;
+  std::uint32_t generation_at_check = 0;
 };
 
 class Supervisor::Impl {
@@ -152,31 +181,45 @@ class Supervisor::Impl {
   void handle_signals() noexcept;
   void reap() noexcept;
   void arm_notify(Job& job) noexcept;
-  void begin_stop(bool fast) noexcept;
+  void begin_stop(StopMode mode) noexcept;
+  void roll_back_listeners(const std::vector<std::shared_ptr<Listener>>& before) noexcept;
   void reload() noexcept;
   std::uint64_t next_deadline(std::uint64_t now) const noexcept;
   void store_bound_listeners() noexcept;
   bool all_failed() const noexcept;
 
-  // the workers of each job (maintain.cpp)
+  // the workers of each job (maintain.cpp): events in, decisions, actions out
   void on_worker_exit(Job& job, WorkerRec rec, int status) noexcept;
-  void maintain() noexcept;
-  void maintain_job(Job& job, std::uint64_t now) noexcept;
-  void spawn_worker(Job& job, std::uint64_t now) noexcept;
-  void stop_worker(Job& job, WorkerRec& w, std::uint64_t now, bool signal) noexcept;
+  void job_event(Job& job, JobEvent event, std::uint64_t now, const std::string& why) noexcept;
+  void worker_event(Job& job, WorkerRec& w, WorkerEvent event, std::uint64_t now) noexcept;
+  void request_decision(Job& job, std::uint64_t now) noexcept;
+  void run_due_decisions(std::uint64_t now) noexcept;
+  void decide_job(Job& job, std::uint64_t now) noexcept;
+  PoolSnapshot observe(Job& job, std::uint64_t now) noexcept;
+  void act(Job& job, const Decision& decision, std::uint64_t now) noexcept;
+  bool spawn_worker(Job& job, std::uint64_t now) noexcept;
   void signal_worker(const Job& job, const WorkerRec& w, int sig) noexcept;
-  void record_failure(Job& job, std::uint64_t now, bool counts, const std::string& why) noexcept;
+  void periodic(std::uint64_t now) noexcept;
   void write_headers(std::uint64_t now) noexcept;
   void notify_manager(std::uint64_t now) noexcept;
 
+  // descendants that outlive their worker (leftovers.cpp)
+  void track_leftover_group(pid_t pgid, std::uint64_t grace, std::uint64_t now) noexcept;
+  void adopt_orphans(std::uint64_t now) noexcept;
+  void signal_leftovers(std::uint64_t now) noexcept;
+  bool forget_leftover(pid_t pid) noexcept;
+  void kill_all_leftovers() noexcept;
+
   // accept-mutex health (audit.cpp)
-  void audit_token(Job& job, std::uint64_t now) noexcept;
-  void replace_stuck_holders(Job& job, unsigned queued, std::uint64_t now) noexcept;
+  std::uint64_t audit_token(Job& job, std::uint64_t now) noexcept;  // the next audit due, or 0
   void correct_idle_hint(Job& job, unsigned idle) noexcept;
 
   // binary upgrade (upgrade.cpp)
   void upgrade() noexcept;
   void adopt_upgrade_state(const std::string& fd_text);
+  [[nodiscard]] Handover collect_handover() const;
+  void finish_upgrade(int status, bool timed_out) noexcept;
+  void upgrade_result(const char* result) noexcept;
 
   SupervisorOptions options_;
   ListenerSet listeners_;
@@ -193,9 +236,13 @@ class Supervisor::Impl {
   pid_t self_ = 0;
   std::uint64_t started_realtime_ = 0;
   std::uint32_t generation_ = 1;
-  bool stopping_ = false;
-  bool fast_stop_ = false;
-  bool failed_exit_ = false;
+  StopMode stop_ = StopMode::none;
+  bool failed_exit_ = false;  // the exit code: every job failed
+  std::uint64_t next_audit_ = 0;
+  std::vector<Leftover> leftovers_;
+  UpgradeCheck upgrade_;
+  std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed
+  [[nodiscard]] bool stopping() const { return stop_ != StopMode::none; }
 };
 
 }  // namespace corral

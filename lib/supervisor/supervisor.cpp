@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -22,8 +23,8 @@
 #include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
-#include "supervisor/impl.h"
 #include "supervisor/accept_lock.h"
+#include "supervisor/impl.h"
 
 namespace corral {
 namespace {
@@ -74,10 +75,11 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   auto job = std::make_unique<Job>();
   job->cfg = cfg;
   job->generation = generation_;
-  if (!cfg.user.empty()) job->credentials = resolve_credentials(cfg.user, cfg.group);
-  job->listeners = listeners_.open_for_job(cfg);
-  for (const auto& l : job->listeners) {
-    job->listeners_text += (job->listeners_text.empty() ? "" : "\n") + l->display;
+  auto& res = job->res;
+  if (!cfg.user.empty()) res.credentials = resolve_credentials(cfg.user, cfg.group);
+  res.listeners = listeners_.open_for_job(cfg);
+  for (const auto& l : res.listeners) {
+    res.listeners_text += (res.listeners_text.empty() ? "" : "\n") + l->display;
     // prefork and inetd workers poll several listeners and accept without blocking
     // (docs/PROTOCOL.md); plain programs get the sockets as they are.
     if (cfg.mode != Mode::plain) {
@@ -86,103 +88,132 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
     }
   }
   if (!reuse_scoreboard) {
-    job->sb = Scoreboard::create(scoreboard_dir_, cfg.name, slots_for(cfg));
-    job->slot_used.assign(job->sb.slot_count(), false);
+    res.sb = Scoreboard::create(scoreboard_dir_, cfg.name, slots_for(cfg));
+    res.slot_used.assign(res.sb.slot_count(), false);
     if (cfg.mode != Mode::plain) {
       int fds[2];
       if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
         throw SetupError("pipe2", "notify pipe", errno);
-      job->notify_read = UniqueFd(fds[0]);
-      job->notify_write = UniqueFd(fds[1]);
+      res.notify_read = UniqueFd(fds[0]);
+      res.notify_write = UniqueFd(fds[1]);
     }
   }
   auto lock = make_accept_lock(resolve_accept_mutex(cfg), scoreboard_dir_, cfg.name, generation_);
   if (!lock) throw SetupError(lock.error().to_string());
-  job->lock = std::move(lock.value());
+  res.lock = std::move(lock.value());
 
-  auto& env = job->base_env;
+  auto& env = res.base_env;
   env = environment_;
   for (const auto& [k, v] : cfg.env) set_env(env, k, v);
-  if (job->credentials) {
-    set_env(env, "HOME", job->credentials->home);
-    set_env(env, "USER", job->credentials->user);
-    set_env(env, "LOGNAME", job->credentials->user);
+  if (res.credentials) {
+    set_env(env, "HOME", res.credentials->home);
+    set_env(env, "USER", res.credentials->user);
+    set_env(env, "LOGNAME", res.credentials->user);
   }
   set_env(env, CORRAL_ENV_JOB, cfg.name);
   return job;
 }
 
+void Supervisor::Impl::roll_back_listeners(
+    const std::vector<std::shared_ptr<Listener>>& before) noexcept {
+  // Back to the marks of the running configuration: what it uses stays, what the
+  // rejected one opened is closed (and its unix socket file removed), so that a
+  // rejected reload leaves no socket listening with no worker behind it.
+  listeners_.begin_generation();
+  for (const auto& job : jobs_) {
+    for (const auto& l : job->res.listeners) l->used = true;
+  }
+  for (const auto& l : listeners_.all()) {
+    const bool old = std::find(before.begin(), before.end(), l) != before.end();
+    if (old) {
+      if (!l->inherited && !l->used) l->used = true;  // kept as the running set had it
+      continue;
+    }
+    if (!l->inherited && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+  }
+  for (const auto& closed : listeners_.close_unused())
+    spdlog::info("closed listener {} (the rejected configuration had opened it)", closed);
+}
+
 void Supervisor::Impl::apply_config(Config config, bool initial) {
   const auto previous_generation = generation_;
   generation_ = initial ? 1 : generation_ + 1;
+  const std::vector<std::shared_ptr<Listener>> listeners_before = listeners_.all();
   listeners_.begin_generation();
   auto find_old = [&](const std::string& name) -> Job* {
     Job* found = nullptr;
     for (auto& o : jobs_) {
-      if (o->cfg.name == name && (found == nullptr || !o->removed)) found = o.get();
+      if (o->cfg.name == name && (found == nullptr || !o->removed())) found = o.get();
     }
     return found;
   };
   // Phase 1: everything that can fail (binding, scoreboards, locks, users). Nothing
-  // running is touched, so a failure leaves the running configuration intact.
+  // running is touched; a failure closes every resource phase 1 opened (the new Jobs'
+  // scoreboards, locks and pipes with them, new sockets by roll_back_listeners) and
+  // the running configuration goes on as it was.
   std::vector<std::unique_ptr<Job>> next;
   try {
     for (const auto& cfg : config.jobs)
       next.push_back(build_job(cfg, find_old(cfg.name) != nullptr));
   } catch (...) {
     generation_ = previous_generation;
+    for (auto& job : next) {
+      if (job->res.sb.valid()) ::unlink(job->res.sb.path().c_str());  // created by this attempt
+    }
+    next.clear();
+    roll_back_listeners(listeners_before);
     throw;
   }
-  // Phase 2: the new jobs take over the scoreboards, slots and (old-generation)
-  // workers of the jobs with the same name.
+  // Phase 2 (cannot fail): the new jobs take over the scoreboards, slots and
+  // (old-generation) workers of the jobs with the same name.
   for (auto& job : next) {
     Job* old = find_old(job->cfg.name);
     if (old == nullptr) continue;
-    job->sb = std::move(old->sb);
+    auto& res = job->res;
+    res.sb = std::move(old->res.sb);
     LogContext log_ctx{job->cfg.name};
-    if (!job->sb.grow(slots_for(job->cfg)))
-      spdlog::warn("job {}: cannot grow scoreboard {}: {}", job->cfg.name, job->sb.path(),
+    if (!res.sb.grow(slots_for(job->cfg)))
+      spdlog::warn("job {}: cannot grow scoreboard {}: {}", job->cfg.name, res.sb.path(),
                    std::strerror(errno));
-    job->slot_used.assign(job->sb.slot_count(), false);
+    res.slot_used.assign(res.sb.slot_count(), false);
     job->workers = std::move(old->workers);
-    job->spawn_reports = std::move(old->spawn_reports);
-    if (!job->notify_read && old->notify_read) {
-      job->notify_read = std::move(old->notify_read);
-      job->notify_write = std::move(old->notify_write);
-      job->notify_armed = false;  // re-registered below for the new Job
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, job->notify_read.get(), nullptr);
+    res.spawn_reports = std::move(old->res.spawn_reports);
+    if (!res.notify_read && old->res.notify_read) {
+      res.notify_read = std::move(old->res.notify_read);
+      res.notify_write = std::move(old->res.notify_write);
+      job->wake.notify_armed = false;  // re-registered below for the new Job
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, res.notify_read.get(), nullptr);
     }
     old->workers.clear();
     for (const auto& [pid, w] : job->workers) {
-      if (w.slot < job->slot_used.size()) job->slot_used[w.slot] = true;
+      if (w.slot < res.slot_used.size()) res.slot_used[w.slot] = true;
     }
     old->cfg.name.clear();  // taken over: dropped below
-    old->removed = true;
+    old->health.phase = JobPhase::removed;
   }
+  auto now = monotonic_ns();
   for (auto& old : jobs_) {
     if (old->cfg.name.empty()) continue;
-    if (!old->removed) {
-      old->removed = true;
+    if (!old->removed()) {
       LogContext log_ctx{old->cfg.name};
       spdlog::info("job {}: removed by the new configuration; stopping its workers", old->cfg.name);
+      job_event(*old, JobEvent::remove, now, "removed");
     }
     if (!old->workers.empty()) next.push_back(std::move(old));
   }
   jobs_ = std::move(next);
   options_.config = std::move(config);
   for (auto& job : jobs_) {
-    if (job->notify_read && !job->notify_armed && !job->removed) arm_notify(*job);
+    if (job->res.notify_read && !job->wake.notify_armed && !job->removed()) arm_notify(*job);
   }
   for (const auto& closed : listeners_.close_unused()) spdlog::info("closed listener {}", closed);
   listeners_.report_unused_inherited();
-  auto now = monotonic_ns();
   for (auto& job : jobs_) {
     for (auto& [pid, w] : job->workers) {
-      if ((w.generation != job->generation || job->removed) && !w.term_sent) {
-        bool running_program = job->cfg.mode == Mode::inetd && w.last_state == CORRAL_SLOT_BUSY;
-        stop_worker(*job, w, now, !running_program);
-      }
+      if (w.generation != job->generation || job->removed())
+        worker_event(*job, w, WorkerEvent::stop, now);
     }
+    request_decision(*job, now);
   }
 }
 
@@ -195,6 +226,12 @@ int Supervisor::Impl::run() {
   ::unsetenv(kUpgradeEnv);
   if (handed_state.empty()) notifier_ = Notifier::from_environment();
   block_signals();
+  // Descendants that leave their worker's process group (setsid, double fork) are
+  // reparented to us, not to init, so that they are found, stopped and reaped
+  // (leftovers.cpp). Survives exec, so an upgraded image keeps it.
+  if (::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+    spdlog::warn("prctl(PR_SET_CHILD_SUBREAPER): {}; orphaned descendants go to init",
+                 std::strerror(errno));
   // One pipe per starting worker and a socket per listener: raise the soft fd limit to
   // the hard one for the supervisor alone; workers get the original back (select()
   // users break above 1024).
@@ -205,14 +242,19 @@ int Supervisor::Impl::run() {
     ::setrlimit(RLIMIT_NOFILE, &nofile);
   }
   environment_ = inheritable_environment();
-  scoreboard_dir_ = scoreboard_dir_of(options_.config);
   epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_) throw SetupError("epoll_create1", "", errno);
   if (!handed_state.empty()) {
     adopt_upgrade_state(handed_state);
   } else {
+    scoreboard_dir_ = scoreboard_dir_of(options_.config);
     listeners_.adopt_systemd_listeners();
-    apply_config(options_.config, true);
+    try {
+      apply_config(options_.config, true);
+    } catch (...) {
+      // A start-up that failed leaves nothing behind: apply_config closed what it opened.
+      throw;
+    }
   }
   store_bound_listeners();
 
@@ -224,14 +266,14 @@ int Supervisor::Impl::run() {
 
   spdlog::info("corral {} started (pid {}), {} job(s), scoreboards in {}", CORRAL_VERSION, self_,
                jobs_.size(), scoreboard_dir_);
-  maintain();
+  periodic(monotonic_ns());
   for (;;) {
     auto now = monotonic_ns();
-    if (stopping_ && jobs_.empty()) break;
-    if (!stopping_ && all_failed()) {
+    if (stopping() && jobs_.empty() && leftovers_.empty()) break;
+    if (!stopping() && all_failed()) {
       spdlog::error("every job has failed; exiting");
       failed_exit_ = true;
-      begin_stop(false);
+      begin_stop(StopMode::graceful);
       continue;
     }
     notifier_.watchdog(now);
@@ -252,24 +294,29 @@ int Supervisor::Impl::run() {
         continue;
       }
       for (auto& job : jobs_) {
-        if (job->notify_read.get() != events[i].data.fd) continue;
-        // Drain, and stay deaf for kNotifyInterval: under overload every connection
-        // notifies, and one look per interval is enough.
-        char buf[512];
-        while (::read(job->notify_read.get(), buf, sizeof buf) > 0) {
-        }
-        job->notify_armed = false;
-        job->notify_rearm_at = monotonic_ns() + kNotifyInterval;
+        if (job->res.notify_read.get() != events[i].data.fd) continue;
+        // One bounded read, then deaf for kNotifyInterval (the fd is EPOLLONESHOT):
+        // under overload every connection notifies and one look per interval is
+        // enough; a worker flooding the pipe costs one read per interval, never a
+        // core (its bytes only ask for a look, which is rate-limited anyway).
+        char buf[kNotifyDrain];
+        [[maybe_unused]] auto r = ::read(job->res.notify_read.get(), buf, sizeof buf);
+        auto at = monotonic_ns();
+        job->wake.notify_armed = false;
+        job->wake.notify_rearm_at = at + kNotifyInterval;
+        request_decision(*job, at);
       }
     }
     auto after = monotonic_ns();
     for (auto& job : jobs_) {
       // At max nothing can be started: the notifications would only wake us up.
-      if (job->notify_read && !job->notify_armed && after >= job->notify_rearm_at && !job->at_max)
+      if (job->res.notify_read && !job->wake.notify_armed && after >= job->wake.notify_rearm_at &&
+          !job->at_max)
         arm_notify(*job);
     }
-    maintain();
+    periodic(after);
   }
+  kill_all_leftovers();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
@@ -283,13 +330,13 @@ int Supervisor::Impl::run() {
 void Supervisor::Impl::arm_notify(Job& job) noexcept {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLONESHOT;
-  ev.data.fd = job.notify_read.get();
+  ev.data.fd = job.res.notify_read.get();
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, ev.data.fd, &ev) != 0 &&
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
     spdlog::warn("job {}: epoll_ctl notify pipe: {}", job.cfg.name, std::strerror(errno));
     return;
   }
-  job.notify_armed = true;
+  job.wake.notify_armed = true;
 }
 
 void Supervisor::Impl::handle_signals() noexcept {
@@ -300,17 +347,17 @@ void Supervisor::Impl::handle_signals() noexcept {
       case SIGTERM:
       case SIGINT:
         spdlog::info("{}: stopping gracefully", info.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        begin_stop(false);
+        begin_stop(StopMode::graceful);
         break;
       case SIGQUIT:
         spdlog::info("SIGQUIT: stopping now");
-        begin_stop(true);
+        begin_stop(StopMode::fast);
         break;
       case SIGHUP:
-        if (!stopping_) reload();
+        if (!stopping()) reload();
         break;
       case SIGUSR2:
-        if (!stopping_) upgrade();
+        if (!stopping()) upgrade();
         break;
       default: break;
     }
@@ -333,7 +380,16 @@ void Supervisor::Impl::reap() noexcept {
       found = true;
       break;
     }
-    if (!found) spdlog::debug("reaped unknown child {} ({})", pid, describe_status(status));
+    if (!found && pid == upgrade_.check_pid) {
+      finish_upgrade(status, false);  // may exec: nothing after it in this loop matters then
+      continue;
+    }
+    if (!found) {
+      // An adopted orphan (we are a subreaper), known or not yet seen.
+      const bool known = forget_leftover(pid);
+      spdlog::debug("reaped {} {} ({})", known ? "orphan" : "unknown child", pid,
+                    describe_status(status));
+    }
   }
 }
 
@@ -354,55 +410,45 @@ void Supervisor::Impl::store_bound_listeners() noexcept {
 }
 
 std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept {
-  std::uint64_t deadline = now + kSlowTick;
-  bool fast = false;
+  std::uint64_t deadline = std::max(next_audit_, now);
+  auto consider = [&](std::uint64_t at) {
+    if (at != 0) deadline = std::min(deadline, std::max(at, now));
+  };
   for (const auto& job : jobs_) {
-    for (const auto& [pid, w] : job->workers) {
-      if (w.term_sent && !w.kill_sent && w.kill_at != 0) deadline = std::min(deadline, w.kill_at);
-      if (!w.term_sent && !w.ready) fast = true;  // watch new workers come up
-    }
-    if (job->state == JobState::backing_off && !job->removed)
-      deadline = std::min(deadline, std::max(job->retry_at, now));
-    if (job->excess_since != 0) fast = true;
-    if (job->topup_at != 0) deadline = std::min(deadline, std::max(job->topup_at, now));
-    if (job->notify_read && !job->notify_armed && !job->at_max)
-      deadline = std::min(deadline, std::max(job->notify_rearm_at, now));
+    consider(job->wake.decide_due);
+    consider(job->wake.wake_at);
+    if (job->res.notify_read && !job->wake.notify_armed && !job->at_max)
+      consider(job->wake.notify_rearm_at);
   }
-  if (fast) deadline = std::min(deadline, now + kFastTick);
-  if (auto n = notifier_.next_deadline(); n != 0) deadline = std::min(deadline, std::max(n, now));
+  consider(leftover_deadline(leftovers_));
+  if (upgrade_.check_pid != 0) consider(upgrade_.deadline);
+  consider(notifier_.next_deadline());
   return deadline;
 }
 
 bool Supervisor::Impl::all_failed() const noexcept {
   bool any = false;
   for (const auto& job : jobs_) {
-    if (job->removed) continue;
+    if (job->removed()) continue;
     any = true;
-    if (job->state != JobState::failed) return false;
+    if (job->health.phase != JobPhase::failed) return false;
   }
   return any;
 }
 
-void Supervisor::Impl::begin_stop(bool fast) noexcept {
+void Supervisor::Impl::begin_stop(StopMode mode) noexcept {
   auto now = monotonic_ns();
-  if (stopping_ && !fast) return;
-  if (!stopping_) notifier_.stopping();
-  stopping_ = true;
-  fast_stop_ = fast_stop_ || fast;
+  if (stop_ == StopMode::fast || stop_ == mode) return;
+  if (!stopping()) notifier_.stopping();
+  stop_ = mode;
   for (auto& job : jobs_) {
-    for (auto& [pid, w] : job->workers) {
-      if (fast) {
-        signal_worker(*job, w, SIGKILL);
-        w.term_sent = true;
-        w.kill_sent = true;
-        continue;
-      }
-      // inetd: a running program is left to finish within graceful_timeout; idle
-      // acceptors are stopped.
-      bool running_program = job->cfg.mode == Mode::inetd && w.last_state == CORRAL_SLOT_BUSY;
-      stop_worker(*job, w, now, !running_program);
+    job_event(*job, JobEvent::stop, now, "stopping");
+    if (mode == StopMode::fast) {
+      for (auto& [pid, w] : job->workers) worker_event(*job, w, WorkerEvent::kill, now);
     }
   }
+  if (mode == StopMode::fast) kill_all_leftovers();
+  adopt_orphans(now);
 }
 
 void Supervisor::Impl::reload() noexcept {

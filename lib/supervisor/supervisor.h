@@ -38,4 +38,9 @@ class Supervisor {
   std::unique_ptr<Impl> impl_;
 };
 
+/// `corral --handover-check VERSION`, run by an old image before a binary upgrade:
+/// exit 0 when this binary reads hand-over VERSION and the state on stdin (with its
+/// configuration), else 3 with the reason on stderr.
+int handover_check_main(const std::string& version);
+
 }  // namespace corral

@@ -1,24 +1,36 @@
-// The binary upgrade (SIGUSR2): the running state handed across exec to the new image.
-#include "supervisor/impl.h"
-
+// The binary upgrade (SIGUSR2): the running state handed across exec to the new image,
+// as a Handover (handover.h). Before the exec, the new binary is asked in a child
+// (`corral --handover-check VERSION`, the state on its stdin) whether it can read the
+// state and its configuration; only a yes execs. The new image never reads the
+// configuration file: its jobs come from the hand-over.
 #include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <nlohmann/json.hpp>
+#include <iostream>
+#include <iterator>
 
 #include "common/unique_fd.h"
 #include "listen/listener.h"
 #include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
+#include "supervisor/handover.h"
+#include "supervisor/impl.h"
+
+extern char** environ;
 
 namespace corral {
 namespace {
+
+constexpr std::uint64_t kCheckTimeout = 10 * kSec;
 
 void set_cloexec(int fd, bool on) {
   if (fd < 0) return;
@@ -26,91 +38,206 @@ void set_cloexec(int fd, bool on) {
   if (flags >= 0) ::fcntl(fd, F_SETFD, on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC));
 }
 
+WorkerPhase worker_phase_of(const std::string& s) {
+  if (s == "starting") return WorkerPhase::starting;
+  if (s == "stopping") return WorkerPhase::stopping;
+  if (s == "killing") return WorkerPhase::killing;
+  return WorkerPhase::up;
+}
+
+JobPhase job_phase_of(const std::string& s) {
+  if (s == "backing-off") return JobPhase::backing_off;
+  if (s == "failed") return JobPhase::failed;
+  if (s == "draining") return JobPhase::draining;
+  if (s == "removed") return JobPhase::removed;
+  return JobPhase::running;
+}
+
 }  // namespace
 
-// Binary upgrade (SIGUSR2): re-execute our own binary, keeping the pid (so every worker
-// stays our child and PDEATHSIG does not fire), the listening sockets and the workers.
-// The state goes across exec as JSON in a memfd whose number is in CORRAL_UPGRADE_STATE;
-// every fd it names has FD_CLOEXEC cleared for the exec and set again by the new image.
+int handover_check_main(const std::string& version_text) {
+  // The old image asks: can you take state of this version (and is the state on stdin
+  // one you can read, with a configuration you can parse)? Exit 0: yes.
+  int version = 0;
+  try {
+    version = std::stoi(version_text);
+  } catch (const std::exception&) {
+    version = 0;
+  }
+  if (version < 1 || version > kHandoverVersion) {
+    std::cerr << "corral " << CORRAL_VERSION << ": hand-over version " << version_text
+              << " is not one I read (1 to " << kHandoverVersion << ")\n";
+    return 3;
+  }
+  std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  if (text.empty()) return 0;
+  auto state = decode_handover(text);
+  if (!state) {
+    std::cerr << "corral " << CORRAL_VERSION << ": " << state.error().to_string() << "\n";
+    return 3;
+  }
+  if (!state->config_text.empty()) {
+    try {
+      (void)load_config_text(state->config_text, "(running configuration)",
+                             CheckOptions{false, false});
+    } catch (const ConfigError& e) {
+      for (const auto& issue : e.issues()) std::cerr << issue.to_string() << "\n";
+      return 3;
+    }
+  }
+  return 0;
+}
+
+Handover Supervisor::Impl::collect_handover() const {
+  Handover s;
+  s.generation = generation_;
+  s.started = started_realtime_;
+  s.config_text = options_.config_path.empty() ? "" : options_.config_text;
+  s.notify_socket = notifier_.socket_path();
+  s.watchdog_ns = notifier_.watchdog_interval();
+  s.ready_sent = ready_sent_;
+  if (original_nofile_)
+    s.nofile = std::make_pair(original_nofile_->rlim_cur, original_nofile_->rlim_max);
+  for (const auto& l : listeners_.all()) {
+    s.listeners.push_back(HandoverListener{l->fd.get(), l->key, l->name, l->display, l->inherited,
+                                           l->stored, l->store_name});
+  }
+  for (const auto& job : jobs_) {
+    HandoverJob j;
+    j.name = job->cfg.name;
+    j.mode = static_cast<int>(job->cfg.mode);
+    j.phase = to_string(job->health.phase);
+    j.generation = job->generation;
+    j.graceful_ns = to_ns(job->cfg.graceful_timeout);
+    j.sb_fd = job->res.sb.fd();
+    j.sb_path = job->res.sb.path();
+    j.lock_kind = static_cast<int>(job->res.lock.kind);
+    j.lock_fd = job->res.lock.fd.get();
+    j.lock_private_fd = job->res.lock.private_fd.get();
+    j.notify_read = job->res.notify_read.get();
+    j.notify_write = job->res.notify_write.get();
+    j.failures = job->health.failures;
+    j.backoff_ns = job->health.backoff_ns;
+    j.retry_at = job->health.retry_at;
+    for (const auto& [pid, w] : job->workers) {
+      auto report = job->res.spawn_reports.find(pid);
+      HandoverWorker hw;
+      hw.pid = w.pid;
+      hw.slot = w.slot;
+      hw.generation = w.generation;
+      hw.started_ns = w.started_ns;
+      hw.phase = to_string(w.phase);
+      hw.kill_at = w.kill_at;
+      hw.last_state = static_cast<int>(w.last_state);
+      hw.report_fd = report != job->res.spawn_reports.end() ? report->second.get() : -1;
+      j.workers.push_back(hw);
+    }
+    s.jobs.push_back(std::move(j));
+  }
+  return s;
+}
+
+// Binary upgrade (SIGUSR2), step 1: write the state, and ask the new binary about it.
 void Supervisor::Impl::upgrade() noexcept {
+  if (upgrade_.check_pid != 0) {
+    spdlog::warn("SIGUSR2: an upgrade is already being checked; ignoring this one");
+    return;
+  }
   if (self_exe_.empty() || options_.argv.empty()) {
     spdlog::error("SIGUSR2: cannot find my own binary; not upgrading");
+    upgrade_result("failed");
+    return;
+  }
+  try {
+    Handover s = collect_handover();
+    const std::string text = encode_handover(s);
+    UniqueFd memfd(::memfd_create("corral-upgrade-state", MFD_CLOEXEC));
+    if (!memfd ||
+        ::write(memfd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      spdlog::error("SIGUSR2: cannot write the hand-over state: {}; the running image stays",
+                    std::strerror(errno));
+      upgrade_result("failed");
+      return;
+    }
+    // Ask the new binary, in a child with the state on its stdin.
+    ::lseek(memfd.get(), 0, SEEK_SET);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, memfd.get(), 0);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    std::string version = std::to_string(kHandoverVersion);
+    std::string flag = "--handover-check";
+    char* argv[] = {self_exe_.data(), flag.data(), version.data(), nullptr};
+    pid_t pid = 0;
+    int err = ::posix_spawn(&pid, self_exe_.c_str(), &actions, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (err != 0) {
+      spdlog::error("SIGUSR2: cannot run {} to check it: {}; the running image stays", self_exe_,
+                    std::strerror(err));
+      upgrade_result("failed");
+      return;
+    }
+    ::lseek(memfd.get(), 0, SEEK_SET);
+    upgrade_.check_pid = pid;
+    upgrade_.deadline = monotonic_ns() + kCheckTimeout;
+    upgrade_.generation_at_check = generation_;
+    spdlog::info("SIGUSR2: checking that {} takes hand-over version {} (pid {})", self_exe_,
+                 kHandoverVersion, pid);
+  } catch (const std::exception& e) {
+    spdlog::error("SIGUSR2: {}; the running image stays", e.what());
+    upgrade_result("failed");
+  }
+}
+
+// Step 2: the check child ended (or timed out): exec, or stay.
+void Supervisor::Impl::finish_upgrade(int status, bool timed_out) noexcept {
+  const auto checked_generation = upgrade_.generation_at_check;
+  upgrade_ = UpgradeCheck{};
+  if (timed_out) {
+    spdlog::error("SIGUSR2: {} --handover-check did not answer within {}; the running image stays",
+                  self_exe_, format_duration(Duration(kCheckTimeout)));
+    upgrade_result("rejected");
+    return;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    spdlog::error(
+        "SIGUSR2: the new binary {} refused the hand-over ({}{}); the running image stays",
+        self_exe_, describe_status(status),
+        WIFEXITED(status) && WEXITSTATUS(status) == 127 ? ": it cannot even start" : "");
+    upgrade_result("rejected");
+    return;
+  }
+  if (stopping()) return;
+  if (checked_generation != generation_) {
+    spdlog::warn(
+        "SIGUSR2: the configuration was reloaded during the check; not upgrading "
+        "(send SIGUSR2 again)");
+    upgrade_result("rejected");
     return;
   }
   std::vector<int> fds;
   try {
-    nlohmann::json state;
-    state["generation"] = generation_;
-    state["started"] = started_realtime_;
-    state["config_text"] = options_.config_text;
-    state["notify_socket"] = notifier_.socket_path();
-    state["watchdog_ns"] = notifier_.watchdog_interval();
-    state["ready_sent"] = ready_sent_;
-    if (original_nofile_) {
-      state["nofile"] = {original_nofile_->rlim_cur, original_nofile_->rlim_max};
-    }
-    nlohmann::json listeners = nlohmann::json::array();
-    for (const auto& l : listeners_.all()) {
-      listeners.push_back({{"fd", l->fd.get()},
-                           {"key", l->key},
-                           {"name", l->name},
-                           {"display", l->display},
-                           {"inherited", l->inherited},
-                           {"stored", l->stored},
-                           {"store_name", l->store_name}});
-      fds.push_back(l->fd.get());
-    }
-    state["listeners"] = listeners;
-    nlohmann::json jobs = nlohmann::json::array();
-    for (const auto& job : jobs_) {
-      nlohmann::json j;
-      j["name"] = job->cfg.name;
-      j["mode"] = static_cast<int>(job->cfg.mode);
-      j["removed"] = job->removed;
-      j["generation"] = job->generation;
-      j["graceful_ns"] = to_ns(job->cfg.graceful_timeout);
-      j["sb_fd"] = job->sb.fd();
-      j["sb_path"] = job->sb.path();
-      j["lock_kind"] = static_cast<int>(job->lock.kind);
-      j["lock_fd"] = job->lock.fd.get();
-      j["lock_private_fd"] = job->lock.private_fd.get();
-      j["notify_read"] = job->notify_read.get();
-      j["notify_write"] = job->notify_write.get();
-      j["state"] = static_cast<int>(job->state);
-      j["failures"] = job->failures;
-      j["backoff_ns"] = job->backoff_ns;
-      j["retry_at"] = job->retry_at;
-      nlohmann::json workers = nlohmann::json::array();
-      for (const auto& [pid, w] : job->workers) {
-        auto report = job->spawn_reports.find(pid);
-        int report_fd = report != job->spawn_reports.end() ? report->second.get() : -1;
-        workers.push_back({{"pid", w.pid},
-                           {"slot", w.slot},
-                           {"generation", w.generation},
-                           {"started_ns", w.started_ns},
-                           {"ready", w.ready},
-                           {"term_sent", w.term_sent},
-                           {"kill_sent", w.kill_sent},
-                           {"kill_at", w.kill_at},
-                           {"last_state", static_cast<int>(w.last_state)},
-                           {"report_fd", report_fd}});
-        fds.push_back(report_fd);
-      }
-      j["workers"] = workers;
-      for (int fd : {job->sb.fd(), job->lock.fd.get(), job->lock.private_fd.get(),
-                     job->notify_read.get(), job->notify_write.get()})
-        fds.push_back(fd);
-      jobs.push_back(j);
-    }
-    state["jobs"] = jobs;
-    std::string text = state.dump();
-    UniqueFd memfd(::memfd_create("corral-upgrade-state", 0));
+    // The state as it is now: workers came and went while the check ran.
+    const Handover s = collect_handover();
+    fds = s.fds();
+    const std::string text = encode_handover(s);
+    UniqueFd memfd(::memfd_create("corral-upgrade-state", MFD_CLOEXEC));
     if (!memfd ||
         ::write(memfd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-      spdlog::error("SIGUSR2: cannot write the hand-over state: {}", std::strerror(errno));
+      spdlog::error("SIGUSR2: cannot write the hand-over state: {}; the running image stays",
+                    std::strerror(errno));
+      upgrade_result("failed");
       return;
     }
     for (int fd : fds) set_cloexec(fd, false);
+    set_cloexec(memfd.get(), false);
     ::setenv(kUpgradeEnv, std::to_string(memfd.get()).c_str(), 1);
     std::vector<char*> argv;
     argv.reserve(options_.argv.size() + 1);
@@ -125,110 +252,137 @@ void Supervisor::Impl::upgrade() noexcept {
     spdlog::error("SIGUSR2: exec {}: {}; the running image stays", self_exe_, std::strerror(err));
   } catch (const std::exception& e) {
     for (int fd : fds) set_cloexec(fd, true);
+    ::unsetenv(kUpgradeEnv);
     spdlog::error("SIGUSR2: {}; the running image stays", e.what());
   }
+  upgrade_result("failed");
+}
+
+void Supervisor::Impl::upgrade_result(const char* result) noexcept {
+  ++upgrade_results_[result];
 }
 
 void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
-  int state_fd = std::stoi(fd_text);
+  int state_fd = -1;
+  try {
+    state_fd = std::stoi(fd_text);
+  } catch (const std::exception&) {
+    throw SetupError("binary upgrade: CORRAL_UPGRADE_STATE is not an fd: " + fd_text);
+  }
   UniqueFd memfd(state_fd);
   std::string text;
   char buf[65536];
   ssize_t n;
   ::lseek(state_fd, 0, SEEK_SET);
   while ((n = ::read(state_fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
-  auto state = nlohmann::json::parse(text);
+  auto decoded = decode_handover(text);
+  if (!decoded) throw SetupError("binary upgrade: " + decoded.error().to_string());
+  const Handover& s = decoded.value();
   auto keep = [](int fd) {
     set_cloexec(fd, true);
     return fd;
   };
-  generation_ = state["generation"].get<std::uint32_t>();
-  started_realtime_ = state["started"].get<std::uint64_t>();
-  notifier_ = Notifier::from_state(state["notify_socket"].get<std::string>(),
-                                   state["watchdog_ns"].get<std::uint64_t>());
-  ready_sent_ = state["ready_sent"].get<bool>();
-  if (state.contains("nofile")) {
-    rlimit original{state["nofile"][0].get<rlim_t>(), state["nofile"][1].get<rlim_t>()};
-    original_nofile_ = original;
-  }
-  for (const auto& l : state["listeners"]) {
+  generation_ = s.generation;
+  started_realtime_ = s.started;
+  notifier_ = Notifier::from_state(s.notify_socket, s.watchdog_ns);
+  ready_sent_ = s.ready_sent;
+  if (s.nofile) original_nofile_ = rlimit{s.nofile->first, s.nofile->second};
+  for (const auto& l : s.listeners) {
     auto listener = std::make_shared<Listener>();
-    listener->fd = UniqueFd(keep(l["fd"].get<int>()));
-    listener->key = l["key"].get<std::string>();
-    listener->name = l["name"].get<std::string>();
-    listener->display = l["display"].get<std::string>();
-    listener->inherited = l["inherited"].get<bool>();
-    listener->stored = l["stored"].get<bool>();
-    listener->store_name = l["store_name"].get<std::string>();
+    listener->fd = UniqueFd(keep(l.fd));
+    listener->key = l.key;
+    listener->name = l.name;
+    listener->display = l.display;
+    listener->inherited = l.inherited;
+    listener->stored = l.stored;
+    listener->store_name = l.store_name;
     listeners_.add(std::move(listener));
   }
-  // The running configuration, exactly: the text it came from (a file may have changed
-  // since; SIGHUP is how it takes effect), checked for syntax only.
-  Config config = options_.config;
-  if (!options_.config_path.empty()) {
-    options_.config_text = state["config_text"].get<std::string>();
-    config =
-        load_config_text(options_.config_text, options_.config_path, CheckOptions{false, false});
+  // The running configuration, exactly: the text it came from, never the file (which may
+  // have changed or gone since; SIGHUP is how a change takes effect). The old image had
+  // the new binary parse it before the exec, so this cannot fail but on a broken
+  // machine: then the jobs keep their workers and start no new ones.
+  Config config = options_.config;  // the command line's, when there is no text
+  if (!s.config_text.empty()) {
+    options_.config_text = s.config_text;
+    try {
+      config = load_config_text(
+          options_.config_text,
+          options_.config_path.empty() ? "(running configuration)" : options_.config_path,
+          CheckOptions{false, false});
+    } catch (const ConfigError& e) {
+      for (const auto& issue : e.issues()) spdlog::critical("{}", issue.to_string());
+      spdlog::critical(
+          "binary upgrade: the handed-over configuration does not parse; keeping "
+          "the workers, starting none");
+      config.jobs.clear();
+    }
+  }
+  scoreboard_dir_ = scoreboard_dir_of(config);
+  for (const auto& j : s.jobs) {
+    if (!j.sb_path.empty()) {
+      auto slash = j.sb_path.rfind('/');
+      if (slash != std::string::npos) scoreboard_dir_ = j.sb_path.substr(0, slash);
+    }
   }
   listeners_.begin_generation();
-  for (const auto& j : state["jobs"]) {
-    const auto name = j["name"].get<std::string>();
+  for (const auto& j : s.jobs) {
     const JobConfig* cfg = nullptr;
     for (const auto& c : config.jobs) {
-      if (c.name == name) cfg = &c;
+      if (c.name == j.name) cfg = &c;
     }
+    const JobPhase phase = job_phase_of(j.phase);
     std::unique_ptr<Job> job;
-    if (cfg != nullptr && !j["removed"].get<bool>()) {
+    if (cfg != nullptr && phase != JobPhase::removed) {
       job = build_job(*cfg, true);
     } else {
       job = std::make_unique<Job>();
-      job->cfg.name = name;
-      job->cfg.mode = static_cast<Mode>(j["mode"].get<int>());
-      job->cfg.graceful_timeout = Duration(j["graceful_ns"].get<std::uint64_t>());
-      job->removed = true;
+      job->cfg.name = j.name;
+      job->cfg.mode = static_cast<Mode>(j.mode);
+      job->cfg.graceful_timeout = Duration(static_cast<std::int64_t>(j.graceful_ns));
+      job->health.phase = JobPhase::removed;
     }
-    job->generation = j["generation"].get<std::uint32_t>();
-    auto sb = Scoreboard::adopt(keep(j["sb_fd"].get<int>()), j["sb_path"].get<std::string>());
+    if (job->health.phase != JobPhase::removed) job->health.phase = phase;
+    job->generation = j.generation;
+    auto& res = job->res;
+    auto sb = Scoreboard::adopt(keep(j.sb_fd), j.sb_path);
     if (!sb) throw SetupError("adopt scoreboard: " + sb.error().to_string());
-    job->sb = std::move(sb.value());
-    job->slot_used.assign(job->sb.slot_count(), false);
-    job->lock.kind = static_cast<AcceptMutex>(j["lock_kind"].get<int>());
-    job->lock.fd.reset(j["lock_fd"].get<int>() >= 0 ? keep(j["lock_fd"].get<int>()) : -1);
-    job->lock.private_fd.reset(
-        j["lock_private_fd"].get<int>() >= 0 ? keep(j["lock_private_fd"].get<int>()) : -1);
-    job->notify_read.reset(j["notify_read"].get<int>() >= 0 ? keep(j["notify_read"].get<int>())
-                                                            : -1);
-    job->notify_write.reset(j["notify_write"].get<int>() >= 0 ? keep(j["notify_write"].get<int>())
-                                                              : -1);
-    job->state = static_cast<JobState>(j["state"].get<int>());
-    job->failures = j["failures"].get<unsigned>();
-    job->backoff_ns = j["backoff_ns"].get<std::uint64_t>();
-    job->retry_at = j["retry_at"].get<std::uint64_t>();
-    job->initial = false;
-    for (const auto& wj : j["workers"]) {
+    res.sb = std::move(sb.value());
+    res.slot_used.assign(res.sb.slot_count(), false);
+    res.lock.kind = static_cast<AcceptMutex>(j.lock_kind);
+    res.lock.fd.reset(j.lock_fd >= 0 ? keep(j.lock_fd) : -1);
+    res.lock.private_fd.reset(j.lock_private_fd >= 0 ? keep(j.lock_private_fd) : -1);
+    res.notify_read.reset(j.notify_read >= 0 ? keep(j.notify_read) : -1);
+    res.notify_write.reset(j.notify_write >= 0 ? keep(j.notify_write) : -1);
+    job->health.failures = j.failures;
+    job->health.backoff_ns = j.backoff_ns;
+    job->health.retry_at = j.retry_at;
+    job->pacing.start_pending = false;
+    for (const auto& hw : j.workers) {
       WorkerRec w;
-      w.pid = wj["pid"].get<pid_t>();
-      w.slot = wj["slot"].get<unsigned>();
-      w.generation = wj["generation"].get<std::uint32_t>();
-      w.started_ns = wj["started_ns"].get<std::uint64_t>();
-      w.ready = wj["ready"].get<bool>();
-      w.term_sent = wj["term_sent"].get<bool>();
-      w.kill_sent = wj["kill_sent"].get<bool>();
-      w.kill_at = wj["kill_at"].get<std::uint64_t>();
-      w.last_state = static_cast<corral_slot_state>(wj["last_state"].get<int>());
-      if (int report = wj["report_fd"].get<int>(); report >= 0)
-        job->spawn_reports.emplace(w.pid, UniqueFd(keep(report)));
-      if (w.slot < job->slot_used.size()) job->slot_used[w.slot] = true;
+      w.pid = hw.pid;
+      w.slot = hw.slot;
+      w.generation = hw.generation;
+      w.started_ns = hw.started_ns;
+      w.phase = worker_phase_of(hw.phase);
+      w.kill_at = hw.kill_at;
+      w.last_state = static_cast<corral_slot_state>(hw.last_state);
+      if (hw.report_fd >= 0) res.spawn_reports.emplace(w.pid, UniqueFd(keep(hw.report_fd)));
+      if (w.slot < res.slot_used.size()) res.slot_used[w.slot] = true;
       job->workers.emplace(w.pid, w);
     }
     jobs_.push_back(std::move(job));
   }
   options_.config = std::move(config);
+  const auto now = monotonic_ns();
   for (auto& job : jobs_) {
-    if (job->notify_read) arm_notify(*job);
+    if (job->res.notify_read) arm_notify(*job);
+    request_decision(*job, now);
   }
-  spdlog::info("binary upgrade: took over {} job(s) and {} listener(s) at generation {}",
-               jobs_.size(), listeners_.size(), generation_);
+  spdlog::info(
+      "binary upgrade: took over {} job(s) and {} listener(s) at generation {} "
+      "(hand-over version {})",
+      jobs_.size(), listeners_.size(), generation_, s.version);
 }
 
 }  // namespace corral

@@ -1,0 +1,86 @@
+// The state one image of corral hands the next across exec (SIGUSR2): one typed
+// structure, written and read here only. The wire form is JSON in a memfd whose number
+// is in CORRAL_UPGRADE_STATE. Every version since the first is read; a field added in
+// a later version is optional (absent: its default). docs/ARCHITECTURE.md, "Upgrade".
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace corral {
+
+/// Version 1: the first release (no "version" key; worker flags as bools).
+/// Version 2: "version", worker and job phases as names, the job's pacing and audit.
+inline constexpr int kHandoverVersion = 2;
+
+struct HandoverListener {
+  int fd = -1;
+  std::string key, name, display;
+  bool inherited = false;
+  bool stored = false;
+  std::string store_name;
+};
+
+struct HandoverWorker {
+  pid_t pid = 0;
+  unsigned slot = 0;
+  std::uint32_t generation = 0;
+  std::uint64_t started_ns = 0;
+  std::string phase = "starting";  // starting | up | stopping | killing
+  std::uint64_t kill_at = 0;
+  int last_state = 1;  // corral_slot_state
+  int report_fd = -1;
+};
+
+struct HandoverJob {
+  std::string name;
+  int mode = 0;                   // Mode
+  std::string phase = "running";  // running | backing-off | failed | draining | removed
+  std::uint32_t generation = 0;
+  std::uint64_t graceful_ns = 0;
+  int sb_fd = -1;
+  std::string sb_path;
+  int lock_kind = 0;  // AcceptMutex
+  int lock_fd = -1;
+  int lock_private_fd = -1;
+  int notify_read = -1;
+  int notify_write = -1;
+  unsigned failures = 0;
+  std::uint64_t backoff_ns = 0;
+  std::uint64_t retry_at = 0;
+  std::vector<HandoverWorker> workers;
+};
+
+struct Handover {
+  int version = kHandoverVersion;
+  std::uint32_t generation = 1;
+  std::uint64_t started = 0;
+  std::string config_text;  // the YAML of the running configuration ("" = command line)
+  std::string notify_socket;
+  std::uint64_t watchdog_ns = 0;
+  bool ready_sent = false;
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> nofile;  // the original RLIMIT_NOFILE
+  std::vector<HandoverListener> listeners;
+  std::vector<HandoverJob> jobs;
+
+  /// Every fd the structure names (for clearing and restoring FD_CLOEXEC around exec).
+  [[nodiscard]] std::vector<int> fds() const;
+};
+
+/// The wire form (JSON text).
+std::string encode_handover(const Handover& state);
+
+/// Reads any version from 1 to kHandoverVersion. An error names what is wrong; it
+/// never throws.
+Result<Handover> decode_handover(const std::string& text);
+
+/// The version a wire form says it is (1 when it says nothing), or 0 if it is not one.
+int handover_version(const std::string& text) noexcept;
+
+}  // namespace corral
