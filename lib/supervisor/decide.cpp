@@ -180,7 +180,9 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     spawn = std::min({spawn, window_room, flight_room});
   }
   if (snap.phase == JobPhase::backing_off) spawn = std::min(spawn, counts.starting == 0 ? 1U : 0U);
-  const bool urgent = pacing.start_pending || counts.queued > 0 || counts.idle * 2 < cfg.min_spare;
+  // plain mode keeps a fixed number of copies: a missing one is always wanted now.
+  const bool urgent = snap.mode == Mode::plain || pacing.start_pending || counts.queued > 0 ||
+                      counts.idle * 2 < cfg.min_spare;
   if (spawn == 0) {
     pacing.topup_at = 0;
   } else if (!urgent && counts.busy > 0) {

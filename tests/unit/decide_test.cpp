@@ -1,0 +1,436 @@
+// lib/supervisor/decide: the pure pool policy, rule by rule, and a randomized
+// simulation of thousands of event sequences checked against its invariants.
+#include "supervisor/decide.h"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <random>
+#include <set>
+
+using corral::Decision;
+using corral::JobPhase;
+using corral::KillReason;
+using corral::Pacing;
+using corral::PoolSnapshot;
+using corral::StopReason;
+using corral::WorkerPhase;
+using corral::WorkerView;
+
+namespace {
+
+constexpr std::uint64_t kMs = 1000000ULL;
+constexpr std::uint64_t kT0 = 1000000 * kMs;  // an arbitrary monotonic "now"
+
+PoolSnapshot snapshot(unsigned start, unsigned min_spare, unsigned max_spare, unsigned max,
+                      corral::Mode mode = corral::Mode::prefork) {
+  PoolSnapshot s;
+  s.mode = mode;
+  s.spec.start = start;
+  s.spec.min_spare = min_spare;
+  s.spec.max_spare = max_spare;
+  s.spec.max = max;
+  s.spec.start_timeout = std::chrono::seconds(30);
+  return s;
+}
+
+WorkerView worker(pid_t pid, corral_slot_state state, WorkerPhase phase = WorkerPhase::up) {
+  WorkerView w;
+  w.pid = pid;
+  w.slot = static_cast<unsigned>(pid);
+  w.state = state;
+  w.phase = phase;
+  w.started = kT0 - 1000 * kMs;
+  w.state_since = kT0 - 10 * kMs;
+  return w;
+}
+
+Pacing running_pacing() {
+  Pacing p;
+  p.start_pending = false;
+  return p;
+}
+
+bool has_kill(const Decision& d, pid_t pid, KillReason why) {
+  return std::find(d.kills.begin(), d.kills.end(), std::make_pair(pid, why)) != d.kills.end();
+}
+
+}  // namespace
+
+TEST_CASE("the first decision starts workers.start at once") {
+  auto s = snapshot(4, 2, 8, 64);
+  Pacing p;
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 4);
+  CHECK_FALSE(p.start_pending);
+}
+
+TEST_CASE("queued connections and min_spare make the deficit, started at once") {
+  auto s = snapshot(4, 2, 8, 64);
+  for (pid_t pid = 1; pid <= 4; ++pid) s.workers.push_back(worker(pid, CORRAL_SLOT_BUSY));
+  s.queued = 10;
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 12);  // 10 waiting + min_spare 2
+  CHECK(d.busy == 4);
+}
+
+TEST_CASE("the fork-rate cap withholds a start but asks to be woken when it lifts") {
+  auto s = snapshot(1, 1, 8, 2000);
+  s.queued = 1000;
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == corral::kMaxStarting);
+  // Those are still starting: the in-flight cap holds the rest; the watch of starting
+  // workers brings the next look.
+  for (pid_t pid = 1; pid <= static_cast<pid_t>(d.spawn); ++pid)
+    s.workers.push_back(worker(pid, CORRAL_SLOT_STARTING, WorkerPhase::starting));
+  auto d2 = corral::decide(s, p, kT0 + kMs);
+  CHECK(d2.spawn == 0);
+  REQUIRE(d2.wake_at != 0);
+  CHECK(d2.wake_at <= kT0 + kMs + corral::kWatchStarting);
+  // Once they are up, the window cap applies: after kSpawnBurst starts in one window,
+  // the next start waits for the window's end, and the decision says when that is.
+  p.spawned_in_window = corral::kSpawnBurst;
+  for (auto& w : s.workers) {
+    w.state = CORRAL_SLOT_BUSY;
+    w.phase = WorkerPhase::up;
+  }
+  auto d3 = corral::decide(s, p, kT0 + 2 * kMs);
+  CHECK(d3.spawn == 0);
+  CHECK(d3.wake_at == p.window_start + corral::kSpawnWindow);
+}
+
+TEST_CASE("a top-up while connections are served waits for a quiet moment, 50 ms at most") {
+  auto s = snapshot(4, 4, 8, 64);
+  s.workers = {worker(1, CORRAL_SLOT_IDLE), worker(2, CORRAL_SLOT_IDLE),
+               worker(3, CORRAL_SLOT_IDLE), worker(4, CORRAL_SLOT_BUSY)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 0);
+  CHECK(d.wake_at == kT0 + corral::kTopUpMaxWait);
+  auto later = corral::decide(s, p, kT0 + corral::kTopUpMaxWait);
+  CHECK(later.spawn == 1);
+}
+
+TEST_CASE("a shortfall below half of min_spare is urgent: no top-up wait") {
+  auto s = snapshot(4, 4, 8, 64);
+  s.workers = {worker(1, CORRAL_SLOT_IDLE), worker(2, CORRAL_SLOT_BUSY)};
+  Pacing p = running_pacing();
+  CHECK(corral::decide(s, p, kT0).spawn == 3);
+}
+
+TEST_CASE("idle workers above max_spare are retired only after the hysteresis, a quarter at a time") {
+  auto s = snapshot(2, 1, 2, 64);
+  for (pid_t pid = 1; pid <= 10; ++pid) s.workers.push_back(worker(pid, CORRAL_SLOT_IDLE));
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.stops.empty());
+  CHECK(d.wake_at == kT0 + corral::kRetireHysteresis);
+  auto d2 = corral::decide(s, p, kT0 + corral::kRetireHysteresis);
+  CHECK(d2.stops.size() == 2);  // (8 + 3) / 4
+  for (const auto& [pid, why] : d2.stops) {
+    CHECK(why == StopReason::retire);
+    CHECK(pid >= 9);  // highest slots first
+  }
+}
+
+TEST_CASE("backing off: nothing before retry_at, then one probe at a time") {
+  auto s = snapshot(4, 2, 8, 64);
+  s.phase = JobPhase::backing_off;
+  s.retry_at = kT0 + 400 * kMs;
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 0);
+  CHECK(d.wake_at == s.retry_at);
+  auto probe = corral::decide(s, p, s.retry_at);
+  CHECK(probe.spawn == 1);
+  s.workers.push_back(worker(1, CORRAL_SLOT_STARTING, WorkerPhase::starting));
+  CHECK(corral::decide(s, p, s.retry_at + kMs).spawn == 0);
+}
+
+TEST_CASE("failed, draining and removed jobs start nothing") {
+  for (auto phase : {JobPhase::failed, JobPhase::draining, JobPhase::removed}) {
+    auto s = snapshot(4, 2, 8, 64);
+    s.phase = phase;
+    Pacing p;
+    CHECK(corral::decide(s, p, kT0).spawn == 0);
+  }
+}
+
+TEST_CASE("start and busy timeouts kill; a state_since in the future never does") {
+  auto s = snapshot(1, 0, 8, 64);
+  s.busy_timeout = std::chrono::seconds(5);
+  auto slow = worker(1, CORRAL_SLOT_STARTING, WorkerPhase::starting);
+  slow.started = kT0 - 31000 * kMs;
+  auto stuck = worker(2, CORRAL_SLOT_BUSY);
+  stuck.state_since = kT0 - 6000 * kMs;
+  auto liar = worker(3, CORRAL_SLOT_BUSY);
+  liar.state_since = kT0 + 1000000 * kMs;  // a worker's scribble
+  s.workers = {slow, stuck, liar};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(has_kill(d, 1, KillReason::start_timeout));
+  CHECK(has_kill(d, 2, KillReason::busy_timeout));
+  CHECK(d.kills.size() == 2);
+}
+
+TEST_CASE("a stopping worker past its deadline is killed, and the deadline is a wake-up") {
+  auto s = snapshot(1, 0, 8, 64);
+  auto w = worker(7, CORRAL_SLOT_STOPPING, WorkerPhase::stopping);
+  w.kill_at = kT0 + 100 * kMs;
+  s.workers = {w};
+  Pacing p = running_pacing();
+  auto early = corral::decide(s, p, kT0);
+  CHECK(early.kills.empty());
+  CHECK(early.wake_at == kT0 + 100 * kMs);
+  CHECK(has_kill(corral::decide(s, p, kT0 + 100 * kMs), 7, KillReason::graceful_timeout));
+}
+
+TEST_CASE("an idle worker at max_requests is recycled and no longer counts as spare") {
+  auto s = snapshot(2, 2, 8, 64);
+  s.spec.max_requests = 1;
+  auto done = worker(1, CORRAL_SLOT_IDLE);
+  done.requests = 1;
+  s.workers = {done, worker(2, CORRAL_SLOT_IDLE)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  REQUIRE(d.stops.size() == 1);
+  CHECK(d.stops[0] == std::make_pair(pid_t{1}, StopReason::max_requests));
+  CHECK(d.spawn == 1);
+}
+
+TEST_CASE("a holder of the accept mutex that blocks a waiting queue is replaced after 3 s") {
+  auto s = snapshot(2, 1, 8, 64);
+  s.stuck_checks = true;
+  s.queued = 3;
+  auto holder = worker(1, CORRAL_SLOT_IDLE);
+  holder.lock_held = true;
+  holder.lock_since = kT0 - 5 * kMs;
+  s.workers = {holder, worker(2, CORRAL_SLOT_IDLE)};
+  Pacing p = running_pacing();
+  CHECK(corral::decide(s, p, kT0).kills.empty());
+  CHECK(corral::decide(s, p, kT0 + 1000 * kMs).kills.empty());
+  auto d = corral::decide(s, p, kT0 + corral::kStuckHolder);
+  CHECK(has_kill(d, 1, KillReason::stuck_lock));
+}
+
+TEST_CASE("holding the mutex while idle and nothing waits is normal") {
+  auto s = snapshot(2, 1, 8, 64);
+  s.stuck_checks = true;
+  auto holder = worker(1, CORRAL_SLOT_IDLE);
+  holder.lock_held = true;
+  holder.lock_since = kT0;
+  s.workers = {holder};
+  Pacing p = running_pacing();
+  for (int i = 0; i < 10; ++i) CHECK(corral::decide(s, p, kT0 + i * 1000 * kMs).kills.empty());
+}
+
+TEST_CASE("garbage in a slot reads as what our own phase says") {
+  auto s = snapshot(2, 2, 8, 64);
+  s.workers = {worker(1, CORRAL_SLOT_EMPTY), worker(2, CORRAL_SLOT_STOPPING)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.idle == 2);
+  CHECK(d.spawn == 0);
+}
+
+TEST_CASE("old-generation workers finishing after a reload do not count against max") {
+  auto s = snapshot(4, 2, 8, 4);
+  for (pid_t pid = 1; pid <= 4; ++pid) {
+    auto w = worker(pid, CORRAL_SLOT_BUSY, WorkerPhase::stopping);
+    w.current = false;
+    w.kill_at = kT0 + 30000 * kMs;
+    s.workers.push_back(w);
+  }
+  Pacing p;  // the reload's new job: workers.start applies
+  CHECK(corral::decide(s, p, kT0).spawn == 4);
+}
+
+TEST_CASE("plain mode: a copy that lived 1 s is up; exactly workers.start copies") {
+  auto s = snapshot(3, 0, 0, 3, corral::Mode::plain);
+  auto young = worker(1, CORRAL_SLOT_RUNNING, WorkerPhase::starting);
+  young.started = kT0 - 100 * kMs;
+  auto old = worker(2, CORRAL_SLOT_RUNNING, WorkerPhase::starting);
+  old.started = kT0 - 1500 * kMs;
+  s.workers = {young, old};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 1);
+  CHECK(d.became_ready == std::vector<pid_t>{2});
+  CHECK(d.wake_at <= young.started + corral::kPlainCrashWindow);
+}
+
+// ---------------------------------------------------------------------------
+// The simulation: a model pool driven by random events, with decide() in the loop.
+
+namespace {
+
+struct SimWorker {
+  WorkerView v;
+  std::uint64_t ready_at = 0;  // when it turns idle (if it starts fine)
+  bool crashes = false;
+};
+
+struct Sim {
+  std::mt19937_64 rng;
+  PoolSnapshot s;
+  Pacing pacing;
+  std::map<pid_t, SimWorker> table;
+  pid_t next_pid = 100;
+  std::uint64_t now = kT0;
+  std::deque<std::uint64_t> spawn_times;  // starts outside the configured workers.start
+  unsigned start_allowance = 0;
+
+  explicit Sim(std::uint64_t seed) : rng(seed) {
+    std::uniform_int_distribution<unsigned> pick(1, 12);
+    unsigned max = pick(rng) * 4;
+    unsigned min_spare = std::min(max, pick(rng) - 1);
+    unsigned max_spare = std::min(max, min_spare + pick(rng));
+    unsigned start = std::min(max, pick(rng));
+    s = snapshot(start, min_spare, max_spare, max,
+                 rng() % 4 == 0 ? corral::Mode::inetd : corral::Mode::prefork);
+    s.spec.max_requests = rng() % 3 == 0 ? rng() % 5 + 1 : 0;
+    s.busy_timeout = rng() % 2 == 0 ? corral::Duration(std::chrono::seconds(2)) : corral::Duration(0);
+    s.stuck_checks = rng() % 2 == 0;
+    start_allowance = start;
+  }
+
+  unsigned live_current() const {
+    unsigned n = 0;
+    for (const auto& [pid, w] : table)
+      n += w.v.current && w.v.phase != WorkerPhase::stopping && w.v.phase != WorkerPhase::killing;
+    return n;
+  }
+
+  void apply(const Decision& d) {
+    std::set<pid_t> known;
+    for (const auto& w : s.workers) known.insert(w.pid);
+    for (pid_t pid : d.became_ready) REQUIRE(known.count(pid) == 1);
+    for (const auto& [pid, why] : d.stops) REQUIRE(known.count(pid) == 1);
+    for (const auto& [pid, why] : d.kills) REQUIRE(known.count(pid) == 1);
+    for (pid_t pid : d.became_ready) table[pid].v.phase = WorkerPhase::up;
+    for (const auto& [pid, why] : d.stops) {
+      auto& w = table[pid].v;
+      if (w.phase == WorkerPhase::up || w.phase == WorkerPhase::starting) {
+        w.phase = WorkerPhase::stopping;
+        w.kill_at = now + 500 * kMs;
+      }
+    }
+    for (const auto& [pid, why] : d.kills) table[pid].v.phase = WorkerPhase::killing;
+    for (unsigned i = 0; i < d.spawn; ++i) {
+      SimWorker w;
+      w.v.pid = next_pid++;
+      w.v.slot = static_cast<unsigned>(w.v.pid);
+      w.v.phase = WorkerPhase::starting;
+      w.v.state = CORRAL_SLOT_STARTING;
+      w.v.started = now;
+      w.ready_at = now + (rng() % 40) * kMs;
+      w.crashes = rng() % 20 == 0;
+      table[w.v.pid] = w;
+      if (start_allowance > 0) {
+        --start_allowance;
+      } else {
+        spawn_times.push_back(now);
+      }
+    }
+    // Never above max for the current generation.
+    REQUIRE(live_current() <= s.spec.max);
+    // A bounded spawn rate: kSpawnBurst per window, whatever the events.
+    while (!spawn_times.empty() && now - spawn_times.front() >= corral::kSpawnWindow)
+      spawn_times.pop_front();
+    REQUIRE(spawn_times.size() <= corral::kSpawnBurst);
+  }
+
+  // The world moves: workers come up, take connections, finish, crash, get reaped.
+  void world(bool load) {
+    unsigned busy_now = 0;
+    for (auto it = table.begin(); it != table.end();) {
+      auto& w = it->second;
+      bool gone = false;
+      if (w.v.phase == WorkerPhase::killing) gone = rng() % 2 == 0;
+      if (w.v.phase == WorkerPhase::stopping && (w.v.state != CORRAL_SLOT_BUSY || rng() % 4 == 0))
+        gone = rng() % 2 == 0;
+      if (w.v.state == CORRAL_SLOT_STARTING && now >= w.ready_at) {
+        if (w.crashes) {
+          gone = true;
+        } else {
+          w.v.state = CORRAL_SLOT_IDLE;
+          w.v.state_since = now;
+        }
+      }
+      if (!gone && w.v.state == CORRAL_SLOT_IDLE && load && rng() % 3 == 0) {
+        w.v.state = CORRAL_SLOT_BUSY;
+        w.v.state_since = now;
+      } else if (!gone && w.v.state == CORRAL_SLOT_BUSY && rng() % 3 == 0) {
+        ++w.v.requests;
+        if (s.mode == corral::Mode::inetd) {
+          gone = true;  // the program ends with its connection
+        } else {
+          w.v.state = CORRAL_SLOT_IDLE;
+          w.v.state_since = now;
+        }
+      }
+      if (!gone && load && rng() % 500 == 0) {
+        // A worker that lies in its slot.
+        w.v.state = static_cast<corral_slot_state>(rng() % 6);
+        w.v.lock_held = rng() % 2 == 0;
+        w.v.lock_since = rng();
+        w.v.state_since = rng();
+      }
+      if (!gone && w.v.state == CORRAL_SLOT_BUSY) ++busy_now;
+      it = gone ? table.erase(it) : std::next(it);
+    }
+    s.queued = load ? static_cast<unsigned>(rng() % 8) : 0;
+  }
+
+  Decision step(bool load) {
+    now += (rng() % 20 + 1) * kMs;
+    world(load);
+    if (load && rng() % 400 == 0) {
+      // A reload: every worker becomes old generation and is asked to stop.
+      for (auto& [pid, w] : table) {
+        w.v.current = false;
+        if (w.v.phase == WorkerPhase::up || w.v.phase == WorkerPhase::starting) {
+          w.v.phase = WorkerPhase::stopping;
+          w.v.kill_at = now + 300 * kMs;
+        }
+      }
+      pacing = Pacing{};
+      start_allowance = s.spec.start;
+    }
+    s.workers.clear();
+    for (const auto& [pid, w] : table) s.workers.push_back(w.v);
+    auto d = corral::decide(s, pacing, now);
+    apply(d);
+    return d;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("simulation: thousands of random event sequences keep the pool's invariants") {
+  for (std::uint64_t seed = 1; seed <= 300; ++seed) {
+    CAPTURE(seed);
+    Sim sim(seed);
+    for (int i = 0; i < 300; ++i) sim.step(true);  // load (and lies, crashes, reloads)
+    // The load is gone; lies are repaired (a real worker rewrites its slot) and the
+    // pool must settle within the spare bounds once the retire hysteresis has passed.
+    for (auto& [pid, w] : sim.table) {
+      if (w.v.state != CORRAL_SLOT_STARTING) w.v.state = CORRAL_SLOT_IDLE;
+      w.v.lock_held = false;
+    }
+    Decision last;
+    const std::uint64_t settle_until = sim.now + corral::kRetireHysteresis + 30000 * kMs;
+    while (sim.now < settle_until) {
+      last = sim.step(false);
+      if (last.wake_at == 0 && last.spawn == 0 && last.stops.empty() && last.kills.empty())
+        sim.now += 100 * kMs;  // nothing asked: time passes, as the periodic tick would
+    }
+    const auto& spec = sim.s.spec;
+    CHECK(last.idle >= std::min(spec.min_spare, spec.max));
+    CHECK(last.idle <= std::max(spec.max_spare, spec.min_spare));
+  }
+}

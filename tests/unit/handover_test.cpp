@@ -1,0 +1,77 @@
+// lib/supervisor/handover: the state one image hands the next across exec.
+#include "supervisor/handover.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+TEST_CASE("a hand-over survives its own wire form") {
+  corral::Handover s;
+  s.generation = 7;
+  s.started = 123;
+  s.config_text = "jobs: {}\n";
+  s.nofile = std::make_pair(1024ULL, 4096ULL);
+  s.listeners.push_back({5, "127.0.0.1:0", "web", "127.0.0.1:4000", false, true, "corral-bound.x"});
+  corral::HandoverJob j;
+  j.name = "web";
+  j.phase = "backing-off";
+  j.sb_fd = 6;
+  j.lock_fd = 7;
+  j.failures = 3;
+  corral::HandoverWorker w;
+  w.pid = 4242;
+  w.slot = 3;
+  w.phase = "stopping";
+  w.kill_at = 99;
+  w.report_fd = 9;
+  j.workers.push_back(w);
+  s.jobs.push_back(j);
+  auto back = corral::decode_handover(corral::encode_handover(s));
+  REQUIRE(back.ok());
+  CHECK(back->version == corral::kHandoverVersion);
+  CHECK(back->generation == 7);
+  CHECK(back->nofile == s.nofile);
+  REQUIRE(back->jobs.size() == 1);
+  CHECK(back->jobs[0].phase == "backing-off");
+  CHECK(back->jobs[0].failures == 3);
+  REQUIRE(back->jobs[0].workers.size() == 1);
+  CHECK(back->jobs[0].workers[0].phase == "stopping");
+  CHECK(back->jobs[0].workers[0].kill_at == 99);
+  CHECK(back->fds() == std::vector<int>{5, 6, 7, 9});
+}
+
+TEST_CASE("version 1, as the first release wrote it, is read with its bools as phases") {
+  // The shape of lib/supervisor/upgrade.cpp at ec872f0 (no "version" key).
+  const std::string v1 = R"({"generation":2,"started":5,"config_text":"","notify_socket":"",
+    "watchdog_ns":0,"ready_sent":true,"listeners":[{"fd":3,"key":"k","name":"web",
+    "display":"127.0.0.1:1","inherited":false,"stored":false,"store_name":""}],
+    "jobs":[{"name":"web","mode":0,"removed":false,"generation":2,"graceful_ns":30,
+      "sb_fd":4,"sb_path":"/run/corral/web.scoreboard","lock_kind":2,"lock_fd":5,
+      "lock_private_fd":6,"notify_read":7,"notify_write":8,"state":1,"failures":2,
+      "backoff_ns":100,"retry_at":200,"workers":[
+        {"pid":10,"slot":0,"generation":2,"started_ns":1,"ready":true,"term_sent":false,
+         "kill_sent":false,"kill_at":0,"last_state":2,"report_fd":-1},
+        {"pid":11,"slot":1,"generation":1,"started_ns":1,"ready":true,"term_sent":true,
+         "kill_sent":false,"kill_at":9,"last_state":3,"report_fd":-1},
+        {"pid":12,"slot":2,"generation":2,"started_ns":1,"ready":false,"term_sent":false,
+         "kill_sent":false,"kill_at":0,"last_state":1,"report_fd":12}]}]})";
+  CHECK(corral::handover_version(v1) == 1);
+  auto s = corral::decode_handover(v1);
+  REQUIRE(s.ok());
+  CHECK(s->version == 1);
+  REQUIRE(s->jobs.size() == 1);
+  CHECK(s->jobs[0].phase == "backing-off");
+  CHECK(s->jobs[0].workers[0].phase == "up");
+  CHECK(s->jobs[0].workers[1].phase == "stopping");
+  CHECK(s->jobs[0].workers[2].phase == "starting");
+}
+
+TEST_CASE("an unknown version or a broken state is an error, never an exception") {
+  CHECK_FALSE(corral::decode_handover(R"({"version":99,"generation":1,"started":0})").ok());
+  CHECK(corral::handover_version(R"({"version":99})") == 99);
+  CHECK_FALSE(corral::decode_handover("not json").ok());
+  CHECK_FALSE(corral::decode_handover("[1,2]").ok());
+  CHECK_FALSE(corral::decode_handover(R"({"version":2})").ok());  // no generation
+  CHECK_FALSE(corral::decode_handover(R"({"generation":"x","started":0})").ok());
+  CHECK(corral::handover_version("garbage") == 0);
+}
