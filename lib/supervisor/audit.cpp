@@ -11,11 +11,11 @@
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <algorithm>
 
@@ -46,31 +46,20 @@ unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listen
 
 namespace {
 
-// Whether `pid` is blocked waiting for the accept token, from /proc/PID/syscall: in
-// read()/readv() on `lock_fd` (lib/worker, examples/echo.py), or in poll()/ppoll()
-// (lib/worker's wait on an O_NONBLOCK token pipe; its arguments are not checked).
-// Unknown (no such file, "running") counts as waiting: only a worker seen doing
-// something else is suspected.
-bool waits_for_token(pid_t pid, int lock_fd) {
+// Bytes `pid` has read with read()/readv() so far (/proc/PID/io "rchar"), or kUnknown.
+std::uint64_t bytes_read(pid_t pid) {
   char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/syscall", static_cast<int>(pid));
+  std::snprintf(path, sizeof path, "/proc/%d/io", static_cast<int>(pid));
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return true;
-  char buf[256];
+  if (fd < 0) return WorkerRec::kUnknown;
+  char buf[512];
   ssize_t n = ::read(fd, buf, sizeof buf - 1);
   ::close(fd);
-  if (n <= 0) return true;
+  if (n <= 0) return WorkerRec::kUnknown;
   buf[n] = '\0';
-  char* end = nullptr;
-  long nr = std::strtol(buf, &end, 10);
-  if (end == buf) return true;  // "running"
-  if (nr < 0) return false;     // blocked, but not in a system call (-1: e.g. a stopped task)
-  unsigned long arg0 = std::strtoul(end, nullptr, 16);
-  if (nr == SYS_read || nr == SYS_readv) return arg0 == static_cast<unsigned long>(lock_fd);
-#ifdef SYS_poll
-  if (nr == SYS_poll) return true;
-#endif
-  return nr == SYS_ppoll;
+  const char* p = std::strstr(buf, "rchar:");
+  if (p == nullptr) return WorkerRec::kUnknown;
+  return std::strtoull(p + 6, nullptr, 10);
 }
 
 }  // namespace
@@ -118,14 +107,39 @@ std::uint64_t Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcep
       }
     }
   }
-  // Hog sightings: only while the token is lost.
-  const int lock_fd = 3 + static_cast<int>(job.res.listeners.size());
-  for (auto& [pid, w] : job.workers) {
-    const bool suspect = finding == AuditFinding::lost && w.generation == job.generation &&
-                         w.phase == WorkerPhase::up &&
-                         job.res.sb.read_slot(w.slot).state == CORRAL_SLOT_IDLE &&
-                         !waits_for_token(pid, lock_fd);
-    w.hog_sightings = suspect ? w.hog_sightings + 1 : 0;
+  // The hog: after a restore, a worker whose slot still says idle and not holding,
+  // that served nothing, but read since (the token) while the token vanished again.
+  // An honest taker says HELD within microseconds, or accepts, or gives it back.
+  if (finding == AuditFinding::lost) {
+    bool found = false;
+    for (auto& [pid, w] : job.workers) {
+      if (w.rchar_at_restore == WorkerRec::kUnknown || w.generation != job.generation ||
+          w.phase != WorkerPhase::up)
+        continue;
+      auto slot = job.res.sb.read_slot(w.slot);
+      const auto read_now = bytes_read(pid);
+      if (slot.state == CORRAL_SLOT_IDLE && slot.lock == CORRAL_LOCK_NONE &&
+          slot.requests == w.requests_at_restore && read_now != WorkerRec::kUnknown &&
+          read_now > w.rchar_at_restore) {
+        LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
+        spdlog::warn(
+            "job {}: worker {} (slot {}) took the accept token and kept it while its slot "
+            "says idle and not holding it; replacing it",
+            job.cfg.name, w.pid, w.slot);
+        worker_event(job, w, WorkerEvent::kill, now);
+        found = true;
+      }
+      w.rchar_at_restore = WorkerRec::kUnknown;
+    }
+    if (found) {
+      // We know where the token went: put one back now.
+      [[maybe_unused]] auto r = ::write(lock.private_fd.get(), "T", 1);
+      lock.finding = AuditFinding::fine;
+      lock.finding_since = now;
+      return now + kAuditSpacing;
+    }
+  } else if (finding == AuditFinding::fine) {
+    for (auto& [pid, w] : job.workers) w.rchar_at_restore = WorkerRec::kUnknown;
   }
   if (finding == AuditFinding::fine || finding != lock.finding) {
     lock.finding = finding;
@@ -135,20 +149,15 @@ std::uint64_t Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcep
   if (now - lock.finding_since < kAuditSpacing) return lock.finding_since + kAuditSpacing;
   lock.finding = AuditFinding::fine;
   switch (finding) {
-    case AuditFinding::lost: {
-      for (auto& [pid, w] : job.workers) {
-        if (w.hog_sightings < 2) continue;
-        LogContext worker_ctx{job.cfg.name, w.slot, w.pid};
-        spdlog::warn(
-            "job {}: worker {} (slot {}) took the accept token and kept it while its slot "
-            "says idle and not holding it; replacing it",
-            job.cfg.name, w.pid, w.slot);
-        worker_event(job, w, WorkerEvent::kill, now);
-        w.hog_sightings = 0;
-      }
+    case AuditFinding::lost:
       spdlog::warn("job {}: the accept token was lost; restoring it", job.cfg.name);
+      // Watch who takes the restored one.
+      for (auto& [pid, w] : job.workers) {
+        if (w.generation != job.generation || w.phase != WorkerPhase::up) continue;
+        w.rchar_at_restore = bytes_read(pid);
+        w.requests_at_restore = job.res.sb.read_slot(w.slot).requests;
+      }
       break;
-    }
     case AuditFinding::stalled:
       spdlog::warn("job {}: connections wait but the accept token is not coming back; adding one",
                    job.cfg.name);

@@ -76,8 +76,11 @@ struct WorkerRec {
   std::uint64_t kill_at = 0;  // stopping: SIGKILL deadline; 0 = none
   corral_slot_state last_state = CORRAL_SLOT_STARTING;
   bool garbage_logged = false;  // log-once flag for a scribbled slot
-  std::uint32_t hog_sightings =
-      0;  // audits in a row that found it idle, not waiting, while the token was lost
+  // Token-hog watch: its /proc/PID/io rchar and its requests when corral last restored
+  // the accept token (kUnknown: not watched).
+  static constexpr std::uint64_t kUnknown = ~0ULL;
+  std::uint64_t rchar_at_restore = kUnknown;
+  std::uint64_t requests_at_restore = 0;
 };
 
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;

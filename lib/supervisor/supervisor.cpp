@@ -269,7 +269,12 @@ int Supervisor::Impl::run() {
   periodic(monotonic_ns());
   for (;;) {
     auto now = monotonic_ns();
-    if (stopping() && jobs_.empty() && leftovers_.empty()) break;
+    if (stopping() && jobs_.empty()) {
+      // Workers are gone; what they left outside their groups has been reparented to
+      // us by now: find it, and stay until it is gone too (bounded by its deadline).
+      adopt_orphans(now);
+      if (leftovers_.empty()) break;
+    }
     if (!stopping() && all_failed()) {
       spdlog::error("every job has failed; exiting");
       failed_exit_ = true;

@@ -122,7 +122,8 @@ TEST_CASE("a shortfall below half of min_spare is urgent: no top-up wait") {
   CHECK(corral::decide(s, p, kT0).spawn == 3);
 }
 
-TEST_CASE("idle workers above max_spare are retired only after the hysteresis, a quarter at a time") {
+TEST_CASE(
+    "idle workers above max_spare are retired only after the hysteresis, a quarter at a time") {
   auto s = snapshot(2, 1, 2, 64);
   for (pid_t pid = 1; pid <= 10; ++pid) s.workers.push_back(worker(pid, CORRAL_SLOT_IDLE));
   Pacing p = running_pacing();
@@ -293,7 +294,8 @@ struct Sim {
     s = snapshot(start, min_spare, max_spare, max,
                  rng() % 4 == 0 ? corral::Mode::inetd : corral::Mode::prefork);
     s.spec.max_requests = rng() % 3 == 0 ? rng() % 5 + 1 : 0;
-    s.busy_timeout = rng() % 2 == 0 ? corral::Duration(std::chrono::seconds(2)) : corral::Duration(0);
+    s.busy_timeout =
+        rng() % 2 == 0 ? corral::Duration(std::chrono::seconds(2)) : corral::Duration(0);
     s.stuck_checks = rng() % 2 == 0;
     start_allowance = start;
   }

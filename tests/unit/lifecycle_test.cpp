@@ -65,7 +65,8 @@ TEST_CASE("failures back off; a worker coming up ends the backoff") {
 }
 
 TEST_CASE("a failed job stays failed until it is stopped or removed") {
-  for (auto e : {JobEvent::worker_up, JobEvent::failure, JobEvent::soft_failure, JobEvent::give_up}) {
+  for (auto e :
+       {JobEvent::worker_up, JobEvent::failure, JobEvent::soft_failure, JobEvent::give_up}) {
     auto t = corral::transition_job(JobPhase::failed, e);
     CHECK(t.next == JobPhase::failed);
     CHECK(t.action == JobAction::none);

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""A prefork worker that lies: it takes the accept token and never gives it back, while
+its slot says idle and not holding the mutex. Only the first process to create
+$HOG_MARKER hogs; every other one becomes the real example echo worker."""
+import mmap
+import os
+import signal
+import struct
+import time
+
+marker = os.environ["HOG_MARKER"]
+try:
+    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+except FileExistsError:
+    os.execv(os.environ["ECHO_WORKER"], [os.environ["ECHO_WORKER"]])
+
+lock_fd = int(os.environ["CORRAL_LOCK_FD"])
+sb_fd = int(os.environ["CORRAL_SCOREBOARD_FD"])
+slot = int(os.environ["CORRAL_SLOT"])
+sb = mmap.mmap(sb_fd, os.fstat(sb_fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+off = 1024 + 64 * slot
+struct.pack_into("=Q", sb, off + 24, time.monotonic_ns())
+struct.pack_into("=I", sb, off, 2)           # idle
+struct.pack_into("=I", sb, off + 12, 0)      # "not holding the mutex" (a lie, below)
+with open(marker, "w") as f:
+    f.write(str(os.getpid()))
+while True:
+    os.read(lock_fd, 1)                      # eat every token, restored ones too
+    time.sleep(0.05)                         # ... and do something else meanwhile
