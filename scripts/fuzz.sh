@@ -1,8 +1,8 @@
 #!/bin/sh
-# Fuzzes the YAML configuration loader and the scoreboard reader with libFuzzer
-# (docs/FUZZING.md). Installs Debian's clang and its libFuzzer runtime, builds the two
-# targets in build-fuzz/ and runs each for SECONDS (default 60) on a copy of its seed
-# corpus, so the committed corpus does not grow. Exits non-zero when a target finds a
+# Fuzzes the YAML configuration loader, the scoreboard reader and the command-line
+# parser with libFuzzer (docs/FUZZING.md). Installs Debian's clang and its libFuzzer
+# runtime, builds the three targets in build-fuzz/ and runs each for SECONDS (default
+# 60) on a copy of its seed corpus, so the committed corpus does not grow. Exits non-zero when a target finds a
 # crash, a sanitizer report, a leak, a timeout or an out-of-memory; the input that did
 # it is left in build-fuzz/fuzz/artifacts/.
 #   scripts/fuzz.sh [SECONDS]
@@ -22,7 +22,7 @@ fi
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCORRAL_FUZZ=ON >/dev/null
-cmake --build build-fuzz --target config_fuzz scoreboard_fuzz
+cmake --build build-fuzz --target config_fuzz scoreboard_fuzz cli_fuzz
 
 work="build-fuzz/fuzz/run"
 artifacts="build-fuzz/fuzz/artifacts"
@@ -35,7 +35,8 @@ trap 'rm -rf "$scratch"' EXIT
 export TMPDIR="$scratch"
 status=0
 # name, max input length, dictionary
-for spec in "config 4096 fuzz/config.dict" "scoreboard 8192 fuzz/scoreboard.dict"; do
+for spec in "config 4096 fuzz/config.dict" "scoreboard 8192 fuzz/scoreboard.dict" \
+  "cli 1024 fuzz/cli.dict"; do
   set -- $spec
   name="$1" max_len="$2" dict="$3"
   cp -r "fuzz/corpus/$name" "$work/$name"

@@ -1,18 +1,28 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
+#include <unordered_map>
+
+#include "common/unique_fd.h"
+
+extern char** environ;
 
 namespace corral {
 namespace {
@@ -153,7 +163,25 @@ class Loader {
       issue(node, what + " must be a single value");
       return std::nullopt;
     }
+    // A C string ends at the first NUL: exec, open and getpwnam would see a shorter value.
+    if (node.Scalar().find('\0') != std::string::npos) {
+      issue(node, what + " contains a NUL byte (\"\\0\"), which no program argument, " +
+                      "environment value, path or name can hold");
+      return std::nullopt;
+    }
     return node.Scalar();
+  }
+
+  std::optional<unsigned> count(const YAML::Node& node, WorkersCount which,
+                                const std::string& what) {
+    auto text = scalar(node, what);
+    if (!text) return std::nullopt;
+    try {
+      return parse_workers_count(which, *text, what);
+    } catch (const ConfigError& e) {
+      issue(node, e.issues().front().message);
+      return std::nullopt;
+    }
   }
 
   // One of a fixed set of words; the error lists them in the order given.
@@ -401,16 +429,16 @@ class Loader {
     check_keys(node, kWorkersKeys, "workers");
     auto& w = job.workers;
     if (auto n = node["start"]) {
-      if (auto v = integer(n, "workers.start", 0, kMaxWorkers)) w.start = unsigned(*v);
+      if (auto v = count(n, WorkersCount::start, "workers.start")) w.start = *v;
     }
     if (auto n = node["min_spare"]) {
-      if (auto v = integer(n, "workers.min_spare", 0, kMaxWorkers)) w.min_spare = unsigned(*v);
+      if (auto v = count(n, WorkersCount::min_spare, "workers.min_spare")) w.min_spare = *v;
     }
     if (auto n = node["max_spare"]) {
-      if (auto v = integer(n, "workers.max_spare", 1, kMaxWorkers)) w.max_spare = unsigned(*v);
+      if (auto v = count(n, WorkersCount::max_spare, "workers.max_spare")) w.max_spare = *v;
     }
     if (auto n = node["max"]) {
-      if (auto v = integer(n, "workers.max", 1, kMaxWorkers)) w.max = unsigned(*v);
+      if (auto v = count(n, WorkersCount::max, "workers.max")) w.max = *v;
     }
     if (auto n = node["max_requests"]) {
       if (auto v = integer(n, "workers.max_requests", 0, UINT64_MAX / 2)) w.max_requests = *v;
@@ -448,12 +476,234 @@ SourceMark lookup(const std::map<std::string, SourceMark>* marks, const JobConfi
   return job.mark;
 }
 
+struct CountRange {
+  unsigned min;
+  unsigned max;
+  const char* key;
+};
+
+constexpr CountRange range_of(WorkersCount which) {
+  switch (which) {
+    case WorkersCount::start: return {0, kMaxWorkers, "workers.start"};
+    case WorkersCount::min_spare: return {0, kMaxWorkers, "workers.min_spare"};
+    case WorkersCount::max_spare: return {1, kMaxWorkers, "workers.max_spare"};
+    case WorkersCount::max: return {1, kMaxWorkers, "workers.max"};
+  }
+  return {0, kMaxWorkers, "workers"};
+}
+
+// root, or CAP_SETUID and CAP_SETGID in the effective set (systemd's AmbientCapabilities=).
+bool can_change_user() {
+  if (::geteuid() == 0) return true;
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  std::array<__user_cap_data_struct, 2> data{};
+  if (::syscall(SYS_capget, &header, data.data()) != 0) return false;
+  auto has = [&](unsigned cap) { return (data[cap / 32].effective & (1U << (cap % 32))) != 0; };
+  return has(CAP_SETUID) && has(CAP_SETGID);
+}
+
+// MAX_ARG_STRLEN (linux/binfmts.h): the longest single argument or "KEY=value" exec takes.
+constexpr std::size_t kMaxArgStrlen = 32 * 4096;
+// Room kept for what corral adds to a worker's environment itself (LISTEN_*, CORRAL_*,
+// HOME, USER, LOGNAME; inetd's REMOTE_* and TCP*), beyond the listener names and the user.
+constexpr std::size_t kCorralEnvReserve = 4096;
+constexpr std::size_t kCorralEnvCount = 24;
+
+// What exec accepts for argv + envp, strings and pointers together: sysconf(_SC_ARG_MAX)
+// (a quarter of the stack limit), never above 3/4 of the kernel's _STK_LIM of 8 MiB
+// (fs/exec.c, bprm_stack_limits), never below the 128 KiB floor.
+std::size_t exec_limit() {
+  constexpr std::size_t kKernelCap = 6U << 20;
+  long arg_max = ::sysconf(_SC_ARG_MAX);
+  if (arg_max <= 0) return 128 * 1024;
+  return std::min<std::size_t>(static_cast<std::size_t>(arg_max), kKernelCap);
+}
+
+// This process's environment as a worker would inherit it (spawn's
+// inheritable_environment(): minus NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*).
+std::vector<std::string> inherited_environment() {
+  std::vector<std::string> out;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    auto key = kv.substr(0, kv.find('='));
+    if (key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID" ||
+        key.starts_with("LISTEN_"))
+      continue;
+    out.emplace_back(kv);
+  }
+  return out;
+}
+
+std::string with_commas(std::size_t n) {
+  std::string digits = std::to_string(n);
+  std::string out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i != 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// exec fails with E2BIG when one string is longer than MAX_ARG_STRLEN or all of them and
+// their pointers exceed exec_limit(); corral's own variables are counted as a reserve.
+void check_exec_size(const JobConfig& job, const std::vector<std::string>& inherited,
+                     const std::function<void(std::string)>& add) {
+  std::size_t strings = 0;
+  for (std::size_t i = 0; i < job.command.size(); ++i) {
+    const auto& arg = job.command[i];
+    if (arg.find('\0') != std::string::npos)
+      add("command argument " + std::to_string(i) + " contains a NUL byte");
+    if (arg.size() + 1 > kMaxArgStrlen)
+      add("command argument " + std::to_string(i) + " is " + with_commas(arg.size()) +
+          " bytes long; exec takes at most " + with_commas(kMaxArgStrlen) +
+          " bytes per argument (MAX_ARG_STRLEN)");
+    strings += arg.size() + 1;
+  }
+  std::unordered_map<std::string_view, bool> from_job;
+  for (const auto& [k, v] : job.env) {
+    from_job[k] = true;
+    if (v.find('\0') != std::string::npos) add("env." + k + " contains a NUL byte");
+  }
+  const auto env = merge_environment(inherited, job.env);
+  std::size_t inherited_count = 0;
+  for (const auto& e : env) {
+    std::string_view key_view(e.data(), std::min(e.find('='), e.size()));
+    if (from_job.count(key_view) == 0) ++inherited_count;
+    if (e.size() + 1 > kMaxArgStrlen) {
+      std::string key(key_view);
+      add((from_job.count(key) != 0 ? "env." + key : "the inherited environment variable " + key) +
+          " is " + with_commas(e.size()) + " bytes long (as KEY=value); exec takes at most " +
+          with_commas(kMaxArgStrlen) + " bytes per variable (MAX_ARG_STRLEN)");
+    }
+    strings += e.size() + 1;
+  }
+  std::size_t reserve = kCorralEnvReserve + job.name.size() + 3 * job.user.size();
+  for (const auto& l : job.listeners) reserve += l.name.size() + 1;
+  const std::size_t pointers =
+      (job.command.size() + env.size() + kCorralEnvCount + 2) * sizeof(char*);
+  const std::size_t total = strings + pointers + reserve;
+  const std::size_t limit = exec_limit();
+  if (total > limit)
+    add("command and environment come to " + with_commas(total) + " bytes (" +
+        with_commas(job.command.size()) + " arguments, " + with_commas(env.size()) +
+        " environment variables, " + with_commas(inherited_count) +
+        " of them inherited from this process, pointers and " + with_commas(reserve) +
+        " bytes kept for corral's own variables); exec takes at most " + with_commas(limit) +
+        " (sysconf(_SC_ARG_MAX)) and would fail with E2BIG: shorten env or command");
+}
+
+// Listeners that the kernel can never bind at the same time (beyond exact duplicates):
+// a wildcard and a specific address on one port, ":P" and anything on P, and two
+// spellings of one unix socket path.
+class OverlapChecker {
+ public:
+  explicit OverlapChecker(std::vector<ConfigIssue>& issues) : issues_(issues) {}
+
+  void add(const JobConfig& job, const ListenerSpec& l) {
+    if (const auto* tcp = std::get_if<TcpAddress>(&l.address)) {
+      if (tcp->port != 0) add_tcp(job, l, *tcp);
+    } else if (const auto* un = std::get_if<UnixAddress>(&l.address)) {
+      add_unix(job, l, *un);
+    }
+  }
+
+ private:
+  enum class Kind { dual, v4any, v4, v6any, v6 };
+  struct Taken {
+    std::string text;
+    std::string job;
+    Kind kind;
+  };
+  struct PortUse {
+    std::optional<Taken> first, dual, v4any, v4, v6any, v6;
+  };
+
+  static Kind kind_of(const TcpAddress& tcp) {
+    if (tcp.host.empty()) return Kind::dual;
+    in_addr a4{};
+    if (::inet_pton(AF_INET, tcp.host.c_str(), &a4) == 1)
+      return a4.s_addr == htonl(INADDR_ANY) ? Kind::v4any : Kind::v4;
+    in6_addr a6{};
+    if (::inet_pton(AF_INET6, tcp.host.c_str(), &a6) == 1 &&
+        std::memcmp(&a6, &in6addr_any, sizeof a6) == 0)
+      return Kind::v6any;
+    return Kind::v6;
+  }
+
+  static std::string why(Kind a, Kind b, std::uint16_t port) {
+    auto p = std::to_string(port);
+    if (a == Kind::dual || b == Kind::dual)
+      return "\":" + p + "\" takes port " + p + " on every IPv4 and IPv6 address";
+    if (a == Kind::v4any || b == Kind::v4any)
+      return "0.0.0.0 takes port " + p + " on every IPv4 address";
+    return "[::] takes port " + p + " on every IPv6 address";
+  }
+
+  void conflict(const JobConfig& job, const ListenerSpec& l, const std::string& text,
+                const Taken& other, const std::string& reason) {
+    issues_.push_back(ConfigIssue{l.mark, "job \"" + job.name + "\": address " + text +
+                                              " can never be bound together with " + other.text +
+                                              " of job \"" + other.job + "\": " + reason});
+  }
+
+  void add_tcp(const JobConfig& job, const ListenerSpec& l, const TcpAddress& tcp) {
+    auto& use = ports_[tcp.port];
+    const Kind kind = kind_of(tcp);
+    const std::string text = to_string(l.address);
+    const std::optional<Taken>* against = nullptr;
+    switch (kind) {
+      case Kind::dual: against = &use.first; break;
+      case Kind::v4any: against = use.dual ? &use.dual : &use.v4; break;
+      case Kind::v4: against = use.dual ? &use.dual : &use.v4any; break;
+      case Kind::v6any: against = use.dual ? &use.dual : &use.v6; break;
+      case Kind::v6: against = use.dual ? &use.dual : &use.v6any; break;
+    }
+    // The same text twice is reported as a duplicate already.
+    if (*against && (*against)->text != text)
+      conflict(job, l, text, **against, why(kind, (*against)->kind, tcp.port));
+    Taken taken{text, job.name, kind};
+    if (!use.first) use.first = taken;
+    auto& slot = kind == Kind::dual    ? use.dual
+                 : kind == Kind::v4any ? use.v4any
+                 : kind == Kind::v6any ? use.v6any
+                 : kind == Kind::v4    ? use.v4
+                                       : use.v6;
+    if (!slot) slot = taken;
+    if (kind == Kind::v4any && !use.v4) use.v4 = taken;
+    if (kind == Kind::v6any && !use.v6) use.v6 = taken;
+  }
+
+  // The parent directory resolved as far as it exists (symbolic links included), then
+  // "." and ".." removed: "/run/./a", "/run//a" and "/run/x/../a" are all /run/a.
+  static std::string normal_path(const std::string& path) {
+    fs::path p(path);
+    std::error_code ec;
+    auto parent = fs::weakly_canonical(p.parent_path(), ec);
+    if (ec || parent.empty()) return p.lexically_normal().string();
+    return (parent / p.filename()).lexically_normal().string();
+  }
+
+  void add_unix(const JobConfig& job, const ListenerSpec& l, const UnixAddress& un) {
+    const std::string text = to_string(l.address);
+    auto [it, inserted] = unix_.emplace(normal_path(un.path), Taken{text, job.name, Kind::v4});
+    if (!inserted && it->second.text != text)
+      conflict(job, l, text, it->second, "both name the socket file " + it->first);
+  }
+
+  std::vector<ConfigIssue>& issues_;
+  std::map<std::uint16_t, PortUse> ports_;
+  std::map<std::string, Taken> unix_;
+};
+
 // Checks that need the whole model: ranges between keys, the system (users, files),
 // duplicates across jobs.
 void validate_model(Config& config, const CheckOptions& options, const Marks& marks,
                     const std::string& base_dir, std::vector<ConfigIssue>& issues) {
   std::map<std::string, std::string> address_owner;  // canonical address -> job
   std::set<std::string> names;
+  OverlapChecker overlaps(issues);
+  const auto inherited = inherited_environment();
+  const bool may_change_user = can_change_user();
   for (auto& job : config.jobs) {
     auto add = [&](const SourceMark& m, std::string msg) {
       issues.push_back(ConfigIssue{m, "job \"" + job.name + "\": " + std::move(msg)});
@@ -461,6 +711,16 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
     if (!names.insert(job.name).second) add(job.mark, "defined twice");
     const auto& w = job.workers;
     auto wmark = lookup(marks.workers, job);
+    // The same ranges as parse_workers_count, for a model built without it.
+    for (auto [which, value] : {std::pair{WorkersCount::start, w.start},
+                                {WorkersCount::min_spare, w.min_spare},
+                                {WorkersCount::max_spare, w.max_spare},
+                                {WorkersCount::max, w.max}}) {
+      auto r = range_of(which);
+      if (value < r.min || value > r.max)
+        add(wmark, std::string(r.key) + " (" + std::to_string(value) + ") must be between " +
+                       std::to_string(r.min) + " and " + std::to_string(r.max));
+    }
     if (job.mode != Mode::plain) {
       if (w.min_spare > w.max_spare)
         add(wmark, "workers.min_spare (" + std::to_string(w.min_spare) +
@@ -490,6 +750,8 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
         issues.push_back(ConfigIssue{l.mark, "job \"" + job.name + "\": address " + key +
                                                  " is already used by job \"" + it->second + "\""});
     }
+    for (const auto& l : job.listeners) overlaps.add(job, l);
+    check_exec_size(job, inherited, [&](std::string msg) { add(job.mark, std::move(msg)); });
 
     if (!job.command.empty()) {
       auto cmark = lookup(marks.command, job);
@@ -509,6 +771,16 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
       std::error_code ec;
       if (!fs::is_directory(job.cwd, ec))
         add(lookup(marks.cwd, job), "cwd " + job.cwd + " is not a directory");
+    }
+    if (!job.user.empty() && !may_change_user) {
+      std::string msg = "user: " + job.user + " needs root (or CAP_SETUID and CAP_SETGID), " +
+                        "and this corral runs as uid " + std::to_string(::geteuid());
+      if (options.for_run)
+        add(lookup(marks.user, job), msg);
+      else
+        config.warnings.push_back(ConfigIssue{
+            lookup(marks.user, job),
+            "warning: job \"" + job.name + "\": " + msg + "; \"corral run\" would refuse it"});
     }
     if (options.check_users) {
       if (!job.user.empty() && !user_exists(job.user))
@@ -596,23 +868,85 @@ Config load_config_text(const std::string& text, const std::string& file,
 }
 
 std::string read_config_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw ConfigError(SourceMark{path, 0, 0},
-                      std::string("cannot read the file: ") + std::strerror(errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  auto fail = [&](const std::string& why) { throw ConfigError(SourceMark{path, 0, 0}, why); };
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) fail(std::string("cannot read the file: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    fail(std::string("cannot read the file: ") + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) fail("is a directory, not a configuration file");
+  const std::string too_big = "the file is larger than " + with_commas(kMaxConfigBytes) +
+                              " bytes (4 MiB), the most corral reads as a configuration";
+  if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) > kMaxConfigBytes)
+    fail(too_big + " (it has " + with_commas(static_cast<std::size_t>(st.st_size)) + ")");
+  // Read at most one byte beyond the limit: a pipe or a growing file is bounded too.
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(std::string("cannot read the file: ") + std::strerror(errno));
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > kMaxConfigBytes) fail(too_big);
+  }
+  return text;
 }
 
 Config load_config_file(const std::string& path, const CheckOptions& options) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw ConfigError(SourceMark{path, 0, 0},
-                      std::string("cannot read the file: ") + std::strerror(errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return load_config_text(buffer.str(), path, options);
+  return load_config_text(read_config_text(path), path, options);
+}
+
+unsigned parse_workers_count(WorkersCount which, std::string_view text, const std::string& what) {
+  const auto r = range_of(which);
+  if (text == "auto") {
+    throw ConfigError(what + ": \"auto\" (from the CPU quota) is not supported yet by this " +
+                      "version of corral; give a number between " + std::to_string(r.min) +
+                      " and " + std::to_string(r.max));
+  }
+  std::uint64_t value = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || (ec != std::errc() && ec != std::errc::result_out_of_range) ||
+      ptr != text.data() + text.size())
+    throw ConfigError(what + " must be a whole number, not \"" + std::string(text) + "\"");
+  if (ec == std::errc::result_out_of_range || value < r.min || value > r.max)
+    throw ConfigError(what + " must be between " + std::to_string(r.min) + " and " +
+                      std::to_string(r.max) + ", not " + std::string(text));
+  return static_cast<unsigned>(value);
+}
+
+std::vector<std::string> merge_environment(
+    std::vector<std::string> env, const std::vector<std::pair<std::string, std::string>>& add) {
+  // KEY -> its position in env: one look-up per entry instead of a search of env.
+  std::unordered_map<std::string, std::size_t> index;
+  index.reserve(env.size() + add.size());
+  for (std::size_t i = 0; i < env.size(); ++i)
+    index.emplace(env[i].substr(0, env[i].find('=')), i);  // the first wins, as a search would
+  for (const auto& [key, value] : add) {
+    auto [it, inserted] = index.emplace(key, env.size());
+    if (inserted)
+      env.push_back(key + "=" + value);
+    else
+      env[it->second] = key + "=" + value;
+  }
+  return env;
+}
+
+std::vector<std::string> status_scoreboard_dirs(const Config& config) {
+  if (!config.scoreboard_dir.empty()) return {config.scoreboard_dir};
+  std::vector<std::string> dirs;
+  if (!config.file.empty()) {
+    std::string name = fs::path(config.file).filename().string();
+    if (name.size() > 5 && name.ends_with(".yaml")) name.resize(name.size() - 5);
+    if (!name.empty() && name != "." && name != "..") dirs.push_back("/run/corral/" + name);
+  }
+  dirs.emplace_back("/run/corral");
+  dirs.push_back(default_scoreboard_dir());
+  std::vector<std::string> unique;
+  for (auto& d : dirs) {
+    if (std::find(unique.begin(), unique.end(), d) == unique.end()) unique.push_back(std::move(d));
+  }
+  return unique;
 }
 
 void validate_config(Config& config, const CheckOptions& options) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/duration.h"
@@ -68,13 +69,44 @@ struct Config {
   std::string file;            // "" when built from the command line
   std::string scoreboard_dir;  // "" = default_scoreboard_dir()
   std::vector<JobConfig> jobs;
+  /// What `corral check` prints but accepts (e.g. `user:` while not root); with
+  /// CheckOptions::for_run these are errors instead.
+  std::vector<ConfigIssue> warnings;
 };
 
 /// What the checks that touch the system may look at. Tests may turn them off.
 struct CheckOptions {
   bool check_users = true;     // users and groups exist
   bool check_commands = true;  // each command resolves to an executable file
+  /// The configuration is about to run here: what this process cannot do (`user:`
+  /// without root) is an error, not a warning.
+  bool for_run = false;
 };
+
+/// The largest configuration file corral reads (4 MiB).
+constexpr std::size_t kMaxConfigBytes = 4U << 20;
+
+/// The counts under `workers:` that YAML and the command line both set.
+enum class WorkersCount { start, min_spare, max_spare, max };
+
+/// Parses one of them, the same for YAML and for `corral run --workers`, `--min-spare`,
+/// `--max-spare` and `--max`: a whole number in the key's range (start and min_spare
+/// 0..16384, max_spare and max 1..16384). `what` names it in the message ("workers.max"
+/// or "--max"). "auto" is refused as not supported yet. Throws ConfigError (no position).
+unsigned parse_workers_count(WorkersCount which, std::string_view text, const std::string& what);
+
+/// The environment a job's workers start from: `inherited` ("KEY=value"), then the job's
+/// `env` in order, a later KEY replacing the earlier one in place. Linear in the number
+/// of entries (an index by key, not a search per entry).
+std::vector<std::string> merge_environment(
+    std::vector<std::string> inherited,
+    const std::vector<std::pair<std::string, std::string>>& add);
+
+/// The directories `corral status CONFIG` looks in, in order: the configuration's
+/// scoreboard_dir when it sets one; else /run/corral/NAME (NAME: the file's base name
+/// without ".yaml", as corral@NAME.service lays it out), /run/corral, then
+/// default_scoreboard_dir() of the caller; without duplicates.
+std::vector<std::string> status_scoreboard_dirs(const Config& config);
 
 /// Reads and validates a YAML file. Throws ConfigError carrying every problem found,
 /// each with FILE:LINE:COLUMN. Binds nothing.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/close_range.h>
 #include <pwd.h>
 #include <sched.h>
@@ -148,6 +149,18 @@ void prepare_child(const Prepared& p, int& report_fd, int& exec_fd) {
       child_fail(report_fd, Step::setgroups);
     if (::syscall(SYS_setgid, c.gid) != 0) child_fail(report_fd, Step::setgid);
     if (::syscall(SYS_setuid, c.uid) != 0) child_fail(report_fd, Step::setuid);
+    // setuid() to a non-root uid empties the permitted and effective sets but keeps the
+    // inheritable one (and an ambient set the kernel did not clear with them); a program
+    // with file capabilities would pick those up at exec. Clear both. No
+    // PR_SET_NO_NEW_PRIVS: setuid helpers of legacy programs must keep working. A
+    // failure is reported as a failed setuid (report.h has no step of its own for it).
+    if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+      child_fail(report_fd, Step::setuid);
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3] = {};
+    if (::syscall(SYS_capget, &header, caps) != 0) child_fail(report_fd, Step::setuid);
+    for (auto& cap : caps) cap.inheritable = 0;
+    if (::syscall(SYS_capset, &header, caps) != 0) child_fail(report_fd, Step::setuid);
   }
   // After the uid change, which clears it (prctl(2)); then close the race with a
   // supervisor that died before this point.

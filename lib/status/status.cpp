@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -50,10 +52,13 @@ const char* job_state_name(std::uint32_t s) {
 
 // The supervisor holds an exclusive flock on its scoreboards for as long as it (or a
 // worker it started) runs; a file nobody locks is left over from a stopped one.
-bool held_by_supervisor(const std::string& path) {
+bool held_by_supervisor(const std::string& path, int* open_errno = nullptr) {
   // O_NONBLOCK: a FIFO named *.scoreboard must not block status in open().
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (!fd) return false;
+  if (!fd) {
+    if (open_errno != nullptr) *open_errno = errno;
+    return false;
+  }
   if (::flock(fd.get(), LOCK_SH | LOCK_NB) == 0) return false;
   return errno == EWOULDBLOCK;
 }
@@ -142,7 +147,53 @@ void print_table(const nlohmann::json& sup, const nlohmann::json& job, std::ostr
   }
 }
 
+// The scoreboard files of `jobs` (every *.scoreboard when empty) that a supervisor holds
+// in `dir`; what could not be opened goes to `unreadable`.
+std::vector<std::string> held_files(const std::string& dir, const std::vector<std::string>& jobs,
+                                    std::vector<std::string>& unreadable) {
+  std::vector<std::string> paths;
+  if (jobs.empty()) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (entry.path().extension() == ".scoreboard") paths.push_back(entry.path().string());
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory)
+      unreadable.push_back(dir + ": " + ec.message());
+    std::sort(paths.begin(), paths.end());
+  } else {
+    for (const auto& j : jobs) paths.push_back(dir + "/" + scoreboard_file_name(j));
+  }
+  std::vector<std::string> held;
+  for (const auto& path : paths) {
+    int open_errno = 0;
+    if (held_by_supervisor(path, &open_errno))
+      held.push_back(path);
+    else if (open_errno != 0 && open_errno != ENOENT)
+      unreadable.push_back(path + ": " + std::strerror(open_errno));
+  }
+  return held;
+}
+
 }  // namespace
+
+int print_status(const std::vector<std::string>& dirs, const std::vector<std::string>& jobs,
+                 bool json, std::ostream& out, std::ostream& err) {
+  std::vector<std::string> unreadable;
+  for (const auto& dir : dirs) {
+    if (!held_files(dir, jobs, unreadable).empty()) return print_status(dir, jobs, json, out, err);
+  }
+  err << "corral status: no supervisor is running";
+  if (!jobs.empty()) {
+    err << " for job" << (jobs.size() == 1 ? " " : "s ");
+    for (size_t i = 0; i < jobs.size(); ++i) err << (i ? ", " : "") << jobs[i];
+  }
+  err << "; looked in:\n";
+  for (const auto& dir : dirs) err << "  " << dir << "\n";
+  for (const auto& u : unreadable) err << "could not read " << u << "\n";
+  err << "If the supervisor keeps its scoreboards elsewhere, give that directory with "
+         "--scoreboard-dir DIR (or set scoreboard_dir: in the configuration).\n";
+  return kExitNotRunning;
+}
 
 int print_status(const std::string& dir, const std::vector<std::string>& jobs, bool json,
                  std::ostream& out, std::ostream& err) {

@@ -16,4 +16,11 @@ constexpr int kExitNotRunning = 3;
 int print_status(const std::string& dir, const std::vector<std::string>& jobs, bool json,
                  std::ostream& out, std::ostream& err);
 
+/// The same over several candidate directories (status_scoreboard_dirs()): prints the
+/// first one in which a supervisor holds any of the files. When none does, says every
+/// directory it looked in, what it could not read, and how to point it
+/// (`--scoreboard-dir`), and returns kExitNotRunning.
+int print_status(const std::vector<std::string>& dirs, const std::vector<std::string>& jobs,
+                 bool json, std::ostream& out, std::ostream& err);
+
 }  // namespace corral

@@ -104,7 +104,7 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
 
   auto& env = res.base_env;
   env = environment_;
-  for (const auto& [k, v] : cfg.env) set_env(env, k, v);
+  env = merge_environment(std::move(env), cfg.env);
   if (res.credentials) {
     set_env(env, "HOME", res.credentials->home);
     set_env(env, "USER", res.credentials->user);

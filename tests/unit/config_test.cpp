@@ -879,3 +879,170 @@ TEST_CASE("default_scoreboard_dir: $XDG_RUNTIME_DIR/corral, else /tmp/corral-$UI
   runtime.set("/run/svc");
   CHECK(default_dir_as_non_root(uid) == "/run/svc");
 }
+
+// ---- issue 13: unchecked input --------------------------------------------------
+
+TEST_CASE("workers counts: one range check for YAML and the command line") {
+  using corral::WorkersCount;
+  CHECK(corral::parse_workers_count(WorkersCount::start, "16384", "--workers") == 16384);
+  CHECK(corral::parse_workers_count(WorkersCount::start, "0", "--workers") == 0);
+  CHECK(corral::parse_workers_count(WorkersCount::max, "1", "--max") == 1);
+  auto message = [](WorkersCount w, const char* text, const char* what) {
+    try {
+      (void)corral::parse_workers_count(w, text, what);
+    } catch (const corral::ConfigError& e) {
+      return e.issues().front().message;
+    }
+    return std::string();
+  };
+  CHECK(message(WorkersCount::start, "100000", "--workers") ==
+        "--workers must be between 0 and 16384, not 100000");
+  CHECK(message(WorkersCount::max, "0", "--max") == "--max must be between 1 and 16384, not 0");
+  CHECK(message(WorkersCount::max, "20000", "workers.max") ==
+        "workers.max must be between 1 and 16384, not 20000");
+  CHECK(message(WorkersCount::max_spare, "0", "--max-spare") ==
+        "--max-spare must be between 1 and 16384, not 0");
+  CHECK(message(WorkersCount::start, "99999999999999999999999", "--workers").find("between") !=
+        std::string::npos);
+  CHECK(message(WorkersCount::start, "-1", "--workers") ==
+        "--workers must be a whole number, not \"-1\"");
+  CHECK(message(WorkersCount::start, "", "--workers") ==
+        "--workers must be a whole number, not \"\"");
+  CHECK(message(WorkersCount::start, "auto", "--workers").find("not supported yet") !=
+        std::string::npos);
+  // YAML gives the same words at the value's position.
+  auto issues = issues_of(web_job("    workers: { max: 20000, start: auto }\n"));
+  CHECK(has_issue(issues,
+                  "/tmp/x/test.yaml:5:21: workers.max must be between 1 and 16384, not 20000"));
+  CHECK(has_issue(issues, "workers.start: \"auto\" (from the CPU quota) is not supported yet"));
+}
+
+TEST_CASE("validate_config checks the workers ranges of a model built elsewhere") {
+  auto config = load(web_job(""));
+  config.jobs[0].workers.max = 0;
+  config.jobs[0].workers.start = 0;
+  config.jobs[0].workers.min_spare = 0;
+  try {
+    corral::validate_config(config, kNoChecks);
+    FAIL("accepted workers.max 0");
+  } catch (const corral::ConfigError& e) {
+    CHECK(e.issues().front().message.find("workers.max (0) must be between 1 and 16384") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("merge_environment: a later key replaces in place, new keys are appended, linear") {
+  auto env =
+      corral::merge_environment({"A=1", "B=2", "A=shadow"}, {{"B", "x"}, {"C", "3"}, {"C", "4"}});
+  CHECK(env == std::vector<std::string>{"A=1", "B=x", "A=shadow", "C=4"});
+  std::vector<std::pair<std::string, std::string>> many;
+  for (int i = 0; i < 200000; ++i) many.emplace_back("K" + std::to_string(i), "v");
+  auto start = std::chrono::steady_clock::now();
+  auto big = corral::merge_environment({}, many);
+  CHECK(big.size() == 200000);
+  // A search per entry took minutes at this size; an index takes well under a second.
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+}
+
+TEST_CASE("a NUL byte in any value exec or a system call would see is an error") {
+  auto issues = issues_of(web_job("    env: { A: \"x\\0y\" }\n    cwd: \"/tm\\0p\"\n"));
+  CHECK(has_issue(issues, ":5:15: env.A contains a NUL byte"));
+  CHECK(has_issue(issues, ":6:10: cwd contains a NUL byte"));
+  issues =
+      issues_of("jobs:\n  web:\n    command: [\"/bin/sh\", \"-c\\0x\"]\n    listen: [\":1\"]\n");
+  CHECK(has_issue(issues, "each command argument contains a NUL byte"));
+}
+
+TEST_CASE("argv + environment beyond what exec accepts is an error at the job") {
+  std::string text = web_job("    env:\n");
+  for (int i = 0; i < 40; ++i)
+    text += "      K" + std::to_string(i) + ": " + std::string(100000, 'v') + "\n";
+  auto issues = issues_of(text);
+  REQUIRE(issues.size() == 1);
+  CHECK(
+      issues[0].starts_with("/tmp/x/test.yaml:2:3: job \"web\": command and environment come to "));
+  CHECK(has_issue(issues, "would fail with E2BIG"));
+  issues = issues_of(web_job("    env: { LONG: " + std::string(140000, 'x') + " }\n"));
+  CHECK(has_issue(issues, ":2:3: job \"web\": env.LONG is 140,005 bytes long"));
+  CHECK(has_issue(issues, "MAX_ARG_STRLEN"));
+  // 50,000 small variables fit, and are checked quickly.
+  text = web_job("    env:\n");
+  for (int i = 0; i < 50000; ++i) text += "      K" + std::to_string(i) + ": v\n";
+  auto start = std::chrono::steady_clock::now();
+  CHECK_NOTHROW(load(text));
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+}
+
+TEST_CASE("listeners that can never be bound together are errors, across jobs too") {
+  auto issues = issues_of(
+      "jobs:\n"
+      "  a:\n"
+      "    command: /bin/sh\n"
+      "    listen: [\"0.0.0.0:7001\", \":7002\", \"unix:/run/a.sock\", \"[::]:7003\"]\n"
+      "  b:\n"
+      "    command: /bin/sh\n"
+      "    listen: [\"127.0.0.1:7001\", \"[::]:7002\", \"unix:/run/./a.sock\", \"[::1]:7003\",\n"
+      "             \"0.0.0.0:7003\", \"127.0.0.1:7002\", \"unix:/run//x/../a.sock\"]\n");
+  CHECK(has_issue(
+      issues, "address 127.0.0.1:7001 can never be bound together with 0.0.0.0:7001 of job \"a\""));
+  CHECK(has_issue(issues, "address [::]:7002 can never be bound together with :7002 of job \"a\""));
+  CHECK(has_issue(issues, "address 127.0.0.1:7002 can never be bound together with :7002"));
+  CHECK(has_issue(issues,
+                  "address unix:/run/./a.sock can never be bound together with unix:/run/a.sock"));
+  CHECK(has_issue(issues, "address unix:/run//x/../a.sock can never be bound together"));
+  CHECK(has_issue(issues, "address [::1]:7003 can never be bound together with [::]:7003"));
+  // [::] is IPv6 only (IPV6_V6ONLY): it and 0.0.0.0 share a port; so do two specific ones.
+  CHECK_FALSE(has_issue(issues, "0.0.0.0:7003 can never"));
+  CHECK(issues.size() == 6);
+  CHECK_NOTHROW(
+      load("jobs:\n  a:\n    command: /bin/sh\n"
+           "    listen: [\"127.0.0.1:9\", \"127.0.0.2:9\", \"[::1]:9\", \"0.0.0.0:0\", \":0\"]\n"));
+}
+
+TEST_CASE("user: without root is a warning for check and an error for run") {
+  if (::geteuid() == 0) return;  // tests/integration/test_input_limits.py runs it as a user
+  auto config = load(web_job("    user: nobody\n"));
+  REQUIRE(config.warnings.size() == 1);
+  CHECK(config.warnings[0].to_string().find(
+            ":5:11: warning: job \"web\": user: nobody needs root") != std::string::npos);
+  corral::CheckOptions run = kNoChecks;
+  run.for_run = true;
+  CHECK(has_issue(issues_of(web_job("    user: nobody\n"), run), "user: nobody needs root"));
+}
+
+TEST_CASE("read_config_text: a directory says so; a file beyond 4 MiB is refused") {
+  auto dir = std::filesystem::temp_directory_path() / ("corral-unit-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto message = [](const std::string& path) {
+    try {
+      (void)corral::read_config_text(path);
+    } catch (const corral::ConfigError& e) {
+      return e.issues().front().to_string();
+    }
+    return std::string();
+  };
+  CHECK(message(dir.string()) == dir.string() + ": is a directory, not a configuration file");
+  auto big = (dir / "big.yaml").string();
+  {
+    std::ofstream out(big);
+    out << std::string(corral::kMaxConfigBytes + 1, '#');
+  }
+  CHECK(message(big).find("larger than 4,194,304 bytes (4 MiB)") != std::string::npos);
+  std::filesystem::resize_file(big, corral::kMaxConfigBytes);
+  CHECK(corral::read_config_text(big).size() == corral::kMaxConfigBytes);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("status_scoreboard_dirs: /run/corral/NAME, /run/corral, then the caller's default") {
+  EnvGuard runtime("RUNTIME_DIRECTORY");
+  runtime.set("/run/elsewhere");
+  corral::Config config;
+  config.file = "/etc/corral/web.yaml";
+  CHECK(corral::status_scoreboard_dirs(config) ==
+        std::vector<std::string>{"/run/corral/web", "/run/corral", "/run/elsewhere"});
+  runtime.set("/run/corral");
+  CHECK(corral::status_scoreboard_dirs(config) ==
+        std::vector<std::string>{"/run/corral/web", "/run/corral"});
+  config.scoreboard_dir = "/srv/sb";
+  CHECK(corral::status_scoreboard_dirs(config) == std::vector<std::string>{"/srv/sb"});
+}
