@@ -82,10 +82,17 @@ class NoTickTest(CorralTest):
         load.join()
         self.assertEqual(load.failures, [])
         self.assertGreaterEqual(len(load.latencies), 800)
-        worst = max(load.latencies)
-        # The old core refilled an emptied pool at its 1 s tick: connections then waited
-        # about 1.0 to 1.05 s. Nothing here may wait that long.
-        self.assertLess(worst, 0.9, f"slowest connection {worst:.3f}s\n{c.log_text()[-3000:]}")
+        lat = sorted(load.latencies)
+        p99, worst = lat[int(len(lat) * 0.99)], lat[-1]
+        slow = sum(1 for x in lat if x >= 0.9)
+        print(f"{mode}: p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+              f"max {worst * 1000:.1f} ms, {slow} of {len(lat)} at 0.9 s or more")
+        # The old core refilled an emptied pool at its 1 s tick: about 2% of the
+        # connections then waited 1.0 to 1.05 s (p99 over 1 s, 16 of 800 or more). A
+        # connection can still be slow when the machine is saturated (a SYN dropped
+        # and retransmitted after 1 s, a client thread descheduled): allow a few.
+        self.assertLess(p99, 0.9, f"p99 {p99:.3f}s\n{c.log_text()[-3000:]}")
+        self.assertLessEqual(slow, 3, f"{slow} connections took 0.9 s or more")
         self.assertEqual(c.stop(), 0)
 
     def test_inetd_with_a_program_that_answers_at_once(self):
