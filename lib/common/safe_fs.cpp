@@ -33,10 +33,10 @@ std::vector<std::string> components(const std::string& path) {
   return out;
 }
 
-std::string fix_for(const std::string& path, uid_t euid) {
+std::string fix_for(uid_t euid) {
   return "remove it (corral then creates it), or point scoreboard_dir (--scoreboard-dir) at a "
          "directory that only root or uid " +
-         std::to_string(euid) + " can write; not using " + path;
+         std::to_string(euid) + " can write";
 }
 
 // The mode a missing directory gets: private when others can write its parent, as in
@@ -86,7 +86,7 @@ UniqueFd open_private_directory(const std::string& path) {
       if ((err == ELOOP || err == ENOTDIR) &&
           ::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && last)
         throw SetupError("scoreboard directory " + path + " " +
-                         why_not_private(st.st_mode, st.st_uid, euid) + "; " + fix_for(path, euid));
+                         why_not_private(st.st_mode, st.st_uid, euid) + "; " + fix_for(euid));
       throw SetupError("open scoreboard directory", path, err);
     }
     cur = std::move(next);
@@ -94,7 +94,7 @@ UniqueFd open_private_directory(const std::string& path) {
   struct stat st {};
   if (::fstat(cur.get(), &st) != 0) throw SetupError("stat", path, errno);
   if (auto why = why_not_private(st.st_mode, st.st_uid, euid); !why.empty())
-    throw SetupError("scoreboard directory " + path + " " + why + "; " + fix_for(path, euid));
+    throw SetupError("scoreboard directory " + path + " " + why + "; " + fix_for(euid));
   return cur;
 }
 

@@ -253,7 +253,8 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
   // The new file is prepared under a temporary name, mode 0600 until it is locked, so
   // that nobody else can open and flock it first, then renamed into place.
   for (int attempt = 0; attempt < 8; ++attempt) {
-    UniqueFd old(::openat(dirfd.get(), name.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    UniqueFd old(
+        ::openat(dirfd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
     if (!old && errno != ENOENT) {
       if (errno == ELOOP)
         throw SetupError("scoreboard " + path +
@@ -272,7 +273,8 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
         // Only a supervisor of this user writes the header (the directory is private,
         // the file ours and 0644), but anyone who can read the file can flock it. A lock
         // whose supervisor is gone is someone else's: replace the file under it.
-        pid_t pid = header_pid(old.get());
+        // A header others could write (a 0666 leftover) names nobody.
+        pid_t pid = (st.st_mode & (S_IWGRP | S_IWOTH)) == 0 ? header_pid(old.get()) : 0;
         if (live_process_of_ours(pid)) throw SetupError(in_use_message(path, pid));
         replaced_hostile_lock = true;
       }
