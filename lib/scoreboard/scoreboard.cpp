@@ -296,9 +296,9 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
       throw SetupError(in_use_message(path, header_pid_at(dirfd.get(), name)));
     if (replaced_hostile_lock)
       spdlog::warn(
-          "scoreboard {} was locked by a process that is not a running corral (its supervisor "
-          "is gone); replaced it",
-          path);
+          "scoreboard {} was locked by a process that is not a running corral of uid {} "
+          "(a reader, or a leftover); replaced it",
+          path, euid);
     return sb;
   }
   throw SetupError("scoreboard " + path +
