@@ -2,11 +2,17 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -54,14 +60,30 @@ bool is_listening_stream(int fd) {
   return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening != 0;
 }
 
+// "/proc/self/fd/N": a path that resolves to exactly the file an fd (O_PATH too) is
+// open on, whatever has been renamed over its name since.
+std::string proc_fd_path(int fd) {
+  return "/proc/self/fd/" + std::to_string(fd);
+}
+
+bool same_file_at(int dir_fd, const std::string& path, const struct stat& want) {
+  struct stat now {};
+  return ::fstatat(dir_fd, path.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+         now.st_dev == want.st_dev && now.st_ino == want.st_ino;
+}
+
 // A unix socket path that already exists is replaced only when it is a socket nobody
-// listens on (connect() refused): never a regular file, never a live socket.
+// listens on (connect() refused): never a regular file, never a live socket, never a
+// link (nor what a link points to). The probe connects to the very inode that was
+// checked, through /proc/self/fd.
 void remove_stale_unix_socket(const std::string& path, const std::string& text) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) {
+  UniqueFd file(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!file) {
     if (errno == ENOENT) return;
-    throw SetupError("stat", path, errno);
+    throw SetupError("open", path, errno);
   }
+  struct stat st {};
+  if (::fstat(file.get(), &st) != 0) throw SetupError("stat", path, errno);
   if (!S_ISSOCK(st.st_mode))
     throw SetupError(text + ": " + path +
                      " exists and is not a socket; refusing to replace it (remove it or choose "
@@ -70,12 +92,101 @@ void remove_stale_unix_socket(const std::string& path, const std::string& text) 
   if (!probe) throw SetupError("socket", text, errno);
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path, path.data(), path.size());
+  auto via = proc_fd_path(file.get());
+  std::memcpy(sun.sun_path, via.data(), via.size());
   if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0)
     throw SetupError("bind", text, EADDRINUSE);
   if (errno != ECONNREFUSED && errno != ENOENT) throw SetupError("connect", text, errno);
+  // unlink() never follows a link; what it removes must still be what was probed.
+  if (!same_file_at(AT_FDCWD, path, st))
+    throw SetupError(text + ": " + path +
+                     " was replaced while corral checked it; refusing to "
+                     "remove it (someone else can write to its directory)");
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw SetupError("unlink", path, errno);
   spdlog::info("replaced stale unix socket {}", path);
+}
+
+// The (device, inode) of the file that binding `sock` created, as the kernel recorded
+// it (sock_diag, UNIX_DIAG_VFS: linux/unix_diag.h); fails where unix_diag is missing.
+Result<std::pair<dev_t, ino_t>> bound_file_of(int sock) {
+  struct stat self {};
+  if (::fstat(sock, &self) != 0) return errno_error("fstat the socket");
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return errno_error("socket NETLINK_SOCK_DIAG");
+  timeval timeout{1, 0};
+  ::setsockopt(nl.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  struct {
+    nlmsghdr nlh;
+    unix_diag_req req;
+  } msg{};
+  msg.nlh.nlmsg_len = sizeof msg;
+  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+  msg.nlh.nlmsg_seq = 1;
+  msg.req.sdiag_family = AF_UNIX;
+  msg.req.udiag_states = ~0U;
+  msg.req.udiag_ino = static_cast<__u32>(self.st_ino);
+  msg.req.udiag_show = UDIAG_SHOW_VFS;
+  msg.req.udiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  msg.req.udiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(nl.get(), &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel),
+               sizeof kernel) != static_cast<ssize_t>(sizeof msg))
+    return errno_error("sock_diag request");
+  alignas(nlmsghdr) char buf[8192];
+  ssize_t n = ::recv(nl.get(), buf, sizeof buf, 0);
+  if (n < 0) return errno_error("sock_diag answer");
+  auto len = static_cast<unsigned>(n);
+  for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+    if (h->nlmsg_type == NLMSG_ERROR) {
+      const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
+      return Error{-e->error, "sock_diag"};
+    }
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+    const auto* m = static_cast<const unix_diag_msg*>(NLMSG_DATA(h));
+    if (m->udiag_ino != static_cast<__u32>(self.st_ino)) continue;
+    auto attr_len = static_cast<unsigned>(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+    for (auto* a = reinterpret_cast<rtattr*>(const_cast<unix_diag_msg*>(m) + 1);
+         RTA_OK(a, attr_len); a = RTA_NEXT(a, attr_len)) {
+      if (a->rta_type != UNIX_DIAG_VFS || RTA_PAYLOAD(a) < sizeof(unix_diag_vfs)) continue;
+      unix_diag_vfs vfs{};
+      std::memcpy(&vfs, RTA_DATA(a), sizeof vfs);
+      // The kernel's own dev_t encoding (MAJOR << 20 | MINOR), not stat's.
+      dev_t dev = makedev(vfs.udiag_vfs_dev >> 20, vfs.udiag_vfs_dev & 0xfffff);
+      return std::pair<dev_t, ino_t>{dev, static_cast<ino_t>(vfs.udiag_vfs_ino)};
+    }
+    return Error{0, "sock_diag: the socket is bound to no file"};
+  }
+  return Error{0, "sock_diag: no answer about the socket"};
+}
+
+// The file `sock` was just bound to, opened O_PATH without following a link, after
+// checking that it is that very socket: a socket file of ours whose inode sock_diag
+// names. Whoever can write to the directory may have renamed something over it.
+UniqueFd open_bound_file(int sock, const std::string& path, const std::string& text) {
+  UniqueFd file(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!file) throw SetupError("open", path, errno);
+  struct stat st {};
+  if (::fstat(file.get(), &st) != 0) throw SetupError("stat", path, errno);
+  auto replaced = [&](const std::string& what) {
+    return SetupError(text + ": " + path + " was replaced after corral bound it (" + what +
+                      "); someone else can write to its directory: refusing to change it. Put "
+                      "the socket in a directory only root or the supervisor's user can write");
+  };
+  if (S_ISLNK(st.st_mode)) throw replaced("it is now a symbolic link");
+  if (!S_ISSOCK(st.st_mode)) throw replaced("it is no longer a socket");
+  if (st.st_uid != ::geteuid()) throw replaced("it is owned by uid " + std::to_string(st.st_uid));
+  auto bound = bound_file_of(sock);
+  if (!bound)
+    throw SetupError(text + ": cannot check which file the socket is bound to (" +
+                     bound.error().to_string() +
+                     "); corral needs the kernel's unix_diag (CONFIG_UNIX_DIAG) to set "
+                     "owner:, group: or a mode the umask changed");
+  if (bound->first != st.st_dev ||
+      static_cast<__u32>(bound->second) != static_cast<__u32>(st.st_ino))
+    throw replaced("it is another socket");
+  return file;
 }
 
 uid_t lookup_uid(const std::string& user) {
@@ -143,17 +254,36 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
     if (::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
       throw SetupError("setsockopt IPV6_V6ONLY", text, errno);
   }
-  if (const auto* un = std::get_if<UnixAddress>(&spec.address)) {
+  const auto* un = std::get_if<UnixAddress>(&spec.address);
+  if (un == nullptr) {
+    if (::bind(fd.get(), sa.get(), sa.length) != 0) throw SetupError("bind", text, errno);
+  } else {
+    // Nothing is done by path after bind() but through a checked O_PATH fd: whoever can
+    // write to the socket's directory could rename a link to any file over it.
+    const mode_t mode = spec.unix_mode.value_or(0666);
+    const uid_t uid = spec.owner.empty() ? static_cast<uid_t>(-1) : lookup_uid(spec.owner);
+    const gid_t gid = spec.group.empty() ? static_cast<gid_t>(-1) : lookup_gid(spec.group);
     remove_stale_unix_socket(un->path, text);
-  }
-  if (::bind(fd.get(), sa.get(), sa.length) != 0) throw SetupError("bind", text, errno);
-  if (const auto* un = std::get_if<UnixAddress>(&spec.address)) {
-    mode_t mode = spec.unix_mode.value_or(0666);
-    if (::chmod(un->path.c_str(), mode) != 0) throw SetupError("chmod", un->path, errno);
-    if (!spec.owner.empty() || !spec.group.empty()) {
-      uid_t uid = spec.owner.empty() ? static_cast<uid_t>(-1) : lookup_uid(spec.owner);
-      gid_t gid = spec.group.empty() ? static_cast<gid_t>(-1) : lookup_gid(spec.group);
-      if (::chown(un->path.c_str(), uid, gid) != 0) throw SetupError("chown", un->path, errno);
+    // Linux's unix_bind gives the new file the socket inode's mode minus the umask: set
+    // the mode there, and the umask to 0 for the call (corral has one thread).
+    if (::fchmod(fd.get(), mode) != 0) throw SetupError("fchmod", text, errno);
+    const mode_t saved_umask = ::umask(0);
+    const int rc = ::bind(fd.get(), sa.get(), sa.length);
+    const int err = errno;
+    ::umask(saved_umask);
+    if (rc != 0) throw SetupError("bind", text, err);
+    struct stat st {};
+    UniqueFd file(::open(un->path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    const bool mode_ok = file && ::fstat(file.get(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+                         (st.st_mode & 07777) == mode;
+    if (!mode_ok || uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) {
+      file = open_bound_file(fd.get(), un->path, text);
+      // A kernel that ignored the socket inode's mode: chmod the checked inode itself.
+      if (!mode_ok && ::chmod(proc_fd_path(file.get()).c_str(), mode) != 0)
+        throw SetupError("chmod", un->path, errno);
+      if ((uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) &&
+          ::fchownat(file.get(), "", uid, gid, AT_EMPTY_PATH) != 0)
+        throw SetupError("chown", un->path, errno);
     }
   }
   if (::listen(fd.get(), spec.backlog) != 0) throw SetupError("listen", text, errno);

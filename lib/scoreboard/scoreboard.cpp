@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -9,8 +10,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <filesystem>
+#include <string>
+
+#include "common/safe_fs.h"
 
 namespace corral {
 namespace {
@@ -195,39 +199,144 @@ void Scoreboard::unmap() {
   base_ = nullptr;
 }
 
+namespace {
+
+// Whether `pid` is a live process of this user: the supervisor that wrote a header.
+// (/proc/PID belongs to the process's effective uid.)
+bool live_process_of_ours(pid_t pid) {
+  if (pid <= 0) return false;
+  struct stat st {};
+  if (::stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0) return false;
+  return st.st_uid == ::geteuid();
+}
+
+pid_t header_pid(int fd) {
+  corral_sb_header h{};
+  if (::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h) ||
+      std::memcmp(h.magic, CORRAL_SB_MAGIC, 8) != 0)
+    return 0;
+  return h.supervisor_pid;
+}
+
+pid_t header_pid_at(int dir, const std::string& name) {
+  UniqueFd fd(::openat(dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  return fd ? header_pid(fd.get()) : 0;
+}
+
+bool same_inode(int fd, int dir, const std::string& name) {
+  struct stat a {};
+  struct stat b {};
+  return ::fstat(fd, &a) == 0 && ::fstatat(dir, name.c_str(), &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+         a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// Where a new scoreboard is prepared: hidden, and not "*.scoreboard", which status lists.
+std::string temp_name(const std::string& name) {
+  return "." + name + "." + std::to_string(::getpid()) + ".new";
+}
+
+std::string in_use_message(const std::string& path, pid_t pid) {
+  return "scoreboard " + path + " is in use by another corral" +
+         (pid > 0 ? " (pid " + std::to_string(pid) + ")" : std::string()) +
+         "; stop it, or give this one another scoreboard_dir";
+}
+
+}  // namespace
+
 Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, unsigned slot_count) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw SetupError("create scoreboard directory", dir, ec.value());
-  Scoreboard sb;
-  sb.path_ = dir + "/" + scoreboard_file_name(job);
-  sb.fd_ = UniqueFd(::open(sb.path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644));
-  if (!sb.fd_) throw SetupError("open scoreboard", sb.path_, errno);
-  if (::flock(sb.fd_.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) {
-      corral_sb_header old{};
-      std::string who;
-      if (::pread(sb.fd_.get(), &old, sizeof old, 0) == static_cast<ssize_t>(sizeof old) &&
-          std::memcmp(old.magic, CORRAL_SB_MAGIC, 8) == 0)
-        who = " (pid " + std::to_string(old.supervisor_pid) + ")";
-      throw SetupError("scoreboard " + sb.path_ + " is in use by another corral" + who +
-                       "; stop it, or give this one another scoreboard_dir");
+  UniqueFd dirfd = open_private_directory(dir);
+  const std::string name = scoreboard_file_name(job);
+  const std::string path = dir + "/" + name;
+  const uid_t euid = ::geteuid();
+  // An existing file is only ever replaced, never reused: a reader or a worker of a
+  // dead supervisor may still hold it open (and an old one may have had another mode).
+  // The new file is prepared under a temporary name, mode 0600 until it is locked, so
+  // that nobody else can open and flock it first, then renamed into place.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    UniqueFd old(
+        ::openat(dirfd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (!old && errno != ENOENT) {
+      if (errno == ELOOP)
+        throw SetupError("scoreboard " + path +
+                         " is a symbolic link; corral does not follow it (remove it)");
+      throw SetupError("open scoreboard", path, errno);
     }
-    throw SetupError("flock", sb.path_, errno);
+    bool replaced_hostile_lock = false;
+    if (old) {
+      struct stat st {};
+      if (::fstat(old.get(), &st) != 0) throw SetupError("stat", path, errno);
+      if (!S_ISREG(st.st_mode) || st.st_uid != euid)
+        throw SetupError("scoreboard " + path + " is not a regular file owned by uid " +
+                         std::to_string(euid) + "; refusing to use or replace it (remove it)");
+      if (::flock(old.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK) throw SetupError("flock", path, errno);
+        // Only a supervisor of this user writes the header (the directory is private,
+        // the file ours and 0644), but anyone who can read the file can flock it. A lock
+        // whose supervisor is gone is someone else's: replace the file under it.
+        // A header others could write (a 0666 leftover) names nobody.
+        pid_t pid = (st.st_mode & (S_IWGRP | S_IWOTH)) == 0 ? header_pid(old.get()) : 0;
+        if (live_process_of_ours(pid)) throw SetupError(in_use_message(path, pid));
+        replaced_hostile_lock = true;
+      }
+      // Locked (or held by nobody we trust), and still the file at that name?
+      if (!same_inode(old.get(), dirfd.get(), name)) continue;
+    }
+    Scoreboard sb = create_file(dirfd.get(), dir, name, slot_count);
+    // Keep `old`'s lock until the new file is in place: a second supervisor that opened
+    // the old file then finds it locked, or no longer at that name, and looks again.
+    unsigned flags = old ? 0 : RENAME_NOREPLACE;
+    const std::string tmp = temp_name(name);
+    if (::renameat2(dirfd.get(), tmp.c_str(), dirfd.get(), name.c_str(), flags) != 0) {
+      int err = errno;
+      ::unlinkat(dirfd.get(), tmp.c_str(), 0);
+      if (err == EEXIST) continue;  // created meanwhile: look at it
+      throw SetupError("rename scoreboard into place", path, err);
+    }
+    if (!same_inode(sb.fd(), dirfd.get(), name))
+      throw SetupError(in_use_message(path, header_pid_at(dirfd.get(), name)));
+    if (replaced_hostile_lock)
+      spdlog::warn(
+          "scoreboard {} was locked by a process that is not a running corral of uid {} "
+          "(a reader, or a leftover); replaced it",
+          path, euid);
+    return sb;
   }
+  throw SetupError("scoreboard " + path +
+                   " keeps changing under corral; is another corral "
+                   "starting with the same scoreboard_dir?");
+}
+
+Scoreboard Scoreboard::create_file(int dirfd, const std::string& dir, const std::string& name,
+                                   unsigned slot_count) {
+  Scoreboard sb;
+  sb.path_ = dir + "/" + name;
+  const std::string tmp = temp_name(name);
+  // Left by a crash of a process that had our pid: the directory is ours alone.
+  ::unlinkat(dirfd, tmp.c_str(), 0);
+  sb.fd_ = UniqueFd(
+      ::openat(dirfd, tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!sb.fd_) throw SetupError("create scoreboard", dir + "/" + tmp, errno);
+  if (::flock(sb.fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+    throw SetupError("flock", dir + "/" + tmp, err);
+  }
+  // Workers write through the inherited fd; `corral status` reads as any user.
   ::fchmod(sb.fd_.get(), 0644);
   sb.size_ = file_size_for(slot_count);
-  // Start from zeroes: a stale file from a crashed supervisor must not leak slots.
-  if (::ftruncate(sb.fd_.get(), 0) != 0 ||
-      ::ftruncate(sb.fd_.get(), static_cast<off_t>(sb.size_)) != 0)
-    throw SetupError("resize scoreboard", sb.path_, errno);
+  auto fail = [&](const char* call, int err) {
+    ::unlinkat(dirfd, tmp.c_str(), 0);
+    return SetupError(call, sb.path_, err);
+  };
+  if (::ftruncate(sb.fd_.get(), static_cast<off_t>(sb.size_)) != 0)
+    throw fail("resize scoreboard", errno);
   // Reserve the blocks now: on a full filesystem a sparse mapping would SIGBUS at the
   // first write to a new page, in the supervisor or a worker. Fail here instead.
   if (int err = ::posix_fallocate(sb.fd_.get(), 0, static_cast<off_t>(sb.size_));
       err != 0 && err != EOPNOTSUPP && err != EINVAL)
-    throw SetupError("allocate scoreboard", sb.path_, err);
+    throw fail("allocate scoreboard", err);
   void* base = ::mmap(nullptr, sb.size_, PROT_READ | PROT_WRITE, MAP_SHARED, sb.fd_.get(), 0);
-  if (base == MAP_FAILED) throw SetupError("mmap", sb.path_, errno);
+  if (base == MAP_FAILED) throw fail("mmap", errno);
   sb.base_ = base;
   sb.slot_count_ = slot_count;
   sb.writable_ = true;
@@ -238,6 +347,8 @@ Scoreboard Scoreboard::create(const std::string& dir, const std::string& job, un
   h->header_size = CORRAL_SB_HEADER_SIZE;
   h->slot_size = CORRAL_SB_SLOT_SIZE;
   store(&h->slot_count, slot_count);
+  // Before the file is visible: a second supervisor that finds it locked sees a live pid.
+  store(&h->supervisor_pid, static_cast<std::int32_t>(::getpid()));
   return sb;
 }
 
@@ -284,7 +395,8 @@ Result<Scoreboard> Scoreboard::open_read_only(const std::string& path) {
   Scoreboard sb;
   sb.path_ = path;
   // O_NONBLOCK: opening a FIFO put in the file's place must not hang the reader.
-  sb.fd_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  // O_NOFOLLOW: a reader never follows a link left in a directory it was pointed at.
+  sb.fd_ = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW));
   if (!sb.fd_) return errno_error("open " + path);
   struct stat st {};
   if (::fstat(sb.fd_.get(), &st) != 0) return errno_error("stat " + path);

@@ -39,10 +39,13 @@ class Scoreboard {
   Scoreboard& operator=(const Scoreboard&) = delete;
   ~Scoreboard();
 
-  /// Creates `dir` if needed and the file `dir/<job>.scoreboard` with `slot_count` slots,
-  /// mode 0644 (workers write through the inherited fd, status readers read). Takes an
-  /// exclusive flock on it: a second supervisor using the same file gets SetupError
-  /// ("... is in use by another corral (pid N)").
+  /// Creates `dir` if needed (open_private_directory: it must be a directory only root
+  /// or this user can write, never a link) and a new file `dir/<job>.scoreboard` with
+  /// `slot_count` slots, mode 0644 (workers write through the inherited fd, status
+  /// readers read), never following a link. A stale file is replaced, never reused, and
+  /// only when it is a regular file of this user. Takes an exclusive flock on it: a
+  /// second supervisor whose header pid is alive gets SetupError ("... is in use by
+  /// another corral (pid N)"); a lock held by anyone else is ignored (the file is replaced).
   static Scoreboard create(const std::string& dir, const std::string& job, unsigned slot_count);
 
   /// Maps a scoreboard this process already owns through `fd` (its flock held by that
@@ -87,6 +90,9 @@ class Scoreboard {
   [[nodiscard]] SlotView read_slot(unsigned slot) const;
 
  private:
+  /// The new file under a temporary name in `dirfd`, locked, sized, header stamped.
+  static Scoreboard create_file(int dirfd, const std::string& dir, const std::string& name,
+                                unsigned slot_count);
   [[nodiscard]] corral_sb_slot* slot_ptr(unsigned slot) const;
   void unmap();
 

@@ -131,7 +131,10 @@ class ForkFailureTest(CorralTest):
         os.chmod(self.tmp, 0o777)
         sb = os.path.join(self.tmp, "sbn")
         os.makedirs(sb)
-        os.chmod(sb, 0o777)
+        # nobody's own: a scoreboard directory others can write is refused (SECURITY.md).
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        os.chown(sb, nobody.pw_uid, nobody.pw_gid)
         config = self.write("nproc.yaml", f"""
 scoreboard_dir: {sb}
 jobs:
@@ -210,7 +213,7 @@ jobs:
 """)
         # 4 KiB of tmpfs cannot hold a scoreboard for 64 workers (1024 + 128 * 64 bytes):
         # corral must say so at start (exit 1), not die of SIGBUS later.
-        script = f"mount -t tmpfs -o size=4k tmpfs {sb} || exit 77; exec {CORRAL} run {config}"
+        script = f"mount -t tmpfs -o size=4k,mode=0755 tmpfs {sb} || exit 77; exec {CORRAL} run {config}"
         out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)
         if out.returncode == 77:
             raise unittest.SkipTest("cannot mount tmpfs here")

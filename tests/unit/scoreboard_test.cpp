@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -368,4 +369,130 @@ TEST_CASE("open_read_only refuses files that are not scoreboards") {
   auto t = corral::Scoreboard::open_read_only(truncated_file);
   REQUIRE_FALSE(t.ok());
   CHECK(t.error().to_string() == truncated_file + ": file shorter than its slots");
+}
+
+// The directory and the file are opened so that another user cannot steer them
+// (docs/SECURITY.md, "Paths corral creates as root").
+namespace {
+
+std::string create_error(const std::string& dir) {
+  try {
+    (void)corral::Scoreboard::create(dir, "web", 2);
+  } catch (const corral::SetupError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+ino_t inode_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st.st_ino;
+}
+
+}  // namespace
+
+TEST_CASE("a scoreboard directory writable by others is refused, naming it and the fix") {
+  TempDir tmp;
+  std::string dir = tmp.path() + "/sb";
+  REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
+  REQUIRE(::chmod(dir.c_str(), 0777) == 0);
+  auto message = create_error(dir);
+  CHECK(message.find("scoreboard directory " + dir) != std::string::npos);
+  CHECK(message.find("writable by its group or by others (mode 0777)") != std::string::npos);
+  CHECK(message.find("--scoreboard-dir") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir + "/web.scoreboard"));
+}
+
+TEST_CASE("a scoreboard directory that is a symbolic link is refused, not followed") {
+  TempDir tmp;
+  std::string real = tmp.path() + "/real";
+  std::string dir = tmp.path() + "/sb";
+  REQUIRE(::mkdir(real.c_str(), 0755) == 0);
+  REQUIRE(::symlink(real.c_str(), dir.c_str()) == 0);
+  auto message = create_error(dir);
+  CHECK(message.find("scoreboard directory " + dir + " is a symbolic link") != std::string::npos);
+  CHECK(std::filesystem::is_empty(real));
+}
+
+TEST_CASE("a scoreboard directory owned by another user is refused") {
+  if (::geteuid() != 0) return;  // needs chown
+  TempDir tmp;
+  std::string dir = tmp.path() + "/sb";
+  REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
+  REQUIRE(::chown(dir.c_str(), 65534, 65534) == 0);
+  auto message = create_error(dir);
+  CHECK(message.find("is owned by uid 65534, neither root nor uid 0") != std::string::npos);
+}
+
+TEST_CASE("a missing scoreboard directory is made 0700 under a world-writable parent") {
+  TempDir tmp;
+  REQUIRE(::chmod(tmp.path().c_str(), 01777) == 0);
+  std::string dir = tmp.path() + "/sb";
+  mode_t saved = ::umask(0);  // the mode is corral's choice, not the umask's
+  (void)corral::Scoreboard::create(dir, "web", 2);
+  ::umask(saved);
+  struct stat st {};
+  REQUIRE(::lstat(dir.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0700);
+}
+
+TEST_CASE("a stale 0666 scoreboard is replaced by a new 0644 file, not reused") {
+  TempDir tmp;
+  std::string path = tmp.path() + "/web.scoreboard";
+  write_file(path, std::string(8192, 'x'));
+  REQUIRE(::chmod(path.c_str(), 0666) == 0);
+  auto before = inode_of(path);
+  // Someone who opened it while it was 0666 keeps a writable fd: it must go nowhere.
+  int kept = ::open(path.c_str(), O_RDWR);
+  REQUIRE(kept >= 0);
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 2);
+  CHECK(inode_of(path) != before);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0644);
+  REQUIRE(::pwrite(kept, "garbage!", 8, 0) == 8);
+  CHECK(std::memcmp(sb.header().magic, CORRAL_SB_MAGIC, 8) == 0);
+  ::close(kept);
+  // No temporary file is left behind.
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path())) entries += e.exists();
+  CHECK(entries == 1);
+}
+
+TEST_CASE("a symbolic link in place of the scoreboard is refused and its target untouched") {
+  TempDir tmp;
+  std::string target = tmp.path() + "/target";
+  write_file(target, "secret");
+  REQUIRE(::chmod(target.c_str(), 0600) == 0);
+  REQUIRE(::symlink(target.c_str(), (tmp.path() + "/web.scoreboard").c_str()) == 0);
+  auto message = create_error(tmp.path());
+  CHECK(message.find("is a symbolic link") != std::string::npos);
+  struct stat st {};
+  REQUIRE(::stat(target.c_str(), &st) == 0);
+  CHECK(st.st_size == 6);
+  CHECK((st.st_mode & 07777) == 0600);
+}
+
+TEST_CASE("a reader's flock on a scoreboard whose supervisor is gone does not block a start") {
+  TempDir tmp;
+  {
+    auto first = corral::Scoreboard::create(tmp.path(), "web", 2);
+    // A pid that no process has: the supervisor that wrote it is gone.
+    first.write_header(INT_MAX - 1, 1, 0, CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0, 2, 8, 64, 0,
+                       "web", "");
+  }
+  std::string path = tmp.path() + "/web.scoreboard";
+  int reader = ::open(path.c_str(), O_RDONLY);
+  REQUIRE(reader >= 0);
+  REQUIRE(::flock(reader, LOCK_EX | LOCK_NB) == 0);
+  std::string message;
+  try {
+    auto sb = corral::Scoreboard::create(tmp.path(), "web", 2);
+    CHECK(sb.valid());
+  } catch (const corral::SetupError& e) {
+    message = e.what();
+  }
+  CHECK(message == "");
+  ::close(reader);
 }
