@@ -13,6 +13,7 @@
 #include "common/duration.h"
 #include "common/error.h"
 #include "listen/address.h"
+#include "listen/spec.h"
 
 namespace corral {
 
@@ -22,16 +23,6 @@ enum class AcceptMutex { automatic, fcntl, pipe, epoll, none };
 
 const char* to_string(Mode mode);
 const char* to_string(AcceptMutex kind);
-
-struct ListenerSpec {
-  ListenAddress address;
-  std::string name;                 // defaults to the job's name
-  std::optional<mode_t> unix_mode;  // unix sockets: default 0666
-  std::string owner;                // unix sockets: user name, "" = the supervisor's
-  std::string group;
-  int backlog = 1024;
-  SourceMark mark;
-};
 
 struct WorkersSpec {
   unsigned start = 4;

@@ -14,13 +14,14 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "common/error.h"
 
@@ -210,11 +211,11 @@ gid_t lookup_gid(const std::string& group_name) {
 
 constexpr std::string_view kStorePrefix = "corral-bound.";
 
-std::string key_of(const JobConfig& job, size_t index) {
-  const auto& spec = job.listeners[index];
+std::string key_of(const std::string& job, const std::vector<ListenerSpec>& specs, size_t index) {
+  const auto& spec = specs[index];
   auto text = to_string(spec.address);
   if (const auto* tcp = std::get_if<TcpAddress>(&spec.address); tcp && tcp->port == 0)
-    return text + "#" + job.name + "#" + std::to_string(index);  // each port 0 is its own socket
+    return text + "#" + job + "#" + std::to_string(index);  // each port 0 is its own socket
   return text;
 }
 
@@ -290,22 +291,81 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
   return fd;
 }
 
+namespace {
+
+constexpr int kListenFdsStart = 3;  // SD_LISTEN_FDS_START
+
+// The socket-activation protocol, as sd_listen_fds_with_names(unset_environment=1)
+// implements it (systemd src/libsystemd/sd-daemon/sd-daemon.c; sd_listen_fds(3)):
+// LISTEN_PID must be this process, LISTEN_FDS fds start at 3 and get FD_CLOEXEC,
+// LISTEN_FDNAMES has one colon-separated name per fd ("unknown" when absent), and the
+// three variables are unset whatever happens, so that they never reach workers.
+// Done here without libsystemd, which only lib/notify and lib/log link.
+int take_listen_fds(std::vector<std::string>& names) {
+  const char* pid_text = std::getenv("LISTEN_PID");
+  const char* fds_text = std::getenv("LISTEN_FDS");
+  const char* names_text = std::getenv("LISTEN_FDNAMES");
+  const std::string names_copy = names_text != nullptr ? names_text : "";
+  const bool have_names = names_text != nullptr;
+  int result = 0;
+  if (pid_text != nullptr && fds_text != nullptr) {
+    char* end = nullptr;
+    errno = 0;
+    long pid = std::strtol(pid_text, &end, 10);
+    if (errno != 0 || end == pid_text || *end != '\0' || pid <= 0) {
+      result = -EINVAL;
+    } else if (pid == ::getpid()) {
+      errno = 0;
+      long n = std::strtol(fds_text, &end, 10);
+      if (errno != 0 || end == fds_text || *end != '\0' || n < 0 || n > 4096) {
+        result = -EINVAL;
+      } else {
+        result = static_cast<int>(n);
+      }
+    }
+  }
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  ::unsetenv("LISTEN_FDNAMES");
+  if (result <= 0) return result;
+  for (int fd = kListenFdsStart; fd < kListenFdsStart + result; ++fd) {
+    int flags = ::fcntl(fd, F_GETFD);
+    if (flags < 0) return -errno;
+    if (::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) return -errno;
+  }
+  names.clear();
+  if (have_names) {
+    size_t start = 0;
+    for (;;) {
+      size_t colon = names_copy.find(':', start);
+      names.push_back(names_copy.substr(start, colon == std::string::npos ? colon : colon - start));
+      if (colon == std::string::npos) break;
+      start = colon + 1;
+    }
+    if (names.size() != static_cast<size_t>(result)) return -EINVAL;
+  } else {
+    names.assign(static_cast<size_t>(result), "unknown");
+  }
+  return result;
+}
+
+}  // namespace
+
 int ListenerSet::adopt_systemd_listeners() {
   const char* pid_text = std::getenv("LISTEN_PID");
   if (pid_text != nullptr && std::strtol(pid_text, nullptr, 10) != ::getpid()) {
     spdlog::warn("ignoring LISTEN_FDS: LISTEN_PID={} is not this process ({})", pid_text,
                  ::getpid());
   }
-  char** names = nullptr;
-  // unset_environment=1: the variables must not leak on to workers.
-  int n = sd_listen_fds_with_names(1, &names);
+  std::vector<std::string> names;
+  int n = take_listen_fds(names);
   if (n < 0) {
     spdlog::warn("cannot take the sockets systemd passed: {}", std::strerror(-n));
     return 0;
   }
   for (int i = 0; i < n; ++i) {
-    int raw = SD_LISTEN_FDS_START + i;
-    std::string name = names != nullptr && names[i] != nullptr ? names[i] : "unknown";
+    int raw = kListenFdsStart + i;
+    const std::string& name = names[static_cast<size_t>(i)];
     // Move the socket out of the 3.. range that workers' listeners use and keep it CLOEXEC.
     int fd = ::fcntl(raw, F_DUPFD_CLOEXEC, 3 + n);
     if (fd < 0) {
@@ -334,10 +394,6 @@ int ListenerSet::adopt_systemd_listeners() {
     }
     listeners_.push_back(std::move(l));
   }
-  if (names != nullptr) {
-    for (int i = 0; i < n; ++i) std::free(names[i]);
-    std::free(names);
-  }
   return n;
 }
 
@@ -345,23 +401,24 @@ void ListenerSet::begin_generation() {
   for (auto& l : listeners_) l->used = false;
 }
 
-std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig& job) {
+std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(
+    const std::string& job, const std::vector<ListenerSpec>& specs) {
   std::vector<std::shared_ptr<Listener>> out;
-  for (size_t i = 0; i < job.listeners.size(); ++i) {
-    const auto& spec = job.listeners[i];
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     if (const auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
       size_t before = out.size();
       for (const auto& l : listeners_) {
         if (l->inherited && l->name == sd->name) out.push_back(l);
       }
       if (out.size() == before)
-        throw SetupError("job " + job.name + ": no socket named \"" + sd->name +
+        throw SetupError("job " + job + ": no socket named \"" + sd->name +
                          "\" was passed by systemd (LISTEN_FDNAMES); check FileDescriptorName= "
                          "in the .socket unit");
       for (size_t k = before; k < out.size(); ++k) out[k]->used = true;
       continue;
     }
-    auto key = key_of(job, i);
+    auto key = key_of(job, specs, i);
     size_t found = listeners_.size();
     for (size_t k = 0; k < listeners_.size(); ++k) {
       if (listeners_[k]->key == key) found = k;
@@ -375,8 +432,7 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig
             same_socket_address(sa, listeners_[k]->fd.get())) {
           found = k;
           listeners_[k]->key = key;
-          spdlog::info("job {}: {} uses the socket systemd passed", job.name,
-                       to_string(spec.address));
+          spdlog::info("job {}: {} uses the socket systemd passed", job, to_string(spec.address));
           break;
         }
       }
@@ -386,10 +442,10 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(const JobConfig
       l->fd = bind_listener(spec);
       l->key = key;
       l->display = local_address_of(l->fd.get());
-      spdlog::info("job {}: listening on {}", job.name, l->display);
+      spdlog::info("job {}: listening on {}", job, l->display);
       listeners_.push_back(std::move(l));
     }
-    listeners_[found]->name = spec.name.empty() ? job.name : spec.name;
+    listeners_[found]->name = spec.name.empty() ? job : spec.name;
     listeners_[found]->used = true;
     out.push_back(listeners_[found]);
   }

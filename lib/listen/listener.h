@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
-#include "config/config.h"
+#include "listen/spec.h"
 
 namespace corral {
 
@@ -39,12 +39,13 @@ class ListenerSet {
   /// `inherited`, but `stored`, adopted by address only, and closed when no job uses them.
   int adopt_systemd_listeners();
 
-  /// Opens (or reuses, or adopts from systemd) the sockets of `job`, in configuration
-  /// order (a systemd:NAME listener may yield several). A job keeps its sockets alive
+  /// Opens (or reuses, or adopts from systemd) the sockets `specs` of the job named `job`, in
+  /// configuration order (a systemd:NAME listener may yield several). A job keeps its sockets alive
   /// for as long as it holds them, even after the set dropped them. Sockets already open under the
   /// same key are reused untouched, so a reload keeps their backlog. Throws SetupError naming the
   /// address (e.g. "bind 127.0.0.1:80: Address already in use").
-  std::vector<std::shared_ptr<Listener>> open_for_job(const JobConfig& job);
+  std::vector<std::shared_ptr<Listener>> open_for_job(const std::string& job,
+                                                      const std::vector<ListenerSpec>& specs);
 
   /// Marks every socket unused; open_for_job marks the ones it returns.
   void begin_generation();

@@ -77,7 +77,7 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   job->generation = generation_;
   auto& res = job->res;
   if (!cfg.user.empty()) res.credentials = resolve_credentials(cfg.user, cfg.group);
-  res.listeners = listeners_.open_for_job(cfg);
+  res.listeners = listeners_.open_for_job(cfg.name, cfg.listeners);
   for (const auto& l : res.listeners) {
     res.listeners_text += (res.listeners_text.empty() ? "" : "\n") + l->display;
     // prefork and inetd workers poll several listeners and accept without blocking
