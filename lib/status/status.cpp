@@ -54,7 +54,7 @@ const char* job_state_name(std::uint32_t s) {
 // worker it started) runs; a file nobody locks is left over from a stopped one.
 bool held_by_supervisor(const std::string& path, int* open_errno = nullptr) {
   // O_NONBLOCK: a FIFO named *.scoreboard must not block status in open().
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW));
   if (!fd) {
     if (open_errno != nullptr) *open_errno = errno;
     return false;

@@ -129,7 +129,8 @@ void Supervisor::Impl::roll_back_listeners(
       if (!l->inherited && !l->used) l->used = true;  // kept as the running set had it
       continue;
     }
-    if (!l->inherited && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+    if (!l->inherited && l->display.starts_with("unix:"))
+      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
   }
   for (const auto& closed : listeners_.close_unused())
     spdlog::info("closed listener {} (the rejected configuration had opened it)", closed);
@@ -326,7 +327,7 @@ int Supervisor::Impl::run() {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
     if (!l->inherited && !l->stored && l->display.starts_with("unix:"))
-      ::unlink(l->display.c_str() + 5);
+      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;

@@ -283,3 +283,27 @@ jobs:
         wait_until(lambda: fd_count(c.pid) <= fds_before, timeout=30,
                    what=f"fd count back to {fds_before}", log=c)
         self.assertEqual(c.stop(timeout=30), 0)
+
+
+class FailedStartTest(CorralTest):
+    def test_a_start_refused_for_a_scoreboard_in_use_leaves_no_socket_file(self):
+        def config(sock):
+            return f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  web:
+    command: ["{HELLO}"]
+    listen: ["unix:{sock}"]
+    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 2 }}
+"""
+        first = os.path.join(self.tmp, "first.sock")
+        second = os.path.join(self.tmp, "second.sock")
+        a = self.corral(["run", "{config}"], config=config(first), name="a")
+        a.wait_idle(self.sbdir, "web", 1)
+        b = self.corral(["run", "{config}"], config=config(second), name="b")
+        self.assertEqual(b.wait_exit(), 1)
+        self.assertRegex(b.log_text(), r"in use")
+        self.assertFalse(os.path.exists(second), "the refused start left its socket file behind")
+        self.assertTrue(os.path.exists(first))
+        self.assertEqual(a.stop(), 0)
+        self.assertFalse(os.path.exists(first))
