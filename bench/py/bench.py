@@ -26,6 +26,7 @@ SCENARIOS = {
     "scale": sc.scale,
     "inetd": sc.inetd,
     "burst": sc.burst,
+    "churn": sc.churn,
 }
 
 
