@@ -18,8 +18,9 @@ class LatencyLoad:
     are done in all or `seconds` have passed. Records each connection's latency
     (connect to EOF) and every failure (refused, reset, timeout, wrong answer)."""
 
-    def __init__(self, port, request, expect, count, threads=16, seconds=60):
+    def __init__(self, port, request, expect, count, threads=16, seconds=60, half_close=False):
         self.port, self.request, self.expect = port, request, expect
+        self.half_close = half_close  # shut the write side after the request (echo servers)
         self.count, self.deadline = count, time.monotonic() + seconds
         self.latencies, self.failures = [], []
         self.lock = threading.Lock()
@@ -36,6 +37,8 @@ class LatencyLoad:
                 with connect(self.port, timeout=10) as s:
                     if self.request:
                         s.sendall(self.request)
+                    if self.half_close:
+                        s.shutdown(socket.SHUT_WR)
                     data = recv_all(s)
                 err = None if self.expect in data else f"unexpected answer {data[:60]!r}"
             except OSError as e:

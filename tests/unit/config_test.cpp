@@ -2,6 +2,9 @@
 // `corral check` reports (as FILE:LINE:COLUMN: message).
 #include "config/config.h"
 
+#include "container/limits.h"
+
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1045,4 +1048,56 @@ TEST_CASE("status_scoreboard_dirs: /run/corral/NAME, /run/corral, then the calle
         std::vector<std::string>{"/run/corral/web", "/run/corral"});
   config.scoreboard_dir = "/srv/sb";
   CHECK(corral::status_scoreboard_dirs(config) == std::vector<std::string>{"/srv/sb"});
+}
+
+TEST_CASE("workers.start: auto and workers.max: auto come from the container's CPUs") {
+  const unsigned c = corral::container_limits().cpus;
+  auto config = corral::load_config_text(
+      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\"127.0.0.1:0\"]\n"
+      "    workers: { start: auto, max: auto }\n",
+      "/tmp/auto.yaml", corral::CheckOptions{false, false});
+  const auto& w = config.jobs.at(0).workers;
+  CHECK(w.start_auto);
+  CHECK(w.max_auto);
+  CHECK(w.start == std::min(c, w.max));
+  CHECK(w.max == 4 * c);
+  CHECK(w.max_spare <= w.max);  // unset bounds follow max down
+  auto summary = corral::summarize(config);
+  CHECK(summary.find("start auto (= " + std::to_string(w.start) + ")") != std::string::npos);
+  CHECK(summary.find("max auto (= " + std::to_string(4 * c) + ")") != std::string::npos);
+}
+
+TEST_CASE("auto applies to start and max only; an explicit conflict with auto stays an error") {
+  CHECK_THROWS_AS(corral::load_config_text(
+                      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
+                      "    workers: { min_spare: auto }\n",
+                      "/tmp/a.yaml", corral::CheckOptions{false, false}),
+                  corral::ConfigError);
+  CHECK_THROWS_AS(corral::load_config_text(
+                      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
+                      "    workers: { max: auto, min_spare: 16000, max_spare: 16001 }\n",
+                      "/tmp/a.yaml", corral::CheckOptions{false, false}),
+                  corral::ConfigError);
+}
+
+TEST_CASE("stop.drain and stop_signal are read; a bad signal name lists the choices") {
+  auto config = corral::load_config_text(
+      "stop: { drain: 5s }\njobs:\n  web:\n    command: [\"/bin/true\"]\n"
+      "    listen: [\"127.0.0.1:0\"]\n    stop_signal: QUIT\n",
+      "/tmp/s.yaml", corral::CheckOptions{false, false});
+  CHECK(config.stop.drain == std::chrono::seconds(5));
+  CHECK(config.jobs.at(0).stop_signal == SIGQUIT);
+  try {
+    corral::load_config_text(
+        "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
+        "    stop_signal: KILL\n",
+        "/tmp/s.yaml", corral::CheckOptions{false, false});
+    FAIL("KILL accepted");
+  } catch (const corral::ConfigError& e) {
+    CHECK(e.issues().front().to_string().find("/tmp/s.yaml:5:18: stop_signal must be TERM, QUIT") !=
+          std::string::npos);
+  }
+  CHECK_THROWS_AS(corral::load_config_text("stop: { drain: 5s, linger: 1s }\njobs: {}\n",
+                                           "/tmp/s.yaml", corral::CheckOptions{false, false}),
+                  corral::ConfigError);
 }
