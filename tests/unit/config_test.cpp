@@ -421,11 +421,12 @@ TEST_CASE("an unknown job key is reported, and so is the missing command it mean
     listen: ["127.0.0.1:8080"]
 )");
   REQUIRE(issues.size() == 2);
-  CHECK(issues[0] ==
-        "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean \"command\"? "
-        "(known "
-        "keys: command, mode, listen, workers, accept_mutex, max_per_source, restart, user, group, "
-        "env, cwd, graceful_timeout, busy_timeout)");
+  // The list of known keys grows with the features; its start and the hint are fixed.
+  CHECK(issues[0].rfind(
+            "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean "
+            "\"command\"? (known keys: command, mode, listen, workers, accept_mutex, ",
+            0) == 0);
+  CHECK(issues[0].find("graceful_timeout, busy_timeout") != std::string::npos);
   CHECK(issues[1] ==
         "/tmp/x/test.yaml:2:3: job \"web\" has no \"command:\"; name the program to run");
 }
@@ -911,13 +912,13 @@ TEST_CASE("workers counts: one range check for YAML and the command line") {
         "--workers must be a whole number, not \"-1\"");
   CHECK(message(WorkersCount::start, "", "--workers") ==
         "--workers must be a whole number, not \"\"");
-  CHECK(message(WorkersCount::start, "auto", "--workers").find("not supported yet") !=
+  CHECK(message(WorkersCount::min_spare, "auto", "--min-spare").find("applies to workers.start") !=
         std::string::npos);
   // YAML gives the same words at the value's position.
   auto issues = issues_of(web_job("    workers: { max: 20000, start: auto }\n"));
   CHECK(has_issue(issues,
                   "/tmp/x/test.yaml:5:21: workers.max must be between 1 and 16384, not 20000"));
-  CHECK(has_issue(issues, "workers.start: \"auto\" (from the CPU quota) is not supported yet"));
+  CHECK_FALSE(has_issue(issues, "workers.start"));  // auto is a value now
 }
 
 TEST_CASE("validate_config checks the workers ranges of a model built elsewhere") {
