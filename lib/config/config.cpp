@@ -6,6 +6,7 @@
 #include <linux/capability.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -21,6 +23,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "common/size.h"
 #include "common/unique_fd.h"
 #include "container/limits.h"
 
@@ -37,11 +40,17 @@ const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "jobs"};
 const std::vector<std::string> kStopKeys = {"drain"};
 const std::vector<std::string> kJobKeys = {
     "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
-    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal"};
+    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal",
+    "limits",  "memory"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
-const std::vector<std::string> kWorkersKeys = {"start", "min_spare",    "max_spare",
-                                               "max",   "max_requests", "start_timeout"};
+const std::vector<std::string> kWorkersKeys = {
+    "start",        "min_spare",           "max_spare",
+    "max",          "max_requests",        "start_timeout",
+    "max_lifetime", "max_lifetime_jitter", "max_requests_jitter"};
+const std::vector<std::string> kLimitsKeys = {"nofile", "nproc", "core", "as", "cpu", "stack"};
+const std::vector<std::string> kMemoryKeys = {"max_rss", "hard_max_rss", "budget", "measure",
+                                              "interval"};
 const std::vector<std::string> kRestartKeys = {"backoff_max", "max_failures"};
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -292,6 +301,8 @@ class Loader {
 
     if (auto w = node["workers"]) load_workers(job, w);
     if (auto sig = node["stop_signal"]) load_stop_signal(job, sig);
+    if (auto l = node["limits"]) load_limits(job, l);
+    if (auto m = node["memory"]) load_memory(job, m);
 
     if (auto a = node["accept_mutex"]) {
       auto kind = one_of<AcceptMutex>(a, "accept_mutex",
@@ -437,6 +448,124 @@ class Loader {
     }
   }
 
+  // One limit value: "N", "infinity", or "SOFT:HARD" (systemd's Limit*= form).
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> limit_value(const YAML::Node& node,
+                                                                     const std::string& key) {
+    auto text = scalar(node, "limits." + key);
+    if (!text) return std::nullopt;
+    auto one = [&](std::string_view part) -> std::uint64_t {
+      if (part == "infinity") {
+        if (key == "nofile") {
+          // As systemd: nofile's infinity is the kernel's ceiling, fs.nr_open.
+          std::uint64_t nr_open = 1048576;
+          if (FILE* f = std::fopen("/proc/sys/fs/nr_open", "r")) {
+            unsigned long long v = 0;
+            if (std::fscanf(f, "%llu", &v) == 1) nr_open = v;
+            std::fclose(f);
+          }
+          return nr_open;
+        }
+        return RLIM_INFINITY;
+      }
+      if (key == "cpu") {
+        // Seconds of CPU; "10m", "90s", "0" (zero seconds, not "none"). Rounded up.
+        auto d = parse_duration(part);
+        return static_cast<std::uint64_t>((d.count() + 999999999) / 1000000000);
+      }
+      if (key == "nofile" || key == "nproc") {
+        std::uint64_t v = 0;
+        auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+        if (ec != std::errc() || ptr != part.data() + part.size() || part.empty())
+          throw ConfigError("\"" + std::string(part) + "\" is not a whole number or infinity");
+        return v;
+      }
+      return *parse_size(part, false);  // core, as, stack: sizes
+    };
+    try {
+      const auto colon = text->find(':');
+      std::uint64_t soft = one(std::string_view(*text).substr(0, colon));
+      std::uint64_t hard =
+          colon == std::string::npos ? soft : one(std::string_view(*text).substr(colon + 1));
+      if (soft > hard) {
+        issue(node, "limits." + key + ": the soft limit is above the hard one (\"" + *text +
+                        "\"); write SOFT:HARD with SOFT <= HARD");
+        return std::nullopt;
+      }
+      return std::make_pair(soft, hard);
+    } catch (const ConfigError& e) {
+      issue(node, "limits." + key + ": " + e.issues().front().message);
+      return std::nullopt;
+    }
+  }
+
+  void load_limits(JobConfig& job, const YAML::Node& node) {
+    if (!node.IsMap()) {
+      issue(node, "limits must be a map, e.g. { nofile: 65536, core: 0, as: 2GiB }");
+      return;
+    }
+    check_keys(node, kLimitsKeys, "limits");
+    const std::pair<const char*, int> resources[] = {
+        {"nofile", RLIMIT_NOFILE}, {"nproc", RLIMIT_NPROC}, {"core", RLIMIT_CORE},
+        {"as", RLIMIT_AS},         {"cpu", RLIMIT_CPU},     {"stack", RLIMIT_STACK}};
+    for (const auto& [key, resource] : resources) {
+      auto n = node[key];
+      if (!n) continue;
+      auto v = limit_value(n, key);
+      if (!v) continue;
+      // Without root, a hard limit can only be lowered (setrlimit(2)): say so now.
+      rlimit current{};
+      if (::geteuid() != 0 && ::getrlimit(resource, &current) == 0 &&
+          current.rlim_max != RLIM_INFINITY && v->second > current.rlim_max) {
+        issue(n, std::string("limits.") + key + ": " + std::to_string(v->second) +
+                     " is above this process's hard limit (" + std::to_string(current.rlim_max) +
+                     "), which only root may raise");
+        continue;
+      }
+      job.limits.push_back(RlimitSpec{resource, key, v->first, v->second});
+    }
+  }
+
+  void load_memory(JobConfig& job, const YAML::Node& node) {
+    if (!node.IsMap()) {
+      issue(node, "memory must be a map, e.g. { max_rss: 256MiB, hard_max_rss: 512MiB }");
+      return;
+    }
+    check_keys(node, kMemoryKeys, "memory");
+    auto size = [&](const char* key) -> std::uint64_t {
+      auto n = node[key];
+      if (!n) return 0;
+      auto text = scalar(n, std::string("memory.") + key);
+      if (!text) return 0;
+      try {
+        return *parse_size(*text, false);
+      } catch (const ConfigError& e) {
+        issue(n, std::string("memory.") + key + ": " + e.issues().front().message);
+        return 0;
+      }
+    };
+    job.memory.max_rss = size("max_rss");
+    job.memory.hard_max_rss = size("hard_max_rss");
+    if (job.memory.max_rss != 0 && job.memory.hard_max_rss != 0 &&
+        job.memory.hard_max_rss < job.memory.max_rss)
+      issue(node["hard_max_rss"], "memory.hard_max_rss is below memory.max_rss");
+    if (auto b = node["budget"])
+      issue(b,
+            "memory.budget (a pool-wide memory budget) is not supported yet by this version; "
+            "use max_rss and hard_max_rss per worker");
+    if (auto m = node["measure"]) {
+      auto how = one_of<bool>(m, "memory.measure", {{"rss", false}, {"pss", true}});
+      if (how) job.memory.pss = *how;
+    }
+    if (auto i = node["interval"]) {
+      if (auto d = duration(i, "memory.interval")) {
+        if (d->count() < 100000000)
+          issue(i, "memory.interval must be at least 100ms");
+        else
+          job.memory.interval = *d;
+      }
+    }
+  }
+
   void load_stop_signal(JobConfig& job, const YAML::Node& node) {
     auto sig = one_of<int>(node, "stop_signal",
                            {{"TERM", SIGTERM},
@@ -473,6 +602,20 @@ class Loader {
     }
     if (auto n = node["start_timeout"]) {
       if (auto d = duration(n, "workers.start_timeout")) w.start_timeout = *d;
+    }
+    if (auto n = node["max_lifetime"]) {
+      if (auto d = duration(n, "workers.max_lifetime")) w.max_lifetime = *d;
+    }
+    if (auto n = node["max_lifetime_jitter"]) {
+      if (auto d = duration(n, "workers.max_lifetime_jitter")) w.max_lifetime_jitter = *d;
+      if (w.max_lifetime.count() == 0)
+        issue(n, "workers.max_lifetime_jitter needs workers.max_lifetime (the base it spreads)");
+    }
+    if (auto n = node["max_requests_jitter"]) {
+      if (auto v = integer(n, "workers.max_requests_jitter", 0, UINT64_MAX / 4))
+        w.max_requests_jitter = *v;
+      if (w.max_requests == 0)
+        issue(n, "workers.max_requests_jitter needs workers.max_requests (the base it spreads)");
     }
     auto is_auto = [&](const char* key) {
       auto n = node[key];

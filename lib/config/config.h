@@ -29,10 +29,29 @@ struct WorkersSpec {
   unsigned min_spare = 2;
   unsigned max_spare = 8;
   unsigned max = 64;
-  std::uint64_t max_requests = 0;  // 0: unlimited
-  bool start_auto = false;         // `start: auto`: start is the container's CPUs (C)
-  bool max_auto = false;           // `max: auto`: max is 4·C
+  std::uint64_t max_requests = 0;         // 0: unlimited
+  Duration max_lifetime{0};               // 0: none; a worker past it leaves once idle
+  Duration max_lifetime_jitter{0};        // each worker draws its lifetime in [v, v + jitter]
+  std::uint64_t max_requests_jitter = 0;  // ... and its max_requests likewise
+  bool start_auto = false;                // `start: auto`: start is the container's CPUs (C)
+  bool max_auto = false;                  // `max: auto`: max is 4·C
   Duration start_timeout = std::chrono::seconds(30);
+};
+
+/// One `limits:` entry, as systemd's Limit*=: soft and hard, RLIM_INFINITY for infinity.
+struct RlimitSpec {
+  int resource = 0;  // RLIMIT_NOFILE, ...
+  std::string key;   // "nofile", ...
+  std::uint64_t soft = 0;
+  std::uint64_t hard = 0;
+};
+
+/// `memory:`: per-worker resident-memory bounds (0: none).
+struct MemorySpec {
+  std::uint64_t max_rss = 0;       // above: retired gracefully once idle
+  std::uint64_t hard_max_rss = 0;  // above: killed at once
+  bool pss = false;                // measure PSS (smaps_rollup) instead of RSS (statm)
+  Duration interval = std::chrono::seconds(1);
 };
 
 struct RestartSpec {
@@ -55,6 +74,8 @@ struct JobConfig {
   std::string cwd;  // absolute, or "" = the supervisor's
   Duration graceful_timeout = std::chrono::seconds(30);
   Duration busy_timeout{0};
+  std::vector<RlimitSpec> limits;
+  MemorySpec memory;
   int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
   SourceMark mark;
 };

@@ -117,6 +117,7 @@ ContainerLimits read_container_limits(const std::string& proc_self_cgroup,
     }
   }
   if (paths.has_memory) {
+    l.memory_dir = up_the_tree(cgroup_root + "/memory", paths.memory).front();
     for (const auto& dir : up_the_tree(cgroup_root + "/memory", paths.memory)) {
       if (auto m = read_file(dir + "/memory.limit_in_bytes"))
         if (auto v = to_int(*m)) take_memory(l, *v);
@@ -127,6 +128,10 @@ ContainerLimits read_container_limits(const std::string& proc_self_cgroup,
     for (const std::string& mount : {cgroup_root, cgroup_root + "/unified"}) {
       std::ifstream probe(mount + "/cgroup.controllers");
       if (!probe) continue;
+      if (!paths.has_memory) {
+        l.memory_dir = up_the_tree(mount, paths.v2).front();
+        l.memory_v2 = true;
+      }
       for (const auto& dir : up_the_tree(mount, paths.v2)) {
         if (auto c = read_file(dir + "/cpu.max")) {
           std::istringstream in(*c);
@@ -146,6 +151,17 @@ ContainerLimits read_container_limits(const std::string& proc_self_cgroup,
   }
   if (!l.cpu_quota) l.cpus = std::max(1U, affinity_cpus);
   return l;
+}
+
+std::uint64_t oom_kills(const ContainerLimits& limits) {
+  if (limits.memory_dir.empty()) return 0;
+  auto text =
+      read_file(limits.memory_dir + (limits.memory_v2 ? "/memory.events" : "/memory.oom_control"));
+  if (!text) return 0;
+  auto at = text->find("oom_kill ");
+  if (at == std::string::npos) return 0;
+  auto v = to_int(std::string_view(*text).substr(at + 9, text->find('\n', at) - at - 9));
+  return v && *v > 0 ? static_cast<std::uint64_t>(*v) : 0;
 }
 
 const ContainerLimits& container_limits() {

@@ -19,7 +19,15 @@ struct ContainerLimits {
   /// the path); nullopt when there is none ("max", or v1's "unlimited" page-rounded
   /// LONG_MAX, 9223372036854771712 on x86-64).
   std::optional<std::uint64_t> memory_bytes;
+  /// The memory cgroup directory of this process, for OOM counts ("" if none found).
+  std::string memory_dir;
+  bool memory_v2 = false;
 };
+
+/// OOM kills so far in `limits.memory_dir` (v1 `memory.oom_control` "oom_kill", v2
+/// `memory.events` "oom_kill"), or 0 when unknown. Reads one small file; no allocation
+/// beyond the path.
+std::uint64_t oom_kills(const ContainerLimits& limits);
 
 /// Reads the limits from `proc_self_cgroup` (the text of /proc/self/cgroup) and the
 /// cgroup file systems under `cgroup_root` (normally "/sys/fs/cgroup": v1 controllers

@@ -19,6 +19,7 @@ enum corral_spawn_step {
   CORRAL_SPAWN_PDEATHSIG = 6,
   CORRAL_SPAWN_EXEC = 7,        /* the program's exec */
   CORRAL_SPAWN_EXEC_HELPER = 8, /* the embedded inetd acceptor's exec */
+  CORRAL_SPAWN_RLIMIT = 9,      /* the job's limits: (setrlimit) */
 };
 
 struct corral_spawn_report {

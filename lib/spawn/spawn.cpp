@@ -34,6 +34,7 @@ enum class Step : int {
   pdeathsig = CORRAL_SPAWN_PDEATHSIG,
   exec = CORRAL_SPAWN_EXEC,
   exec_helper = CORRAL_SPAWN_EXEC_HELPER,
+  rlimit = CORRAL_SPAWN_RLIMIT,
 };
 
 const char* step_name(Step step) {
@@ -47,6 +48,7 @@ const char* step_name(Step step) {
     case Step::pdeathsig: return "prctl PR_SET_PDEATHSIG for";
     case Step::exec: return "exec";
     case Step::exec_helper: return "exec the inetd acceptor for";
+    case Step::rlimit: return "setrlimit (limits:) for";
   }
   return "spawn";
 }
@@ -139,6 +141,11 @@ void prepare_child(const Prepared& p, int& report_fd, int& exec_fd) {
   ::syscall(SYS_close_range, static_cast<unsigned>(floor), ~0U, CLOSE_RANGE_CLOEXEC);
 
   if (plan.nofile) ::setrlimit(RLIMIT_NOFILE, &*plan.nofile);
+  // The job's limits: (before the uid change, so that root may raise hard limits).
+  for (const auto& [resource, limit] : plan.rlimits) {
+    if (::setrlimit(static_cast<__rlimit_resource>(resource), &limit) != 0)
+      child_fail(report_fd, Step::rlimit);
+  }
   if (!plan.cwd.empty() && ::chdir(plan.cwd.c_str()) != 0) child_fail(report_fd, Step::chdir);
 
   if (plan.credentials) {

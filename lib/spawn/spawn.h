@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -40,9 +41,10 @@ struct SpawnPlan {
   std::optional<Credentials> credentials;
   pid_t parent = 0;              // the supervisor's pid, for the PDEATHSIG race check
   std::optional<rlimit> nofile;  // RLIMIT_NOFILE to restore (the supervisor raised its own)
-  int exec_fd = -1;              // >= 0: exec this file (execveat) instead of `path`
-  bool pass_report = false;      // the report pipe is inherited too, after `inherit`, so
-                                 // that the program can report a later exec of its own
+  std::vector<std::pair<int, rlimit>> rlimits;  // the job's limits:, applied after `nofile`
+  int exec_fd = -1;                             // >= 0: exec this file (execveat) instead of `path`
+  bool pass_report = false;  // the report pipe is inherited too, after `inherit`, so
+                             // that the program can report a later exec of its own
 };
 
 /// Forks and execs `plan`. The child leaves the supervisor's process group, resets

@@ -84,6 +84,8 @@ const char* to_string(KillReason reason) noexcept {
     case KillReason::busy_timeout: return "busy_timeout";
     case KillReason::stuck_lock: return "stuck_lock";
     case KillReason::graceful_timeout: return "graceful_timeout";
+    case KillReason::max_lifetime: return "max_lifetime";
+    case KillReason::memory: return "memory";
   }
   return "?";
 }
@@ -121,6 +123,26 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     if ((state == CORRAL_SLOT_IDLE || state == CORRAL_SLOT_BUSY) &&
         w.phase == WorkerPhase::starting)
       d.became_ready.push_back(w.pid);
+    // Memory: above the hard bound, killed in any state (an inetd program too); above
+    // max_rss, a prefork worker is retired once idle (below), so no connection is cut.
+    const auto& mem = snap.memory;
+    if (mem.hard_max_rss != 0 && w.rss_bytes > mem.hard_max_rss) {
+      d.kills.emplace_back(w.pid, KillReason::memory);
+      continue;
+    }
+    const bool too_big =
+        snap.mode == Mode::prefork && mem.max_rss != 0 && w.rss_bytes > mem.max_rss;
+    // Lifetime: its stop signal once idle; SIGKILL at lifetime + graceful_timeout.
+    const bool expired = w.retire_at != 0 && now >= w.retire_at && snap.mode != Mode::plain;
+    if (w.retire_at != 0 && !expired && snap.mode != Mode::plain) b.wake(w.retire_at);
+    if (expired && state == CORRAL_SLOT_BUSY) {
+      const auto kill_at = w.retire_at + to_ns(snap.graceful_timeout);
+      if (now >= kill_at) {
+        d.kills.emplace_back(w.pid, KillReason::max_lifetime);
+        continue;
+      }
+      b.wake(kill_at);
+    }
     switch (state) {
       case CORRAL_SLOT_STARTING: {
         ++counts.starting;
@@ -136,15 +158,23 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
         }
         break;
       }
-      case CORRAL_SLOT_IDLE:
+      case CORRAL_SLOT_IDLE: {
         ++counts.idle;
-        if (snap.mode == Mode::prefork && cfg.max_requests != 0 && w.requests >= cfg.max_requests) {
+        const auto quota = w.requests_limit != 0 ? w.requests_limit : cfg.max_requests;
+        if (snap.mode == Mode::prefork && quota != 0 && w.requests >= quota) {
           d.stops.emplace_back(w.pid, StopReason::max_requests);
+          --counts.idle;
+        } else if (expired) {
+          d.stops.emplace_back(w.pid, StopReason::max_lifetime);
+          --counts.idle;
+        } else if (too_big) {
+          d.stops.emplace_back(w.pid, StopReason::memory);
           --counts.idle;
         } else {
           idle_current.push_back(&w);
         }
         break;
+      }
       case CORRAL_SLOT_BUSY:
       case CORRAL_SLOT_RUNNING: {
         ++counts.busy;

@@ -55,6 +55,9 @@ struct WorkerView {
   std::uint64_t kill_at = 0;      // stopping: the deadline; 0 = none
   bool lock_held = false;         // the slot says it holds the accept mutex
   std::uint64_t lock_since = 0;
+  std::uint64_t requests_limit = 0;  // its own max_requests draw; 0: spec.max_requests
+  std::uint64_t retire_at = 0;       // its own end of life; 0: none
+  std::uint64_t rss_bytes = 0;       // last memory sample; 0: none
 };
 
 /// The job as observed.
@@ -62,6 +65,8 @@ struct PoolSnapshot {
   Mode mode = Mode::prefork;
   WorkersSpec spec;
   Duration busy_timeout{0};
+  Duration graceful_timeout{0};  // a worker past its lifetime and still busy: killed after this
+  MemorySpec memory;
   JobPhase phase = JobPhase::running;
   std::uint64_t retry_at = 0;       // backing_off: the next probe
   bool stuck_checks = false;        // the accept mutex is one a holder can hog (pipe, fcntl)
@@ -100,10 +105,12 @@ enum class KillReason : std::uint8_t {
   busy_timeout,
   stuck_lock,
   graceful_timeout,
+  max_lifetime,  // still busy at its lifetime + graceful_timeout
+  memory,        // above memory.hard_max_rss
 };
 const char* to_string(KillReason reason) noexcept;
 
-enum class StopReason : std::uint8_t { retire, max_requests };
+enum class StopReason : std::uint8_t { retire, max_requests, max_lifetime, memory };
 
 struct Decision {
   unsigned spawn = 0;

@@ -105,7 +105,9 @@ std::string encode_handover(const Handover& s) {
                          {"phase", w.phase},
                          {"kill_at", w.kill_at},
                          {"last_state", w.last_state},
-                         {"report_fd", w.report_fd}});
+                         {"report_fd", w.report_fd},
+                         {"requests_limit", w.requests_limit},
+                         {"retire_at", w.retire_at}});
     }
     j["workers"] = workers;
     jobs.push_back(j);
@@ -182,6 +184,8 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(w, "kill_at", hw.kill_at);
         get_opt(w, "last_state", hw.last_state);
         get_opt(w, "report_fd", hw.report_fd);
+        get_opt(w, "requests_limit", hw.requests_limit);
+        get_opt(w, "retire_at", hw.retire_at);
         job.workers.push_back(hw);
       }
       s.jobs.push_back(std::move(job));

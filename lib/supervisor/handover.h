@@ -36,6 +36,9 @@ struct HandoverWorker {
   std::uint64_t kill_at = 0;
   int last_state = 1;  // corral_slot_state
   int report_fd = -1;
+  // Optional (added with the limits issue; absent in older hand-overs: 0).
+  std::uint64_t requests_limit = 0;  // its own max_requests draw
+  std::uint64_t retire_at = 0;       // its own end of life (CLOCK_MONOTONIC)
 };
 
 struct HandoverJob {

@@ -75,7 +75,12 @@ struct WorkerRec {
   WorkerPhase phase = WorkerPhase::starting;
   std::uint64_t kill_at = 0;  // stopping: SIGKILL deadline; 0 = none
   corral_slot_state last_state = CORRAL_SLOT_STARTING;
-  bool garbage_logged = false;  // log-once flag for a scribbled slot
+  bool garbage_logged = false;       // log-once flag for a scribbled slot
+  std::uint64_t requests_limit = 0;  // its own draw of max_requests (+ jitter); 0: none
+  std::uint64_t retire_at = 0;       // its own draw of max_lifetime (+ jitter); 0: none
+  std::uint64_t rss_bytes = 0;       // last memory sample (RSS or PSS); 0: not sampled
+  std::uint64_t rss_sampled_at = 0;
+  const char* leave_reason = nullptr;  // why corral asked it to leave (for the exit's log)
   // Token-hog watch: its /proc/PID/io rchar and its requests when corral last restored
   // the accept token (kUnknown: not watched).
   static constexpr std::uint64_t kUnknown = ~0ULL;
@@ -246,6 +251,7 @@ class Supervisor::Impl {
   bool failed_exit_ = false;  // the exit code: every job failed
   std::uint64_t next_audit_ = 0;
   std::vector<Leftover> leftovers_;
+  std::uint64_t oom_kills_seen_ = 0;  // the memory cgroup's oom_kill count, last seen
   UpgradeCheck upgrade_;
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed
   std::uint64_t drain_until_ = 0;                         // draining: when the graceful stop begins

@@ -5,13 +5,16 @@
 #include "supervisor/impl.h"
 
 #include <corral/protocol.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/duration.h"
@@ -42,6 +45,42 @@ const char* lock_env_kind(AcceptMutex kind) {
     case AcceptMutex::epoll: return "epoll";
     default: return "none";
   }
+}
+
+// A uniform draw in [0, range] (xorshift; not for secrets, only to spread retirements).
+std::uint64_t draw(std::uint64_t range) {
+  if (range == 0) return 0;
+  static std::uint64_t state = monotonic_ns() ^ (static_cast<std::uint64_t>(::getpid()) << 32);
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return state % (range + 1);
+}
+
+// A worker's resident memory: /proc/PID/statm's resident pages, or the Pss line of
+// /proc/PID/smaps_rollup. One read into a stack buffer, no allocation; 0 if unreadable.
+std::uint64_t sample_memory(pid_t pid, bool pss) {
+  char path[64];
+  std::snprintf(path, sizeof path, pss ? "/proc/%d/smaps_rollup" : "/proc/%d/statm",
+                static_cast<int>(pid));
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  if (!pss) {
+    unsigned long long size = 0, resident = 0;
+    if (std::sscanf(buf, "%llu %llu", &size, &resident) != 2) return 0;
+    static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    return resident * page;
+  }
+  const char* at = std::strstr(buf, "\nPss:");
+  if (at == nullptr) return 0;
+  unsigned long long kib = 0;
+  if (std::sscanf(at + 5, "%llu", &kib) != 1) return 0;
+  return kib * 1024;
 }
 
 }  // namespace
@@ -86,6 +125,18 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
                 resources ? "could not be started (resources short)" : "could not be started");
     }
     return;
+  }
+  // A SIGKILL corral did not send: the kernel's OOM killer (when the memory cgroup's
+  // counter moved), or someone else. Named, never silent; counted as a failure only for
+  // a worker that had not become ready (a failed start), as any crash.
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && rec.phase != WorkerPhase::killing) {
+    const auto kills = oom_kills(container_limits());
+    const bool oom = kills > oom_kills_seen_;
+    oom_kills_seen_ = kills;
+    spdlog::warn("job {}: worker {} (slot {}) was killed by a SIGKILL corral did not send{}", name,
+                 rec.pid, rec.slot,
+                 oom ? " (an OOM kill: the memory cgroup's oom_kill count rose)" : "");
+    rec.leave_reason = oom ? "oom" : "signal";
   }
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
@@ -243,6 +294,9 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.mode = job.cfg.mode;
   snap.spec = job.cfg.workers;
   snap.busy_timeout = job.cfg.busy_timeout;
+  snap.graceful_timeout = job.cfg.graceful_timeout;
+  snap.memory = job.cfg.memory;
+  const bool memory_bounded = job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0;
   snap.phase = job.health.phase;
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
@@ -257,6 +311,13 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
     v.phase = w.phase;
     v.started = w.started_ns;
     v.kill_at = w.kill_at;
+    v.requests_limit = w.requests_limit;
+    v.retire_at = w.retire_at;
+    if (memory_bounded && v.current && now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
+      w.rss_bytes = sample_memory(pid, job.cfg.memory.pss);
+      w.rss_sampled_at = now;
+    }
+    v.rss_bytes = w.rss_bytes;
     if (v.current && w.phase != WorkerPhase::stopping && w.phase != WorkerPhase::killing) {
       SlotView s = job.res.sb.read_slot(w.slot);
       if (!s.state_valid && !w.garbage_logged) {
@@ -274,7 +335,6 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
     }
     snap.workers.push_back(v);
   }
-  (void)now;
   return snap;
 }
 
@@ -286,6 +346,10 @@ void Supervisor::Impl::decide_job(Job& job, std::uint64_t now) noexcept {
   const PoolSnapshot snap = observe(job, now);
   const Decision d = decide(snap, job.pacing, now);
   act(job, d, now);
+  if (job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0) {
+    const auto sample_at = now + to_ns(job.cfg.memory.interval);
+    if (job.wake.wake_at == 0 || sample_at < job.wake.wake_at) job.wake.wake_at = sample_at;
+  }
   if (audit_at != 0 && (job.wake.wake_at == 0 || audit_at < job.wake.wake_at))
     job.wake.wake_at = audit_at;
   if (job.cfg.mode != Mode::plain) correct_idle_hint(job, d.idle);
@@ -304,7 +368,18 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     LogContext worker_ctx{name, w.slot, w.pid};
     if (reason == StopReason::max_requests) {
       spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", name, w.pid,
-                   w.slot, job.cfg.workers.max_requests);
+                   w.slot, w.requests_limit != 0 ? w.requests_limit : job.cfg.workers.max_requests);
+      w.leave_reason = "max_requests";
+    } else if (reason == StopReason::max_lifetime) {
+      spdlog::info("job {}: worker {} (slot {}) reached its lifetime ({}); recycling it", name,
+                   w.pid, w.slot, format_duration(Duration(w.retire_at - w.started_ns)));
+      w.leave_reason = "max_lifetime";
+    } else if (reason == StopReason::memory) {
+      spdlog::warn(
+          "job {}: worker {} (slot {}) uses {} bytes of memory, above max_rss {}; "
+          "retiring it",
+          name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.max_rss);
+      w.leave_reason = "memory";
     } else {
       spdlog::info("job {}: idle workers above max_spare {}; retiring worker {} (slot {})", name,
                    job.cfg.workers.max_spare, w.pid, w.slot);
@@ -330,6 +405,18 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
         spdlog::warn("job {}: worker {} (slot {}) busy for more than {}; killing it", name, w.pid,
                      w.slot, format_duration(job.cfg.busy_timeout));
         break;
+      case KillReason::max_lifetime:
+        spdlog::warn(
+            "job {}: worker {} (slot {}) still busy at its lifetime plus "
+            "graceful_timeout; killing it",
+            name, w.pid, w.slot);
+        break;
+      case KillReason::memory:
+        spdlog::warn(
+            "job {}: worker {} (slot {}) uses {} bytes of memory, above "
+            "hard_max_rss {}; killing it",
+            name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.hard_max_rss);
+        break;
       case KillReason::stuck_lock:
         spdlog::warn(
             "job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
@@ -337,6 +424,7 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
             name, w.pid, w.slot, format_duration(Duration(kStuckHolder)));
         break;
     }
+    if (w.leave_reason == nullptr) w.leave_reason = to_string(reason);
     worker_event(job, w,
                  reason == KillReason::graceful_timeout ? WorkerEvent::deadline : WorkerEvent::kill,
                  now);
@@ -377,6 +465,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   plan.credentials = res.credentials;
   plan.parent = self_;
   plan.nofile = original_nofile_;
+  for (const auto& l : cfg.limits)
+    plan.rlimits.emplace_back(l.resource,
+                              rlimit{static_cast<rlim_t>(l.soft), static_cast<rlim_t>(l.hard)});
   std::string names;
   for (const auto& l : res.listeners) {
     plan.inherit.push_back(l->fd.get());
@@ -433,6 +524,12 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   w.slot = slot;
   w.generation = job.generation;
   w.started_ns = now;
+  // Its own limits, drawn once, uniformly in [v, v + jitter] (gunicorn's
+  // max_requests_jitter), so that workers started together do not retire together.
+  const auto& spec = cfg.workers;
+  if (spec.max_requests != 0) w.requests_limit = spec.max_requests + draw(spec.max_requests_jitter);
+  if (spec.max_lifetime.count() > 0)
+    w.retire_at = now + to_ns(spec.max_lifetime) + draw(to_ns(spec.max_lifetime_jitter));
   res.slot_used[slot] = true;
   res.sb.set_slot_pid(slot, w.pid);
   if (cfg.mode == Mode::plain) res.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
@@ -545,8 +642,10 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
     const auto& w = job->cfg.workers;
     job->res.sb.write_header(self_, job->generation, started_realtime_, wire_mode(job->cfg.mode),
                              state, job->health.retry_at, w.min_spare, w.max_spare, w.max,
-                             job->cfg.mode == Mode::prefork ? w.max_requests : 0, job->cfg.name,
-                             job->res.listeners_text);
+                             job->cfg.mode == Mode::prefork && w.max_requests != 0
+                                 ? w.max_requests + w.max_requests_jitter
+                                 : 0,
+                             job->cfg.name, job->res.listeners_text);
     const auto& limits = container_limits();
     job->res.sb.set_limits(limits.cpus, limits.memory_bytes.value_or(0));
   }

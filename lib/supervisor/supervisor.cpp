@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/unique_fd.h"
+#include "container/limits.h"
 #include "listen/listener.h"
 #include "log/log.h"
 #include "notify/notify.h"
@@ -243,6 +244,7 @@ int Supervisor::Impl::run() {
     ::setrlimit(RLIMIT_NOFILE, &nofile);
   }
   environment_ = inheritable_environment();
+  oom_kills_seen_ = oom_kills(container_limits());
   epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_) throw SetupError("epoll_create1", "", errno);
   if (!handed_state.empty()) {

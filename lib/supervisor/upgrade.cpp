@@ -129,6 +129,8 @@ Handover Supervisor::Impl::collect_handover() const {
       hw.phase = to_string(w.phase);
       hw.kill_at = w.kill_at;
       hw.last_state = static_cast<int>(w.last_state);
+      hw.requests_limit = w.requests_limit;
+      hw.retire_at = w.retire_at;
       hw.report_fd = report != job->res.spawn_reports.end() ? report->second.get() : -1;
       j.workers.push_back(hw);
     }
@@ -367,6 +369,8 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
       w.phase = worker_phase_of(hw.phase);
       w.kill_at = hw.kill_at;
       w.last_state = static_cast<corral_slot_state>(hw.last_state);
+      w.requests_limit = hw.requests_limit;
+      w.retire_at = hw.retire_at;
       if (hw.report_fd >= 0) res.spawn_reports.emplace(w.pid, UniqueFd(keep(hw.report_fd)));
       if (w.slot < res.slot_used.size()) res.slot_used[w.slot] = true;
       job->workers.emplace(w.pid, w);

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -411,7 +412,7 @@ TEST_CASE("an unknown key is an error with a suggestion at its exact position") 
   CHECK(issues == std::vector<std::string>{
                       "/tmp/x/test.yaml:6:7: unknown key \"min_spar\" in workers; did you mean "
                       "\"min_spare\"? (known keys: start, min_spare, max_spare, max, max_requests, "
-                      "start_timeout)"});
+                      "start_timeout, max_lifetime, max_lifetime_jitter, max_requests_jitter)"});
 }
 
 TEST_CASE("an unknown job key is reported, and so is the missing command it meant") {
@@ -1101,4 +1102,42 @@ TEST_CASE("stop.drain and stop_signal are read; a bad signal name lists the choi
   CHECK_THROWS_AS(corral::load_config_text("stop: { drain: 5s, linger: 1s }\njobs: {}\n",
                                            "/tmp/s.yaml", corral::CheckOptions{false, false}),
                   corral::ConfigError);
+}
+
+TEST_CASE("limits: one number or SOFT:HARD, sizes with units, cpu in seconds, infinity") {
+  auto config = corral::load_config_text(
+      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\"127.0.0.1:0\"]\n"
+      "    limits: { nofile: \"1024:2048\", core: 0, as: 2GiB, cpu: 10m, stack: 8MiB }\n",
+      "/tmp/l.yaml", corral::CheckOptions{false, false});
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> got;
+  for (const auto& l : config.jobs.at(0).limits) got[l.key] = {l.soft, l.hard};
+  CHECK(got["nofile"].first == 1024);
+  CHECK(got["nofile"].second == 2048);
+  CHECK(got["core"].second == 0);
+  CHECK(got["as"].first == 2ULL << 30);
+  CHECK(got["cpu"].first == 600);
+  CHECK(got["stack"].first == 8ULL << 20);
+}
+
+TEST_CASE("limits and memory: errors name the key and the fix") {
+  auto job = [](const std::string& extra) {
+    return "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\"127.0.0.1:0\"]\n" + extra;
+  };
+  auto fails_with = [&](const std::string& extra, const std::string& needle) {
+    try {
+      corral::load_config_text(job(extra), "/tmp/l.yaml", corral::CheckOptions{false, false});
+    } catch (const corral::ConfigError& e) {
+      for (const auto& i : e.issues())
+        if (i.to_string().find(needle) != std::string::npos) return true;
+    }
+    return false;
+  };
+  CHECK(fails_with("    limits: { as: 2G }\n", "did you mean 2GiB?"));
+  CHECK(fails_with("    limits: { nofile: \"4096:1024\" }\n", "soft limit is above the hard"));
+  CHECK(fails_with("    limits: { fsize: 1 }\n", "unknown key \"fsize\" in limits"));
+  CHECK(fails_with("    memory: { budget: 90% }\n", "memory.budget"));
+  CHECK(fails_with("    memory: { max_rss: 512MiB, hard_max_rss: 256MiB }\n",
+                   "hard_max_rss is below"));
+  CHECK(fails_with("    workers: { max_lifetime_jitter: 5m }\n", "needs workers.max_lifetime"));
+  CHECK(fails_with("    workers: { max_requests_jitter: 10 }\n", "needs workers.max_requests"));
 }

@@ -471,3 +471,57 @@ TEST_CASE("a holder bypassed for good is replaced once the bypass has lasted") {
   auto d = corral::decide(s, p, kT0 + 4000 * kMs + corral::kBypassConfirm);
   CHECK(has_kill(d, 1, KillReason::stuck_lock));
 }
+
+TEST_CASE("memory: above hard_max_rss killed in any state; above max_rss retired once idle") {
+  auto s = snapshot(2, 0, 8, 64);
+  s.memory.max_rss = 100;
+  s.memory.hard_max_rss = 1000;
+  auto fat = worker(1, CORRAL_SLOT_BUSY);
+  fat.rss_bytes = 2000;
+  auto big_busy = worker(2, CORRAL_SLOT_BUSY);
+  big_busy.rss_bytes = 500;
+  auto big_idle = worker(3, CORRAL_SLOT_IDLE);
+  big_idle.rss_bytes = 500;
+  s.workers = {fat, big_busy, big_idle};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(has_kill(d, 1, KillReason::memory));
+  REQUIRE(d.stops.size() == 1);
+  CHECK(d.stops[0] == std::make_pair(pid_t{3}, StopReason::memory));  // not the busy one
+}
+
+TEST_CASE("lifetime: stopped once idle, killed at lifetime + graceful_timeout if still busy") {
+  auto s = snapshot(2, 0, 8, 64);
+  s.graceful_timeout = std::chrono::seconds(2);
+  auto idle = worker(1, CORRAL_SLOT_IDLE);
+  idle.retire_at = kT0 - kMs;
+  auto busy = worker(2, CORRAL_SLOT_BUSY);
+  busy.retire_at = kT0 - kMs;
+  auto young = worker(3, CORRAL_SLOT_IDLE);
+  young.retire_at = kT0 + 500 * kMs;
+  s.workers = {idle, busy, young};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  REQUIRE(d.stops.size() == 1);
+  CHECK(d.stops[0] == std::make_pair(pid_t{1}, StopReason::max_lifetime));
+  CHECK(d.kills.empty());
+  CHECK(d.wake_at <= kT0 + 500 * kMs);
+  auto later = corral::decide(s, p, kT0 + 2000 * kMs);
+  CHECK(has_kill(later, 2, KillReason::max_lifetime));
+}
+
+TEST_CASE("each worker's own max_requests draw decides its recycling") {
+  auto s = snapshot(2, 0, 8, 64);
+  s.spec.max_requests = 10;
+  auto a = worker(1, CORRAL_SLOT_IDLE);
+  a.requests = 12;
+  a.requests_limit = 15;  // drew 10 + 5
+  auto b = worker(2, CORRAL_SLOT_IDLE);
+  b.requests = 12;
+  b.requests_limit = 11;
+  s.workers = {a, b};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  REQUIRE(d.stops.size() == 1);
+  CHECK(d.stops[0].first == 2);
+}
