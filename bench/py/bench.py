@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Ctx  # noqa: E402
+import accept_path  # noqa: E402
 import scenarios as sc  # noqa: E402
 
 SCENARIOS = {
@@ -26,6 +27,7 @@ SCENARIOS = {
     "scale": sc.scale,
     "inetd": sc.inetd,
     "burst": sc.burst,
+    "accept": accept_path.accept_path,
 }
 
 
