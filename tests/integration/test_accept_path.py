@@ -145,6 +145,26 @@ class AcceptPathTest(CorralTest):
         self.assertEqual(c.stop(), 0)
         self.assertLess(time.monotonic() - t0, 3.0)
 
+    def test_a_stopped_idle_worker_does_not_stall_a_lock_free_pool(self):
+        # No mutex to hog: a worker stopped while blocked in accept leaves the kernel's
+        # queue of waiters, and the others take every connection at once.
+        c = self.start(f'["{ECHO}"]')
+        port = c.port(self.sbdir, "echo")
+        pids = self.worker_pids(c)
+        self.assert_waiting_in(pids, "accept4", c)
+        os.kill(pids[0], signal.SIGSTOP)
+        self.addCleanup(lambda: pid_alive(pids[0]) and os.kill(pids[0], signal.SIGCONT))
+        worst = 0.0
+        for i in range(30):
+            t0 = time.monotonic()
+            self.assertEqual(echo_once(port, b"s%d\n" % i), b"s%d\n" % i)
+            worst = max(worst, time.monotonic() - t0)
+        self.assertLess(worst, 1.0)
+        self.assertNotIn("accept mutex", c.log_text())  # no lock audit applies, none misfires
+        os.kill(pids[0], signal.SIGCONT)
+        self.assertEqual(echo_once(port), b"hello corral\n")
+        self.assertEqual(c.stop(), 0)
+
     # ---- 2. the supervisor alone owns O_NONBLOCK -----------------------------
 
     def test_reload_from_one_to_two_listeners_and_back_sets_the_flag_each_time(self):
