@@ -49,6 +49,11 @@ def syscall_of(pid):
     return int(first) if first.lstrip("-").isdigit() else None
 
 
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,6 +159,10 @@ class AcceptPathTest(CorralTest):
         self.assert_waiting_in(pids, "accept4", c)
         os.kill(pids[0], signal.SIGSTOP)
         self.addCleanup(lambda: pid_alive(pids[0]) and os.kill(pids[0], signal.SIGCONT))
+        # Until it has run and stopped, it is still queued in accept4, and may take a
+        # connection that arrives meanwhile (the kernel looks at the queue before the
+        # signal): wait until it is stopped for real.
+        wait_until(lambda: proc_state(pids[0]) == "T", log=c, what="the worker stopped")
         worst = 0.0
         for i in range(30):
             t0 = time.monotonic()
