@@ -2,9 +2,14 @@
  * Every mode is bounded in count and in time, and prints key=value lines.
  *
  *   bclient seq   -p PORT[,PORT...] -n N [-g GAP_US] [-c THREADS] [-t TIMEOUT_MS]
+ *                 [-d SECONDS] [-o FILE]
  *       N short connections (GET, "Connection: close", read to EOF), THREADS at a
  *       time (default 1: one at a time), sleeping GAP_US after each; with several
  *       ports, connections alternate between them. Latency: connect to EOF.
+ *       -d: no new connection is started after SECONDS (a time bound besides N).
+ *       -o: one line per connection, "START_MS LATENCY_MS" (start from the run's
+ *       start; failed connections have the latency -1).
+ *   -u PATH (seq, paced): the request's path (default "/").
  *   bclient paced -p PORT -r RATE -d SECONDS [-t TIMEOUT_MS] [-o FILE]
  *       open loop: a connection attempt every 1/RATE s, whatever the previous ones
  *       do; latency from the scheduled start to EOF (so client-side lateness counts
@@ -38,7 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char kReqClose[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+static char kReqClose[1200] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
 static const char kReqKeep[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 static const char kLine[] = "hello\n";
 
@@ -73,6 +78,7 @@ static void print_lat(const char* prefix, double* v, size_t n) {
   printf("%s_p50_ms=%.3f\n%s_p90_ms=%.3f\n%s_p99_ms=%.3f\n%s_max_ms=%.3f\n%s_mean_ms=%.3f\n",
          prefix, pct(v, n, 50) * 1e3, prefix, pct(v, n, 90) * 1e3, prefix, pct(v, n, 99) * 1e3,
          prefix, v[n - 1] * 1e3, prefix, sum / (double)n * 1e3);
+  printf("%s_p999_ms=%.3f\n", prefix, pct(v, n, 99.9) * 1e3);
 }
 
 static void dump(const char* file, double* v, size_t n) {
@@ -96,8 +102,10 @@ static struct sockaddr_in addr_of(int port) {
 
 struct seq_arg {
   long n, gap_us, first;
+  double t_run, deadline; /* the run's start; no new connection after deadline (0: none) */
   double* lat;
-  long done, errors;
+  double *t_start, *t_lat; /* per attempt, for -o */
+  long done, errors, tried;
 };
 
 static int one_connection(int port) {
@@ -109,7 +117,7 @@ static int one_connection(int port) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   int rc = -1;
   if (connect(fd, (struct sockaddr*)&sa, sizeof sa) == 0 &&
-      send(fd, kReqClose, sizeof kReqClose - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof kReqClose - 1)) {
+      send(fd, kReqClose, strlen(kReqClose), MSG_NOSIGNAL) == (ssize_t)strlen(kReqClose)) {
     char buf[4096];
     ssize_t k, total = 0;
     while ((k = recv(fd, buf, sizeof buf, 0)) > 0) total += k;
@@ -123,17 +131,23 @@ static void* seq_thread(void* p) {
   struct seq_arg* a = p;
   for (long i = 0; i < a->n; i++) {
     double t0 = now_s();
+    if (a->deadline > 0 && t0 >= a->deadline) break;
     int port = ports[(a->first + i) % nports];
-    if (one_connection(port) == 0)
-      a->lat[a->done++] = now_s() - t0;
+    int ok = one_connection(port) == 0;
+    double t1 = now_s();
+    if (ok)
+      a->lat[a->done++] = t1 - t0;
     else
       a->errors++;
+    a->t_start[a->tried] = t0 - a->t_run;
+    a->t_lat[a->tried] = ok ? t1 - t0 : -1e-3;
+    a->tried++;
     if (a->gap_us > 0) usleep((useconds_t)a->gap_us);
   }
   return NULL;
 }
 
-static int run_seq(long n, long gap_us, int threads) {
+static int run_seq(long n, long gap_us, int threads, double secs, const char* out) {
   if (threads < 1) threads = 1;
   pthread_t th[256];
   struct seq_arg args[256];
@@ -141,8 +155,11 @@ static int run_seq(long n, long gap_us, int threads) {
   double t0 = now_s();
   for (int i = 0; i < threads; i++) {
     long share = n / threads + (i < n % threads);
-    args[i] = (struct seq_arg){.n = share, .gap_us = gap_us, .first = i};
+    args[i] = (struct seq_arg){.n = share, .gap_us = gap_us, .first = i, .t_run = t0,
+                               .deadline = secs > 0 ? t0 + secs : 0};
     args[i].lat = calloc((size_t)share + 1, sizeof(double));
+    args[i].t_start = calloc((size_t)share + 1, sizeof(double));
+    args[i].t_lat = calloc((size_t)share + 1, sizeof(double));
     pthread_create(&th[i], NULL, seq_thread, &args[i]);
   }
   double* all = calloc((size_t)n + 1, sizeof(double));
@@ -155,6 +172,17 @@ static int run_seq(long n, long gap_us, int threads) {
     errors += args[i].errors;
   }
   double el = now_s() - t0;
+  if (out) {
+    FILE* f = fopen(out, "w");
+    if (f) {
+      for (int i = 0; i < threads; i++)
+        for (long j = 0; j < args[i].tried; j++)
+          fprintf(f, "%.3f %.3f\n", args[i].t_start[j] * 1e3, args[i].t_lat[j] * 1e3);
+      fclose(f);
+    } else {
+      perror(out);
+    }
+  }
   printf("ok=%zu\nerrors=%ld\nelapsed_s=%.3f\nrate=%.1f\n", m, errors, el, (double)m / el);
   print_lat("lat", all, m);
   return 0;
@@ -444,7 +472,7 @@ int main(int argc, char** argv) {
   const char* out = NULL;
   int opt;
   optind = 2;
-  while ((opt = getopt(argc, argv, "p:n:g:c:t:r:d:o:H:ea:b:P:")) != -1) {
+  while ((opt = getopt(argc, argv, "p:n:g:c:t:r:d:o:H:ea:b:P:u:")) != -1) {
     switch (opt) {
       case 'p':
         for (char* s = strtok(optarg, ","); s && nports < 16; s = strtok(NULL, ","))
@@ -462,6 +490,11 @@ int main(int argc, char** argv) {
       case 'a': high = atoi(optarg); break;
       case 'b': low = atoi(optarg); break;
       case 'P': half = atol(optarg); break;
+      case 'u':
+        if (optarg[0] != '/' || strlen(optarg) > 1024 || strpbrk(optarg, " \r\n")) goto usage;
+        snprintf(kReqClose, sizeof kReqClose, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                 optarg);
+        break;
       default: goto usage;
     }
   }
@@ -470,7 +503,7 @@ int main(int argc, char** argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   /* bounds: loopback only (addr_of), and counts/durations capped */
   if (n > 1000000 || secs > 600 || hold > 600000 || rate > 100000) goto usage;
-  if (!strcmp(mode, "seq") && n > 0) return run_seq(n, gap, threads);
+  if (!strcmp(mode, "seq") && n > 0) return run_seq(n, gap, threads, secs, out);
   if (!strcmp(mode, "paced") && rate > 0 && secs > 0) return run_paced(rate, secs, out);
   if (!strcmp(mode, "hold") && n > 0) return run_hold((int)n, hold, echo, out);
   if (!strcmp(mode, "osc") && secs > 0 && high > 0) return run_osc(secs, high, low, half, echo);

@@ -27,6 +27,7 @@ SCENARIOS = {
     "scale": sc.scale,
     "inetd": sc.inetd,
     "burst": sc.burst,
+    "churn": sc.churn,
     "accept": accept_path.accept_path,
 }
 

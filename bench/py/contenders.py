@@ -33,7 +33,7 @@ def corral_cli(ctx: Ctx, name: str, port: int, n: int, program: Path | None = No
 
 def corral_yaml(ctx: Ctx, name: str, ports: list[int], *, start: int, min_spare: int, max_spare: int,
                 maximum: int, mutex: str = "auto", mode: str = "prefork", command: list | None = None,
-                extra: str = "") -> tuple[Server, Path]:
+                extra: str = "", max_requests: int | None = None) -> tuple[Server, Path]:
     d = _dir(ctx, name)
     sb = d / "sb"
     cmd = command or [str(ctx.hello_http)]
@@ -51,6 +51,8 @@ jobs:
       max_spare: {max_spare}
       max: {maximum}
 """
+    if max_requests is not None:
+        cfg += f"      max_requests: {max_requests}\n"
     if mode != "inetd":
         cfg += f"    accept_mutex: {mutex}\n"
     cfg += extra
@@ -69,7 +71,8 @@ def start_corral(srv: Server, sb: Path, idle: int, timeout: float = 60) -> float
 # ---- Apache 2.4 prefork ---------------------------------------------------------------
 
 def apache(ctx: Ctx, name: str, ports: list[int], *, start: int, min_spare: int, max_spare: int,
-           maximum: int, keepalive: bool, pid_log: bool = False, keepalive_timeout: int = 5) -> Server:
+           maximum: int, keepalive: bool, pid_log: bool = False, keepalive_timeout: int = 5,
+           max_conn_per_child: int = 0) -> Server:
     """apache2 -f CONF -k start -DFOREGROUND with its own ServerRoot; serves the
     6-byte static file /hello.txt ("hello\\n"). Logging off: ErrorLog to a file, no
     CustomLog (pid_log: a CustomLog of the child pid only, for the fairness count)."""
@@ -103,7 +106,7 @@ MinSpareServers {min_spare}
 MaxSpareServers {max_spare}
 ServerLimit {maximum}
 MaxRequestWorkers {maximum}
-MaxConnectionsPerChild 0
+MaxConnectionsPerChild {max_conn_per_child}
 ListenBacklog 1024
 KeepAlive {"On" if keepalive else "Off"}
 KeepAliveTimeout {keepalive_timeout}

@@ -1,4 +1,4 @@
-"""The seven scenarios. Each takes the Ctx, runs its contenders interleaved over
+"""The eight scenarios. Each takes the Ctx, runs its contenders interleaved over
 rounds, and returns (markdown, raw data)."""
 from __future__ import annotations
 
@@ -888,3 +888,168 @@ plot {", ".join(odat)}
     for k in osc:
         osc[k].pop("timeline")
     return md, {"burst": res, "osc": {f"{k}|{h}": v for (k, h), v in osc.items()}, "png": [png, png2]}
+
+
+# =====================================================================================
+# 8: churn (issue 12): a pool that is used up by every connection
+# =====================================================================================
+
+CHURN_POOL = {"start": 8, "min_spare": 4, "max_spare": 16, "max": 64}
+
+
+def churn(ctx: Ctx):
+    """Unpinned, like inetd and burst: every connection costs a process creation, CPU
+    work that may use both cores; the client (16 threads of blocking connections)
+    costs little next to it."""
+    with unpinned(ctx):
+        return _churn(ctx)
+
+
+def _seq_file(path: Path) -> list[tuple[float, float]]:
+    out = []
+    try:
+        for line in path.read_text().splitlines():
+            a, b = line.split()
+            out.append((float(a), float(b)))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _churn(ctx: Ctx):
+    R = rounds(ctx, 5, 2)
+    secs = 3 if ctx.quick else 5
+    nmax = 100000  # the count bound (the reference without recycling reaches ~15,000/s); -d secs is the time bound
+    clients = 16
+    prog = ctx.bin / "hello1"
+    p = CHURN_POOL
+    pool = dict(start=p["start"], min_spare=p["min_spare"], max_spare=p["max_spare"], maximum=p["max"])
+    keys = ["corral-inetd", "tcpserver", "xinetd", "systemd", "corral-mr1", "corral-mr0", "apache-mr1"]
+    ports = {k: ctx.port() for k in keys}
+    srv: dict[str, Server] = {}
+    sbs: dict[str, Path] = {}
+    srv["corral-inetd"], sbs["corral-inetd"] = corral_yaml(ctx, "churn-corral-inetd", [ports["corral-inetd"]],
+                                                           mode="inetd", command=[str(prog)], **pool)
+    srv["tcpserver"] = tcpserver(ctx, "churn-tcpserver", ports["tcpserver"], prog, maxconc=p["max"])
+    srv["xinetd"] = xinetd(ctx, "churn-xinetd", ports["xinetd"], prog, instances=p["max"])
+    srv["systemd"] = socket_activate(ctx, "churn-systemd", ports["systemd"], prog)
+    srv["systemd"].env["SYSTEMD_LOG_LEVEL"] = "warning"  # it logs every connection at info level
+    srv["corral-mr1"], sbs["corral-mr1"] = corral_yaml(ctx, "churn-corral-mr1", [ports["corral-mr1"]],
+                                                       max_requests=1, **pool)
+    srv["corral-mr0"], sbs["corral-mr0"] = corral_yaml(ctx, "churn-corral-mr0", [ports["corral-mr0"]], **pool)
+    srv["apache-mr1"] = apache(ctx, "churn-apache-mr1", [ports["apache-mr1"]], start=p["start"],
+                               min_spare=p["min_spare"], max_spare=p["max_spare"], maximum=p["max"],
+                               keepalive=False, max_conn_per_child=1)
+    for k in ("corral-inetd", "corral-mr1", "corral-mr0"):
+        start_corral(srv[k], sbs[k], p["start"])
+    start_apache(srv["apache-mr1"], p["start"])
+    for k in ("tcpserver", "xinetd", "systemd"):
+        srv[k].start()
+        if not wait_port(ports[k], 10):
+            ctx.log(f"churn: {k} not answering (see {srv[k].logpath})")
+    path = {k: ("/hello.txt" if k == "apache-mr1" else "/") for k in keys}
+
+    def load(k: str, s: float, out: Path | None = None) -> dict:
+        args = ["seq", "-p", ports[k], "-n", nmax, "-c", clients, "-d", s, "-t", 5000, "-u", path[k]]
+        if out:
+            args += ["-o", out]
+        return bclient(ctx, args, timeout=s + 60)
+
+    for k in keys:  # warm-up
+        load(k, 1)
+    time.sleep(1.0)  # pools back at rest
+    data: dict = {k: [] for k in keys}
+    for r in range(R):
+        for k in order(keys, r):
+            s = srv[k]
+            time.sleep(0.5)
+            smp = Sampler(s.pid).start()
+            before = len(smp.start_set)
+            cpu0 = s.cpu_ns()
+            out = ctx.results / f"churn-{k}-r{r}.seq"
+            b = load(k, secs, out)
+            cpu1 = s.cpu_ns()
+            smp.stop()
+            okc = int(b.get("ok", 0))
+            row = {"rate": b.get("rate"), "ok": okc, "errors": int(b.get("errors", 0)),
+                   "p50": b.get("lat_p50_ms"), "p99": b.get("lat_p99_ms"), "p999": b.get("lat_p999_ms"),
+                   "max": b.get("lat_max_ms"), "cpu_us": (cpu1 - cpu0) / 1e3 / okc if cpu0 is not None and okc else None,
+                   "procs_before": before, "procs_max": max((n for _, n in smp.timeline), default=0),
+                   "procs_min": min((n for _, n in smp.timeline), default=0), "spawns": len(smp.births),
+                   "over_100ms": sum(1 for _, l in _seq_file(out) if l > 100), "client_error": b.get("error")}
+            data[k].append(row)
+            ctx.log(f"churn round {r + 1}/{R} {k}: {fmt(row['rate'], 0)} conn/s p50 {fmt(row['p50'], 2)} p99 "
+                    f"{fmt(row['p99'], 2)} p99.9 {fmt(row['p999'], 2)} max {fmt(row['max'], 1)} ms, "
+                    f"{row['over_100ms']} over 100 ms, errors {row['errors']}, cpu {fmt(row['cpu_us'], 0)} us/conn, "
+                    f"processes {before} -> {row['procs_min']}..{row['procs_max']}, {row['spawns']} new pids")
+    prof = {}
+    for k in ("corral-inetd", "tcpserver", "corral-mr1"):
+        pr = perf_profile(ctx, f"churn-{k}", min(secs, 5), lambda k=k: load(k, min(secs, 5)), srv[k])
+        if pr:
+            prof[k] = pr
+    for s in srv.values():
+        s.stop()
+
+    def m(k: str, f: str) -> float:
+        return med(x[f] for x in data[k])
+
+    def rr(a_: str, b_: str, f: str) -> float:
+        return med(x[f] / y[f] for x, y in zip(data[a_], data[b_]) if x[f] is not None and y[f])
+
+    labels = {"corral-inetd": "corral `mode: inetd` + hello1", "tcpserver": "tcpserver + hello1",
+              "xinetd": "xinetd + hello1", "systemd": "systemd-socket-activate --inetd -a + hello1",
+              "corral-mr1": "corral prefork, `max_requests: 1` + hello-http",
+              "corral-mr0": "corral prefork, `max_requests: 0` + hello-http (reference)",
+              "apache-mr1": "Apache prefork, MaxConnectionsPerChild 1 (reference)"}
+    md = "### 8. Churn (issue 12)\n\n"
+    md += (f"Every connection uses up a process. {clients} client threads (`bclient seq -c {clients} -d {secs} -n "
+           f"{nmax} -t 5000`), each making one new connection after the other (`GET`, `Connection: close`, read to "
+           f"EOF; latency from connect to EOF) for {secs} s. Pools: start {p['start']}, min_spare {p['min_spare']}, "
+           f"max_spare {p['max_spare']}, max {p['max']} (Apache: StartServers, Min/MaxSpareServers, "
+           f"MaxRequestWorkers the same; tcpserver -c {p['max']}; xinetd instances {p['max']}). inetd peers run "
+           f"bench/inetd/hello1.c (dynamically linked; reads the request, answers at once, exits). Processes: the "
+           f"server's children sampled every 10 ms (min..max during the load; 'new pids' = pids seen for the first "
+           f"time). Not pinned. {R} rounds, contenders alternating order, medians; ratios are medians of per-round "
+           f"ratios.\n\n")
+    rows = []
+    for k in keys:
+        v = data[k]
+        rows.append([labels[k], fmt(m(k, "rate"), 0), fmt(m(k, "p50"), 2), fmt(m(k, "p99"), 2), fmt(m(k, "p999"), 2),
+                     fmt(max((x["p999"] or 0) for x in v), 1), fmt(m(k, "max"), 1), fmt(max((x["max"] or 0) for x in v), 1),
+                     int(sum(x["over_100ms"] for x in v)), fmt(m(k, "cpu_us"), 0),
+                     f"{min(x['procs_min'] for x in v)}..{max(x['procs_max'] for x in v)}",
+                     int(sum(x["errors"] for x in v))])
+    md += table(["contender", "conn/s", "p50 ms", "p99 ms", "p99.9 ms (median)", "p99.9 ms (max round)",
+                 "max ms (median)", "max ms (max round)", "conns > 100 ms (all rounds)", "CPU µs/conn",
+                 "processes", "errors"], rows)
+    ratios = {}
+    for peer in ("tcpserver", "xinetd", "systemd"):
+        ratios[peer] = {f: rr("corral-inetd", peer, f) for f in ("rate", "p50", "p99", "max", "cpu_us")}
+    ratios["mr1/mr0"] = {f: rr("corral-mr1", "corral-mr0", f) for f in ("rate", "p50", "p99", "p999", "cpu_us")}
+    ratios["mr1/apache"] = {f: rr("corral-mr1", "apache-mr1", f) for f in ("rate", "p50", "p99", "p999", "cpu_us")}
+    md += "\nRatios, corral inetd / peer (median of per-round ratios; conn/s: higher is better, latency: lower):\n\n"
+    md += table(["peer", "conn/s", "p50", "p99", "max", "CPU/conn"],
+                [[labels[pe], *(f"{ratios[pe][f]:.2f}" for f in ("rate", "p50", "p99", "max", "cpu_us"))]
+                 for pe in ("tcpserver", "xinetd", "systemd")])
+    md += "\nRatios, corral prefork `max_requests: 1` / reference:\n\n"
+    md += table(["reference", "conn/s", "p50", "p99", "p99.9", "CPU/conn"],
+                [[labels[k2], *(f"{ratios[rk][f]:.2f}" for f in ("rate", "p50", "p99", "p999", "cpu_us"))]
+                 for rk, k2 in (("mr1/mr0", "corral-mr0"), ("mr1/apache", "apache-mr1"))])
+    rate_ok = ratios["tcpserver"]["rate"] >= 1.0
+    p99_ok = ratios["tcpserver"]["p99"] <= 1.0
+    p999 = m("corral-mr1", "p999")
+    p999_max = max((x["p999"] or 0) for x in data["corral-mr1"])
+    below_max = max(x["procs_max"] for x in data["corral-mr1"]) < p["max"]
+    md += (f"\nGoals. inetd: conn/s {fmt(m('corral-inetd', 'rate'), 0)} against tcpserver's "
+           f"{fmt(m('tcpserver', 'rate'), 0)} (ratio {ratios['tcpserver']['rate']:.2f}, goal ≥ 1: "
+           f"{'met' if rate_ok else '**missed**'}); p99 {fmt(m('corral-inetd', 'p99'), 2)} ms against "
+           f"{fmt(m('tcpserver', 'p99'), 2)} ms (ratio {ratios['tcpserver']['p99']:.2f}, goal ≤ 1: "
+           f"{'met' if p99_ok else '**missed**'}). Prefork `max_requests: 1`: p99.9 {fmt(p999, 2)} ms, median of "
+           f"{R} rounds (max round {fmt(p999_max, 1)} ms; goal ≤ 50 ms: {'met' if p999 <= 50 else '**missed**'}); "
+           f"the pool stayed {'below' if below_max else 'AT'} max ({max(x['procs_max'] for x in data['corral-mr1'])} "
+           f"processes at most).\n")
+    if prof:
+        md += "\nProfiles (perf record -p of the server processes, cpu-clock): " + ", ".join(f"`{x}`" for x in prof.values()) + "\n"
+    return md, {"rounds": data, "ratios": ratios, "profiles": prof,
+                "goals": {"inetd_rate": rate_ok, "inetd_p99": p99_ok, "mr1_p999_ms": p999, "mr1_p999_max_ms": p999_max,
+                          "mr1_below_max": below_max}}

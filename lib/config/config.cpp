@@ -5,6 +5,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <pwd.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include <unordered_map>
 
 #include "common/unique_fd.h"
+#include "container/limits.h"
 
 extern char** environ;
 
@@ -31,10 +33,11 @@ namespace fs = std::filesystem;
 
 constexpr unsigned kMaxWorkers = 16384;
 
-const std::vector<std::string> kTopKeys = {"scoreboard_dir", "jobs"};
+const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "jobs"};
+const std::vector<std::string> kStopKeys = {"drain"};
 const std::vector<std::string> kJobKeys = {
     "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
-    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout"};
+    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
 const std::vector<std::string> kWorkersKeys = {"start", "min_spare",    "max_spare",
@@ -120,6 +123,7 @@ class Loader {
     if (auto dir = root["scoreboard_dir"]) {
       if (auto s = scalar(dir, "scoreboard_dir")) config.scoreboard_dir = absolute(*s);
     }
+    if (auto stop = root["stop"]) load_stop(config, stop);
     auto jobs = root["jobs"];
     if (!jobs) {
       issue(root, "\"jobs:\" is missing; define at least one job");
@@ -287,6 +291,7 @@ class Loader {
     }
 
     if (auto w = node["workers"]) load_workers(job, w);
+    if (auto sig = node["stop_signal"]) load_stop_signal(job, sig);
 
     if (auto a = node["accept_mutex"]) {
       auto kind = one_of<AcceptMutex>(a, "accept_mutex",
@@ -421,6 +426,29 @@ class Loader {
     job.listeners.push_back(std::move(spec));
   }
 
+  void load_stop(Config& config, const YAML::Node& node) {
+    if (!node.IsMap()) {
+      issue(node, "stop must be a map, e.g. { drain: 5s }");
+      return;
+    }
+    check_keys(node, kStopKeys, "stop");
+    if (auto d = node["drain"]) {
+      if (auto v = duration(d, "stop.drain")) config.stop.drain = *v;
+    }
+  }
+
+  void load_stop_signal(JobConfig& job, const YAML::Node& node) {
+    auto sig = one_of<int>(node, "stop_signal",
+                           {{"TERM", SIGTERM},
+                            {"QUIT", SIGQUIT},
+                            {"INT", SIGINT},
+                            {"HUP", SIGHUP},
+                            {"USR1", SIGUSR1},
+                            {"USR2", SIGUSR2},
+                            {"WINCH", SIGWINCH}});
+    if (sig) job.stop_signal = *sig;
+  }
+
   void load_workers(JobConfig& job, const YAML::Node& node) {
     if (!node.IsMap()) {
       issue(node, "workers must be a map, e.g. { start: 4, min_spare: 2, max_spare: 8, max: 64 }");
@@ -446,6 +474,22 @@ class Loader {
     if (auto n = node["start_timeout"]) {
       if (auto d = duration(n, "workers.start_timeout")) w.start_timeout = *d;
     }
+    auto is_auto = [&](const char* key) {
+      auto n = node[key];
+      return n && n.IsScalar() && n.Scalar() == "auto";
+    };
+    w.start_auto = is_auto("start");
+    w.max_auto = is_auto("max");
+    if (w.max_auto) {
+      // max came from the container: the bounds the user did not set follow it down
+      // (explicit conflicts stay errors, below).
+      if (!node["start"] || w.start_auto) w.start = std::min(w.start, w.max);
+      if (!node["min_spare"]) w.min_spare = std::min(w.min_spare, w.max);
+      if (!node["max_spare"]) w.max_spare = std::min(std::max(w.max_spare, w.min_spare), w.max);
+    } else if (w.start_auto && !node["max"]) {
+      w.max = std::max(w.max, w.start);
+    }
+    if (w.start_auto && w.start > w.max) w.start = w.max;
     workers_marks_[job.name] = mark_of(node);
   }
 
@@ -900,9 +944,12 @@ Config load_config_file(const std::string& path, const CheckOptions& options) {
 unsigned parse_workers_count(WorkersCount which, std::string_view text, const std::string& what) {
   const auto r = range_of(which);
   if (text == "auto") {
-    throw ConfigError(what + ": \"auto\" (from the CPU quota) is not supported yet by this " +
-                      "version of corral; give a number between " + std::to_string(r.min) +
-                      " and " + std::to_string(r.max));
+    // docs/CONTAINERS.md: C = the CPU quota rounded up, or the CPUs of the affinity mask.
+    const unsigned c = container_limits().cpus;
+    if (which == WorkersCount::start) return std::min(c, r.max);
+    if (which == WorkersCount::max) return std::min(4 * c, r.max);
+    throw ConfigError(what + ": \"auto\" applies to workers.start and workers.max only; give a " +
+                      "number between " + std::to_string(r.min) + " and " + std::to_string(r.max));
   }
   std::uint64_t value = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -980,10 +1027,13 @@ std::string summarize(const Config& config) {
   for (const auto& job : config.jobs) {
     out << "  " << job.name << ": " << to_string(job.mode) << ", ";
     if (job.mode == Mode::plain) {
-      out << job.workers.start << " copies";
+      out << (job.workers.start_auto ? "auto (= " : "") << job.workers.start
+          << (job.workers.start_auto ? ")" : "") << " copies";
     } else {
-      out << "start " << job.workers.start << ", spare " << job.workers.min_spare << ".."
-          << job.workers.max_spare << ", max " << job.workers.max;
+      out << "start " << (job.workers.start_auto ? "auto (= " : "") << job.workers.start
+          << (job.workers.start_auto ? ")" : "") << ", spare " << job.workers.min_spare << ".."
+          << job.workers.max_spare << ", max " << (job.workers.max_auto ? "auto (= " : "")
+          << job.workers.max << (job.workers.max_auto ? ")" : "");
     }
     out << ", listen";
     if (job.listeners.empty()) out << " (none)";

@@ -30,6 +30,8 @@ struct WorkersSpec {
   unsigned max_spare = 8;
   unsigned max = 64;
   std::uint64_t max_requests = 0;  // 0: unlimited
+  bool start_auto = false;         // `start: auto`: start is the container's CPUs (C)
+  bool max_auto = false;           // `max: auto`: max is 4·C
   Duration start_timeout = std::chrono::seconds(30);
 };
 
@@ -53,12 +55,19 @@ struct JobConfig {
   std::string cwd;  // absolute, or "" = the supervisor's
   Duration graceful_timeout = std::chrono::seconds(30);
   Duration busy_timeout{0};
+  int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
   SourceMark mark;
+};
+
+/// Top-level `stop:`: how the supervisor leaves on SIGTERM.
+struct StopSpec {
+  Duration drain{0};  // on SIGTERM: report not ready, keep serving this long, then stop
 };
 
 struct Config {
   std::string file;            // "" when built from the command line
   std::string scoreboard_dir;  // "" = default_scoreboard_dir()
+  StopSpec stop;
   std::vector<JobConfig> jobs;
   /// What `corral check` prints but accepts (e.g. `user:` while not root); with
   /// CheckOptions::for_run these are errors instead.

@@ -351,6 +351,20 @@ int take_listen_fds(std::vector<std::string>& names) {
 
 }  // namespace
 
+bool unlink_own_socket_file(int sock, const std::string& path) {
+  // Never follow a link, and never remove what someone renamed over our socket since:
+  // only the very file the socket is bound to goes (its inode, as sock_diag reports).
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != ::geteuid())
+    return false;
+  // Without unix_diag the owner check above is all there is.
+  if (auto bound = bound_file_of(sock);
+      bound && (bound->first != st.st_dev ||
+                static_cast<__u32>(bound->second) != static_cast<__u32>(st.st_ino)))
+    return false;
+  return ::unlink(path.c_str()) == 0;
+}
+
 int ListenerSet::adopt_systemd_listeners() {
   const char* pid_text = std::getenv("LISTEN_PID");
   if (pid_text != nullptr && std::strtol(pid_text, nullptr, 10) != ::getpid()) {

@@ -73,6 +73,11 @@ class ListenerSet {
 /// file; applies unix mode/owner/group. Throws SetupError.
 UniqueFd bind_listener(const ListenerSpec& spec);
 
+/// Removes the unix socket file at `path` if, and only if, it is still the file `sock`
+/// is bound to (not a link, not something renamed over it since). Returns whether it
+/// removed it.
+bool unlink_own_socket_file(int sock, const std::string& path);
+
 /// The address a listening socket is bound to, formatted for users.
 std::string local_address_of(int fd);
 

@@ -498,6 +498,13 @@ void Scoreboard::set_at_max(bool at_max) {
   store(&static_cast<corral_sb_header*>(base_)->at_max, at_max ? 1U : 0U);
 }
 
+void Scoreboard::set_limits(unsigned cpus, std::uint64_t memory_bytes) {
+  if (base_ == nullptr || !writable_) return;
+  auto* h = static_cast<corral_sb_header*>(base_);
+  store(&h->limit_cpus, static_cast<std::uint32_t>(cpus));
+  store(&h->limit_memory_bytes, memory_bytes);
+}
+
 int Scoreboard::idle_hint() const {
   if (base_ == nullptr) return 0;
   return __atomic_load_n(&static_cast<corral_sb_header*>(base_)->idle_hint, __ATOMIC_ACQUIRE);

@@ -82,6 +82,9 @@ class Scoreboard {
   /// Header offset 920: whether the job is at workers.max (workers then skip notifying).
   void set_at_max(bool at_max);
 
+  /// Header offsets 924 and 928: the container's CPUs and memory limit (0: none), for status.
+  void set_limits(unsigned cpus, std::uint64_t memory_bytes);
+
   /// The workers' idle hint (header offset 960), and the supervisor's correction.
   [[nodiscard]] int idle_hint() const;
   void add_idle_hint(int delta);

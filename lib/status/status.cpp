@@ -46,6 +46,7 @@ const char* job_state_name(std::uint32_t s) {
     case CORRAL_JOB_BACKING_OFF: return "backing-off";
     case CORRAL_JOB_FAILED: return "failed";
     case CORRAL_JOB_STOPPING: return "stopping";
+    case CORRAL_JOB_DRAINING: return "draining";
     default: return "unknown";
   }
 }
@@ -54,7 +55,7 @@ const char* job_state_name(std::uint32_t s) {
 // worker it started) runs; a file nobody locks is left over from a stopped one.
 bool held_by_supervisor(const std::string& path, int* open_errno = nullptr) {
   // O_NONBLOCK: a FIFO named *.scoreboard must not block status in open().
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW));
   if (!fd) {
     if (open_errno != nullptr) *open_errno = errno;
     return false;
@@ -209,6 +210,7 @@ int print_status(const std::string& dir, const std::vector<std::string>& jobs, b
   }
   auto now = monotonic_ns();
   nlohmann::json supervisor;
+  nlohmann::json limits;  // top level: {"cpus": C, "memory_bytes": N or null}
   nlohmann::json job_list = nlohmann::json::array();
   for (const auto& path : paths) {
     if (::access(path.c_str(), F_OK) != 0) continue;
@@ -224,6 +226,11 @@ int print_status(const std::string& dir, const std::vector<std::string>& jobs, b
       supervisor = {{"pid", h.supervisor_pid},
                     {"generation", h.generation},
                     {"started", iso8601(h.started_realtime_ns)}};
+      if (h.limit_cpus != 0) {
+        limits = {{"cpus", h.limit_cpus},
+                  {"memory_bytes", h.limit_memory_bytes != 0 ? nlohmann::json(h.limit_memory_bytes)
+                                                             : nlohmann::json(nullptr)}};
+      }
     }
     job_list.push_back(job_json(*sb, now));
   }
@@ -237,9 +244,9 @@ int print_status(const std::string& dir, const std::vector<std::string>& jobs, b
   if (json) {
     // The header's text comes from a file workers can write: bytes that are not UTF-8
     // are replaced (U+FFFD) rather than making dump() throw.
-    out << nlohmann::json{{"supervisor", supervisor}, {"jobs", job_list}}.dump(
-               -1, ' ', false, nlohmann::json::error_handler_t::replace)
-        << "\n";
+    nlohmann::json doc{{"supervisor", supervisor}, {"jobs", job_list}};
+    if (!limits.is_null()) doc["limits"] = limits;
+    out << doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     for (const auto& job : job_list) print_table(supervisor, job, out);
   }

@@ -45,18 +45,32 @@ void find_stuck_holders(const PoolSnapshot& snap, Pacing& pacing, Builder& b) {
     auto it = pacing.holders.find(w.pid);
     if (it == pacing.holders.end() || it->second.lock_since != w.lock_since ||
         it->second.lock_since == 0) {
-      seen[w.pid] = HolderWatch{w.lock_since, b.now, others};
+      seen[w.pid] = HolderWatch{w.lock_since, b.now, others, w.requests, 0};
       if (snap.queued > 0) b.wake(b.now + kStuckHolder);
       continue;
     }
     HolderWatch watch = it->second;
+    // A holder that served a connection since is not stuck, whatever the others did.
+    const bool progressed = w.requests != watch.own_base;
+    const bool bypassed_now = others > watch.others_base && !progressed;
+    if (!bypassed_now) {
+      watch.bypassed_at = 0;
+    } else if (watch.bypassed_at == 0) {
+      watch.bypassed_at = b.now;
+    }
+    const bool bypassed = bypassed_now && b.now - watch.bypassed_at >= kBypassConfirm;
+    if (progressed) {
+      watch.own_base = w.requests;
+      watch.others_base = others;
+      watch.seen_at = b.now;
+    }
     seen[w.pid] = watch;
-    const bool bypassed = others > watch.others_base;
     if (b.now - watch.seen_at >= kStuckHolder && (stalled || bypassed)) {
       b.d.kills.emplace_back(w.pid, KillReason::stuck_lock);
       pacing.stall_since = 0;
-    } else if (snap.queued > 0 || bypassed) {
-      b.wake(watch.seen_at + kStuckHolder);
+    } else if (snap.queued > 0 || bypassed_now) {
+      b.wake(std::max(watch.seen_at + kStuckHolder,
+                      bypassed_now ? watch.bypassed_at + kBypassConfirm : 0));
     }
   }
   pacing.holders = std::move(seen);  // forget workers gone or no longer holding

@@ -74,7 +74,12 @@ struct HolderWatch {
   std::uint64_t lock_since = 0;   // the slot's lock_since when first seen held
   std::uint64_t seen_at = 0;      // when we first saw it
   std::uint64_t others_base = 0;  // other workers' requests at that moment
+  std::uint64_t own_base = 0;     // its own requests at that moment
+  std::uint64_t bypassed_at = 0;  // when others were first seen accepting past it; 0: not yet
 };
+/// A bypass counts only once it has lasted this long with the lock still held: a holder
+/// that has just accepted and is handing the token back looks bypassed for a moment.
+inline constexpr std::uint64_t kBypassConfirm = 200 * kDecideMs;
 
 /// What decide() remembers between calls (one per job). Reset by a reload's new job,
 /// except what the hand-over carries.

@@ -159,7 +159,8 @@ struct Leftover {
   bool killed = false;
 };
 
-enum class StopMode { none, graceful, fast };
+// none -> (draining, SIGTERM with stop.drain) -> graceful -> fast; never backwards.
+enum class StopMode { none, draining, graceful, fast };
 
 // A SIGUSR2 whose new binary is being asked (`corral --handover-check`).
 struct UpgradeCheck {
@@ -185,6 +186,7 @@ class Supervisor::Impl {
   void reap() noexcept;
   void arm_notify(Job& job) noexcept;
   void begin_stop(StopMode mode) noexcept;
+  void begin_drain() noexcept;
   void roll_back_listeners(const std::vector<std::shared_ptr<Listener>>& before) noexcept;
   void reload() noexcept;
   std::uint64_t next_deadline(std::uint64_t now) const noexcept;
@@ -207,7 +209,8 @@ class Supervisor::Impl {
   void notify_manager(std::uint64_t now) noexcept;
 
   // descendants that outlive their worker (leftovers.cpp)
-  void track_leftover_group(pid_t pgid, std::uint64_t grace, std::uint64_t now) noexcept;
+  void track_leftover_group(pid_t pgid, int stop_signal, std::uint64_t grace,
+                            std::uint64_t now) noexcept;
   void adopt_orphans(std::uint64_t now) noexcept;
   void signal_leftovers(std::uint64_t now) noexcept;
   bool forget_leftover(pid_t pid) noexcept;
@@ -245,7 +248,12 @@ class Supervisor::Impl {
   std::vector<Leftover> leftovers_;
   UpgradeCheck upgrade_;
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed
-  [[nodiscard]] bool stopping() const { return stop_ != StopMode::none; }
+  std::uint64_t drain_until_ = 0;                         // draining: when the graceful stop begins
+  /// Stopping: workers are leaving (a drain is not stopping yet: it serves on).
+  [[nodiscard]] bool stopping() const {
+    return stop_ == StopMode::graceful || stop_ == StopMode::fast;
+  }
+  [[nodiscard]] bool draining() const { return stop_ == StopMode::draining; }
 };
 
 }  // namespace corral

@@ -55,15 +55,16 @@ std::set<pid_t> direct_children() {
 
 }  // namespace
 
-void Supervisor::Impl::track_leftover_group(pid_t pgid, std::uint64_t grace,
+void Supervisor::Impl::track_leftover_group(pid_t pgid, int stop_signal, std::uint64_t grace,
                                             std::uint64_t now) noexcept {
   if (pgid <= 1) return;
   for (const auto& l : leftovers_) {
     if (l.group && l.id == pgid) return;
   }
-  spdlog::info("process group {} outlived its worker; SIGTERM, SIGKILL in {}", pgid,
+  spdlog::info("process group {} outlived its worker; SIG{}, SIGKILL in {}", pgid,
+               sigabbrev_np(stop_signal) != nullptr ? sigabbrev_np(stop_signal) : "?",
                format_duration(Duration(grace)));
-  ::kill(-pgid, SIGTERM);
+  ::kill(-pgid, stop_signal);
   ::kill(-pgid, SIGCONT);  // a stopped process cannot act on SIGTERM
   leftovers_.push_back(Leftover{pgid, true, grace == 0 ? now : now + grace, false});
 }

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "common/duration.h"
+#include "container/limits.h"
 #include "log/log.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
@@ -57,7 +58,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   job.pacing.holders.erase(rec.pid);
   // Whatever it left in its process group gets the stop signal, then SIGKILL.
   if (::kill(-rec.pid, 0) == 0) {
-    track_leftover_group(rec.pid, to_ns(job.cfg.graceful_timeout), now);
+    track_leftover_group(rec.pid, job.cfg.stop_signal, to_ns(job.cfg.graceful_timeout), now);
   }
   const bool current = rec.generation == job.generation && !job.removed();
   const auto& name = job.cfg.name;
@@ -197,7 +198,9 @@ void Supervisor::Impl::worker_event(Job& job, WorkerRec& w, WorkerEvent event,
     case WorkerAction::arm_deadline: {
       const auto grace = to_ns(job.cfg.graceful_timeout);
       w.kill_at = grace == 0 ? now : now + grace;
-      if (t.action == WorkerAction::signal_stop) signal_worker(job, w, SIGTERM);
+      // The job's stop_signal (TERM unless configured), wherever a worker is asked to
+      // leave gracefully: stop, reload, retire, recycle.
+      if (t.action == WorkerAction::signal_stop) signal_worker(job, w, job.cfg.stop_signal);
       job.res.sb.set_slot_state(w.slot, CORRAL_SLOT_STOPPING, now);
       break;
     }
@@ -453,6 +456,10 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
   }
   run_due_decisions(now);
   signal_leftovers(now);
+  if (draining() && now >= drain_until_) {
+    spdlog::info("drain over; stopping gracefully");
+    begin_stop(StopMode::graceful);
+  }
   if (upgrade_.check_pid != 0 && now >= upgrade_.deadline) {
     ::kill(upgrade_.check_pid, SIGKILL);  // our own child, not yet reaped
     finish_upgrade(0, true);
@@ -468,7 +475,7 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
 }
 
 void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
-  if (!notifier_.enabled() || stopping()) return;
+  if (!notifier_.enabled() || stopping() || draining()) return;
   std::string text;
   bool ready = true;
   for (const auto& job : jobs_) {
@@ -527,7 +534,9 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
       job->health.sb_gone_logged = true;
     }
     corral_job_state state = CORRAL_JOB_RUNNING;
-    if (stopping() || job->health.phase == JobPhase::draining)
+    if (draining())
+      state = CORRAL_JOB_DRAINING;
+    else if (stopping() || job->health.phase == JobPhase::draining)
       state = CORRAL_JOB_STOPPING;
     else if (job->health.phase == JobPhase::failed)
       state = CORRAL_JOB_FAILED;
@@ -538,6 +547,8 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
                              state, job->health.retry_at, w.min_spare, w.max_spare, w.max,
                              job->cfg.mode == Mode::prefork ? w.max_requests : 0, job->cfg.name,
                              job->res.listeners_text);
+    const auto& limits = container_limits();
+    job->res.sb.set_limits(limits.cpus, limits.memory_bytes.value_or(0));
   }
 }
 

@@ -149,7 +149,8 @@ void Supervisor::Impl::roll_back_listeners(
       if (!l->inherited && !l->used) l->used = true;  // kept as the running set had it
       continue;
     }
-    if (!l->inherited && l->display.starts_with("unix:")) ::unlink(l->display.c_str() + 5);
+    if (!l->inherited && l->display.starts_with("unix:"))
+      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
   }
   for (const auto& closed : listeners_.close_unused())
     spdlog::info("closed listener {} (the rejected configuration had opened it)", closed);
@@ -346,7 +347,7 @@ int Supervisor::Impl::run() {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
     if (!l->inherited && !l->stored && l->display.starts_with("unix:"))
-      ::unlink(l->display.c_str() + 5);
+      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;
@@ -370,8 +371,18 @@ void Supervisor::Impl::handle_signals() noexcept {
     switch (info.ssi_signo) {
       case SIGCHLD: reap(); break;
       case SIGTERM:
+        // stop.drain applies to SIGTERM only (Kubernetes' stop sequence); a second
+        // SIGTERM skips what is left of it.
+        if (stop_ == StopMode::none && options_.config.stop.drain.count() > 0) {
+          begin_drain();
+        } else {
+          spdlog::info("SIGTERM: stopping gracefully{}",
+                       draining() ? " (the drain is cut short)" : "");
+          begin_stop(StopMode::graceful);
+        }
+        break;
       case SIGINT:
-        spdlog::info("{}: stopping gracefully", info.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        spdlog::info("SIGINT: stopping gracefully");
         begin_stop(StopMode::graceful);
         break;
       case SIGQUIT:
@@ -379,10 +390,13 @@ void Supervisor::Impl::handle_signals() noexcept {
         begin_stop(StopMode::fast);
         break;
       case SIGHUP:
-        if (!stopping()) reload();
-        break;
       case SIGUSR2:
-        if (!stopping()) upgrade();
+        if (draining()) {
+          spdlog::warn("{} ignored while draining",
+                       info.ssi_signo == SIGHUP ? "SIGHUP" : "SIGUSR2");
+        } else if (!stopping()) {
+          info.ssi_signo == SIGHUP ? reload() : upgrade();
+        }
         break;
       default: break;
     }
@@ -447,6 +461,7 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
   }
   consider(leftover_deadline(leftovers_));
   if (upgrade_.check_pid != 0) consider(upgrade_.deadline);
+  if (draining()) consider(drain_until_);
   consider(notifier_.next_deadline());
   return deadline;
 }
@@ -461,10 +476,25 @@ bool Supervisor::Impl::all_failed() const noexcept {
   return any;
 }
 
+void Supervisor::Impl::begin_drain() noexcept {
+  // Not ready any more (scoreboards say draining: `status --check` exits 1, /readyz
+  // answers 503), but every listener is still served, and the pool kept, for
+  // stop.drain; then the graceful stop. sd_notify has no READY=0: STOPPING=1 and a STATUS.
+  const auto drain = to_ns(options_.config.stop.drain);
+  stop_ = StopMode::draining;
+  drain_until_ = monotonic_ns() + drain;
+  spdlog::info("SIGTERM: draining for {} before stopping (a second SIGTERM stops now)",
+               format_duration(options_.config.stop.drain));
+  notifier_.stopping();
+  notifier_.status("draining", monotonic_ns());
+  notifier_.flush_status(monotonic_ns());
+  write_headers(monotonic_ns());
+}
+
 void Supervisor::Impl::begin_stop(StopMode mode) noexcept {
   auto now = monotonic_ns();
   if (stop_ == StopMode::fast || stop_ == mode) return;
-  if (!stopping()) notifier_.stopping();
+  if (stop_ == StopMode::none) notifier_.stopping();  // a drain has sent it already
   stop_ = mode;
   for (auto& job : jobs_) {
     job_event(*job, JobEvent::stop, now, "stopping");

@@ -18,8 +18,9 @@ class LatencyLoad:
     are done in all or `seconds` have passed. Records each connection's latency
     (connect to EOF) and every failure (refused, reset, timeout, wrong answer)."""
 
-    def __init__(self, port, request, expect, count, threads=16, seconds=60):
+    def __init__(self, port, request, expect, count, threads=16, seconds=60, half_close=False):
         self.port, self.request, self.expect = port, request, expect
+        self.half_close = half_close  # shut the write side after the request (echo servers)
         self.count, self.deadline = count, time.monotonic() + seconds
         self.latencies, self.failures = [], []
         self.lock = threading.Lock()
@@ -36,6 +37,8 @@ class LatencyLoad:
                 with connect(self.port, timeout=10) as s:
                     if self.request:
                         s.sendall(self.request)
+                    if self.half_close:
+                        s.shutdown(socket.SHUT_WR)
                     data = recv_all(s)
                 err = None if self.expect in data else f"unexpected answer {data[:60]!r}"
             except OSError as e:
@@ -283,3 +286,27 @@ jobs:
         wait_until(lambda: fd_count(c.pid) <= fds_before, timeout=30,
                    what=f"fd count back to {fds_before}", log=c)
         self.assertEqual(c.stop(timeout=30), 0)
+
+
+class FailedStartTest(CorralTest):
+    def test_a_start_refused_for_a_scoreboard_in_use_leaves_no_socket_file(self):
+        def config(sock):
+            return f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  web:
+    command: ["{HELLO}"]
+    listen: ["unix:{sock}"]
+    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 2 }}
+"""
+        first = os.path.join(self.tmp, "first.sock")
+        second = os.path.join(self.tmp, "second.sock")
+        a = self.corral(["run", "{config}"], config=config(first), name="a")
+        a.wait_idle(self.sbdir, "web", 1)
+        b = self.corral(["run", "{config}"], config=config(second), name="b")
+        self.assertEqual(b.wait_exit(), 1)
+        self.assertRegex(b.log_text(), r"in use")
+        self.assertFalse(os.path.exists(second), "the refused start left its socket file behind")
+        self.assertTrue(os.path.exists(first))
+        self.assertEqual(a.stop(), 0)
+        self.assertFalse(os.path.exists(first))

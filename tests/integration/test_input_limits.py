@@ -68,8 +68,7 @@ class CommandLineNumbersTest(CorralTest):
             (["--max", "20000"], "--max must be between 1 and 16384, not 20000"),
             (["--min-spare", "0", "--max-spare", "0"], "--max-spare must be between 1 and 16384, not 0"),
             (["--workers", "-1"], "--workers must be a whole number, not \"-1\""),
-            (["--workers", "auto"], "--workers: \"auto\" (from the CPU quota) is not supported yet"),
-            (["--max", "auto"], "--max: \"auto\" (from the CPU quota) is not supported yet"),
+            (["--min-spare", "auto"], "--min-spare: \"auto\" applies to workers.start and workers.max only"),
         ]
         sock = os.path.join(self.tmp, "n.sock")
         for args, message in cases:
@@ -94,7 +93,7 @@ jobs:
         self.assertIn(f"{path}:6:23: workers.start must be between 0 and 16384, not 100000", out.stderr)
         self.assertIn("workers.max must be between 1 and 16384, not 0", out.stderr)
         self.assertIn("workers.max_spare must be between 1 and 16384, not 0", out.stderr)
-        self.assertIn("workers.min_spare: \"auto\" (from the CPU quota) is not supported yet", out.stderr)
+        self.assertIn("workers.min_spare: \"auto\" applies to workers.start and workers.max only", out.stderr)
 
     def test_bounds_not_given_are_still_pulled_along(self):
         # --max 2 alone: start (default 4) and the spares fit under it; the job starts.

@@ -454,3 +454,38 @@ TEST_CASE("simulation: thousands of random event sequences keep the pool's invar
     CHECK(last.idle <= std::max(spec.max_spare, spec.min_spare));
   }
 }
+
+TEST_CASE("a holder seen bypassed for a moment (it is handing the token back) is not stuck") {
+  auto s = snapshot(2, 1, 8, 64);
+  s.stuck_checks = true;
+  auto holder = worker(1, CORRAL_SLOT_IDLE);
+  holder.lock_held = true;
+  holder.lock_since = kT0 - 5 * kMs;
+  auto other = worker(2, CORRAL_SLOT_IDLE);
+  s.workers = {holder, other};
+  Pacing p = running_pacing();
+  CHECK(corral::decide(s, p, kT0).kills.empty());
+  // Long quiet hold, then a connection: another worker accepted (its count rose) at the
+  // very moment of a look, while the holder's slot still says HELD.
+  s.workers[1].requests = 1;
+  CHECK(corral::decide(s, p, kT0 + 10000 * kMs).kills.empty());
+  // The holder's slot catches up: it served one too and released. Never killed.
+  s.workers[0].requests = 1;
+  s.workers[0].lock_held = false;
+  CHECK(corral::decide(s, p, kT0 + 10001 * kMs).kills.empty());
+}
+
+TEST_CASE("a holder bypassed for good is replaced once the bypass has lasted") {
+  auto s = snapshot(2, 1, 8, 64);
+  s.stuck_checks = true;
+  auto holder = worker(1, CORRAL_SLOT_IDLE);
+  holder.lock_held = true;
+  holder.lock_since = kT0 - 5 * kMs;
+  s.workers = {holder, worker(2, CORRAL_SLOT_IDLE)};
+  Pacing p = running_pacing();
+  CHECK(corral::decide(s, p, kT0).kills.empty());
+  s.workers[1].requests = 5;
+  CHECK(corral::decide(s, p, kT0 + 4000 * kMs).kills.empty());
+  auto d = corral::decide(s, p, kT0 + 4000 * kMs + corral::kBypassConfirm);
+  CHECK(has_kill(d, 1, KillReason::stuck_lock));
+}

@@ -61,6 +61,7 @@ enum corral_job_state {
   CORRAL_JOB_BACKING_OFF = 1,
   CORRAL_JOB_FAILED = 2,
   CORRAL_JOB_STOPPING = 3,
+  CORRAL_JOB_DRAINING = 4, /* stop.drain: still serving, but no longer ready */
 };
 
 /* Exit codes with a meaning for prefork workers (compare Apache's
@@ -89,11 +90,13 @@ struct corral_sb_header {
   char job_name[CORRAL_SB_JOB_NAME_SIZE];   /*  80: NUL-terminated */
   char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated
                                              */
-  uint64_t max_requests; /* 912: workers.max_requests, 0 = unlimited; a worker that
-                          * reached it stops accepting and exits (docs/PROTOCOL.md) */
-  uint32_t at_max;       /* 920: 1 while the job has workers.max workers: nothing can be
-                          * started, so a worker need not write CORRAL_NOTIFY_FD */
-  uint8_t reserved1[36]; /* 924 .. 959 */
+  uint64_t max_requests;       /* 912: workers.max_requests, 0 = unlimited; a worker that
+                                * reached it stops accepting and exits (docs/PROTOCOL.md) */
+  uint32_t at_max;             /* 920: 1 while the job has workers.max workers: nothing can be
+                                * started, so a worker need not write CORRAL_NOTIFY_FD */
+  uint32_t limit_cpus;         /* 924: the container's CPUs (C, docs/CONTAINERS.md); 0 = unknown */
+  uint64_t limit_memory_bytes; /* 928: the container's memory limit; 0 = none */
+  uint8_t reserved1[24];       /* 936 .. 959 */
   /* 960: the one field of the header that workers write, on a cache line of its own:
    * a hint of how many workers are idle. A worker adds 1 when it becomes idle and
    * subtracts 1 when it leaves idle (atomic fetch-and-add); when the value after its
