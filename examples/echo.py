@@ -48,7 +48,7 @@ LOCK_NONE, LOCK_WAITING, LOCK_HELD = 0, 1, 2
 I_STATE, I_LOCK = 0, 3                        # offsets 0 and 12
 Q_REQUESTS, Q_STATE_SINCE, Q_LOCK_SINCE = 2, 3, 4  # offsets 16, 24, 32
 
-PHASE_OTHER, PHASE_WAIT_LOCK, PHASE_HOLD_POLL = 0, 1, 2
+PHASE_OTHER, PHASE_WAIT_LOCK, PHASE_HOLD_POLL, PHASE_ACCEPT = 0, 1, 2, 3
 TOKEN = b"T"
 TRANSIENT_ACCEPT_ERRORS = {
     errno.EAGAIN, errno.EINTR, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN,
@@ -186,9 +186,9 @@ class Worker:
         listeners = []
         for fd in range(3, 3 + n):
             os.set_inheritable(fd, False)
-            s = socket.socket(fileno=fd)
-            s.setblocking(False)  # accept() after losing a race must not block
-            listeners.append(s)
+            # O_NONBLOCK is the supervisor's (shared by every worker): left as it
+            # is. Python takes the socket as blocking and does not change it.
+            listeners.append(socket.socket(fileno=fd))
         return listeners
 
     @staticmethod
@@ -243,6 +243,12 @@ class Worker:
         elif self.phase == PHASE_HOLD_POLL:
             self._release_lock()  # token first, then the slot says NONE
             self._leave()
+        elif self.phase == PHASE_ACCEPT:
+            # In (or next to) a blocking accept(): leaving could lose a connection
+            # it has just taken. Close our copy of the listener instead: the
+            # accept() that Python retries after EINTR, or one not yet entered,
+            # fails with EBADF; one that returned keeps its connection.
+            self.listeners[0].close()
         # Busy: finish the connection; accept() reports the stop afterwards.
 
     def _leave(self):
@@ -287,9 +293,51 @@ class Worker:
         self.slot.set_state(SLOT_STOPPING)
         return None
 
+    def _took(self, conn, addr, i):
+        self.last_served = i
+        self._release()
+        conn.setblocking(True)
+        self.requests += 1
+        self.slot.set_requests(self.requests)
+        self.slot.set_state(SLOT_BUSY)
+        return conn, addr, i
+
+    def _accept_single(self):
+        """One listener, no mutex: block in accept(), which wakes one waiter per
+        connection when the listener is blocking (as corral makes it then). On a
+        non-blocking listener, wait in poll and retry (every idle worker wakes)."""
+        while True:
+            if not self.slot.set_state(SLOT_IDLE) or self.stopping():
+                return self._shut_down()
+            self.phase = PHASE_ACCEPT  # from here SIGTERM closes our listener
+            if self.stopping():
+                return self._shut_down()
+            try:
+                conn, addr = self.listeners[0].accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    try:
+                        self.poller.poll()
+                    except (OSError, ValueError):
+                        pass  # the listener was closed by the handler
+                    continue
+                self.phase = PHASE_OTHER
+                if self.stopping():
+                    return self._shut_down()  # EBADF after the handler's close
+                if e.errno in TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                if e.errno in RESOURCE_ACCEPT_ERRORS:
+                    time.sleep(0.01)
+                    continue
+                raise
+            self.phase = PHASE_OTHER
+            return self._took(conn, addr, 0)
+
     def accept(self):
         """(connection, address, listener index), or None once asked to stop."""
         n = len(self.listeners)
+        if n == 1 and self.lock_kind == "none":
+            return self._accept_single()
         while True:
             if not self.slot.set_state(SLOT_IDLE) or self.stopping():
                 return self._shut_down()
@@ -321,13 +369,7 @@ class Worker:
                             break
                         self._release()
                         raise
-                    self.last_served = i
-                    self._release()
-                    conn.setblocking(True)
-                    self.requests += 1
-                    self.slot.set_requests(self.requests)
-                    self.slot.set_state(SLOT_BUSY)
-                    return conn, addr, i
+                    return self._took(conn, addr, i)
                 if pause:  # out of fds or memory: let another worker accept
                     self._release()
                     time.sleep(0.01)

@@ -9,7 +9,11 @@
  * (HTTP/1.0: only with "Connection: keep-alive"), answers pipelined requests in
  * one write, and closes an idle keep-alive connection after 5 s.
  *
- *   prefork_ceiling -l 127.0.0.1:PORT [-n CHILDREN]
+ *   prefork_ceiling -l 127.0.0.1:PORT [-n CHILDREN] [-e PROGRAM]
+ *
+ * With -e, each child execs PROGRAM instead (the listener on fd 3, LISTEN_FDS=1 and
+ * LISTEN_PID set, as systemd does): the floor of a pool of real workers, fork and
+ * exec and nothing else, for the start-up figure.
  *
  * SIGTERM/SIGINT to the parent: it stops the children and exits. Each child
  * prints "child PID served N" on stderr when it stops (per-child counters, as in
@@ -186,16 +190,33 @@ static void child(int lfd) {
   _exit(0);
 }
 
+static void exec_child(int lfd, const char* program) {
+  if (lfd != 3 && dup2(lfd, 3) < 0) _exit(127);
+  char pid[32];
+  snprintf(pid, sizeof pid, "%d", (int)getpid());
+  setenv("LISTEN_FDS", "1", 1);
+  setenv("LISTEN_PID", pid, 1);
+  signal(SIGPIPE, SIG_DFL);
+  struct sigaction dfl = {.sa_handler = SIG_DFL};
+  sigaction(SIGTERM, &dfl, NULL);
+  sigaction(SIGINT, &dfl, NULL);
+  execl(program, program, (char*)NULL);
+  _exit(127);
+}
+
 int main(int argc, char** argv) {
   const char* addr = "127.0.0.1:8080";
+  const char* program = NULL;
   int n = 8, opt;
-  while ((opt = getopt(argc, argv, "l:n:")) != -1) {
+  while ((opt = getopt(argc, argv, "l:n:e:")) != -1) {
     if (opt == 'l')
       addr = optarg;
     else if (opt == 'n')
       n = atoi(optarg);
+    else if (opt == 'e')
+      program = optarg;
     else {
-      fprintf(stderr, "usage: %s -l HOST:PORT [-n CHILDREN]\n", argv[0]);
+      fprintf(stderr, "usage: %s -l HOST:PORT [-n CHILDREN] [-e PROGRAM]\n", argv[0]);
       return 2;
     }
   }
@@ -221,6 +242,7 @@ int main(int argc, char** argv) {
   static pid_t pids[MAXCHILD];
   for (int i = 0; i < n; i++) {
     pid_t p = fork();
+    if (p == 0 && program) exec_child(lfd, program);
     if (p == 0) child(lfd);
     if (p < 0) {
       perror("fork");

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Ctx  # noqa: E402
+import accept_path  # noqa: E402
 import scenarios as sc  # noqa: E402
 
 SCENARIOS = {
@@ -27,6 +28,7 @@ SCENARIOS = {
     "inetd": sc.inetd,
     "burst": sc.burst,
     "churn": sc.churn,
+    "accept": accept_path.accept_path,
 }
 
 

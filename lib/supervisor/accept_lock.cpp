@@ -10,12 +10,31 @@
 
 namespace corral {
 
-AcceptMutex resolve_accept_mutex(const JobConfig& job) {
+AcceptMutex resolve_accept_mutex(const JobConfig& job, std::size_t sockets) {
   if (job.mode == Mode::plain) return AcceptMutex::none;
   if (job.accept_mutex != AcceptMutex::automatic) return job.accept_mutex;
-  // docs/PROTOCOL.md, "Choosing accept_mutex": the token pipe wakes one waiter
-  // whatever the number of listeners and idle workers.
-  return AcceptMutex::pipe;
+  // docs/PROTOCOL.md, "Choosing accept_mutex". On one socket a blocking accept() is
+  // already wake-one and FIFO-fair (an exclusive wait on the listener's queue, as
+  // Apache's SINGLE_LISTEN_UNSERIALIZED_ACCEPT relies on): no mutex. A worker that must
+  // choose among several sockets waits in poll(), which wakes everyone: the token pipe
+  // lets one worker at a time wait there, whatever the number of idle workers.
+  return sockets == 1 ? AcceptMutex::none : AcceptMutex::pipe;
+}
+
+bool listeners_blocking(const JobConfig& job, AcceptMutex kind, std::size_t sockets) {
+  if (job.mode == Mode::plain) return true;
+  // Only what `auto` chose: an explicit `none` keeps today's poll-then-accept (the herd
+  // it documents), and every kind with a mutex or an epoll needs EAGAIN for a worker
+  // that lost the race (two tokens after a restore, EPOLLEXCLUSIVE waking two).
+  return job.accept_mutex == AcceptMutex::automatic && kind == AcceptMutex::none && sockets == 1;
+}
+
+Status set_listener_blocking(int fd, bool blocking, const std::string& what) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return errno_error("fcntl F_GETFL " + what);
+  const int want = blocking ? (flags & ~O_NONBLOCK) : (flags | O_NONBLOCK);
+  if (want != flags && ::fcntl(fd, F_SETFL, want) != 0) return errno_error("fcntl F_SETFL " + what);
+  return Ok{};
 }
 
 Result<AcceptLock> make_accept_lock(AcceptMutex kind, const std::string& /*dir*/,

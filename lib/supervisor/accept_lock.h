@@ -1,6 +1,7 @@
 // The accept mutex of one generation of a job (docs/PROTOCOL.md, section 4).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -22,8 +23,24 @@ struct AcceptLock {
   std::uint64_t last_requests = 0;
 };
 
-/// What `accept_mutex: auto` (or the job's explicit choice) resolves to for `job`.
-AcceptMutex resolve_accept_mutex(const JobConfig& job);
+/// What `accept_mutex: auto` (or the job's explicit choice) resolves to for `job`, whose
+/// workers get `sockets` listening sockets (a `systemd:NAME` listener may stand for
+/// several): `auto` is `none` with exactly one socket (a blocking accept() on one socket
+/// already wakes one waiter, FIFO), `pipe` with more; plain mode is always `none`.
+/// Pure.
+AcceptMutex resolve_accept_mutex(const JobConfig& job, std::size_t sockets);
+
+/// Whether the listening sockets of `job`, running the accept mutex `kind` on `sockets`
+/// sockets, must be blocking (O_NONBLOCK clear on their shared open file description):
+/// yes for plain mode (the program gets the socket as bind() makes it) and for a prefork
+/// or inetd job that `auto` made lock-free on one socket (workers block in accept4);
+/// no for every other prefork or inetd job (workers poll, then accept non-blocking, and
+/// a loser of the race must get EAGAIN). Pure. docs/PROTOCOL.md, section 2.
+bool listeners_blocking(const JobConfig& job, AcceptMutex kind, std::size_t sockets);
+
+/// Sets (blocking false) or clears (blocking true) O_NONBLOCK on listener `fd`; the
+/// supervisor is the only process that changes it. Returns an error naming `what`.
+Status set_listener_blocking(int fd, bool blocking, const std::string& what);
 
 /// Creates the lock of one generation: for `pipe` an anonymous pipe holding one token,
 /// opened read-write twice through /proc/self/fd (the workers' blocking end, the

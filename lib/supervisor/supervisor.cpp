@@ -78,15 +78,35 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   job->generation = generation_;
   auto& res = job->res;
   if (!cfg.user.empty()) res.credentials = resolve_credentials(cfg.user, cfg.group);
+  // Sockets an earlier job of this generation took already: a host:port listener can
+  // adopt the very socket that a later job's systemd:NAME names.
+  std::vector<const Listener*> taken;
+  for (const auto& l : listeners_.all()) {
+    if (l->used) taken.push_back(l.get());
+  }
   res.listeners = listeners_.open_for_job(cfg.name, cfg.listeners);
+  const AcceptMutex kind = resolve_accept_mutex(cfg, res.listeners.size());
+  // O_NONBLOCK lives on the open file description that every worker, every generation
+  // and the supervisor share: only the supervisor sets it, explicitly, whatever the
+  // socket came with (bound, systemd, fd store, hand-over). docs/PROTOCOL.md, section 2.
+  const bool blocking = listeners_blocking(cfg, kind, res.listeners.size());
   for (const auto& l : res.listeners) {
     res.listeners_text += (res.listeners_text.empty() ? "" : "\n") + l->display;
-    // prefork and inetd workers poll several listeners and accept without blocking
-    // (docs/PROTOCOL.md); plain programs get the sockets as they are.
-    if (cfg.mode != Mode::plain) {
-      int flags = ::fcntl(l->fd.get(), F_GETFL);
-      if (flags >= 0) ::fcntl(l->fd.get(), F_SETFL, flags | O_NONBLOCK);
+    const int fd = l->fd.get();
+    if (std::find(taken.begin(), taken.end(), l.get()) != taken.end()) {
+      const int flags = ::fcntl(fd, F_GETFL);
+      const bool other_blocking = flags >= 0 && (flags & O_NONBLOCK) == 0;
+      if (other_blocking != blocking)
+        throw SetupError("job " + cfg.name + ": listener " + l->display +
+                         " is also used by another job, which needs it " +
+                         (other_blocking ? "blocking" : "non-blocking") +
+                         " while this one needs it " + (blocking ? "blocking" : "non-blocking") +
+                         " (the flag is shared by every process that holds the socket); give "
+                         "each job its own socket, or both the same accept_mutex and number of "
+                         "listeners");
     }
+    if (auto set = set_listener_blocking(fd, blocking, "listener " + l->display); !set)
+      throw SetupError(set.error().to_string());
   }
   if (!reuse_scoreboard) {
     res.sb = Scoreboard::create(scoreboard_dir_, cfg.name, slots_for(cfg));
@@ -99,7 +119,7 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
       res.notify_write = UniqueFd(fds[1]);
     }
   }
-  auto lock = make_accept_lock(resolve_accept_mutex(cfg), scoreboard_dir_, cfg.name, generation_);
+  auto lock = make_accept_lock(kind, scoreboard_dir_, cfg.name, generation_);
   if (!lock) throw SetupError(lock.error().to_string());
   res.lock = std::move(lock.value());
 

@@ -354,6 +354,16 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
     res.lock.kind = static_cast<AcceptMutex>(j.lock_kind);
     res.lock.fd.reset(j.lock_fd >= 0 ? keep(j.lock_fd) : -1);
     res.lock.private_fd.reset(j.lock_private_fd >= 0 ? keep(j.lock_private_fd) : -1);
+    if (cfg != nullptr && !res.listeners.empty()) {
+      // The workers keep the lock kind the old image gave them, which may have resolved
+      // `auto` otherwise (an image from before lock-free single listeners): the sockets'
+      // O_NONBLOCK follows the kind the workers really run.
+      const bool blocking = listeners_blocking(*cfg, res.lock.kind, res.listeners.size());
+      for (const auto& l : res.listeners) {
+        if (auto set = set_listener_blocking(l->fd.get(), blocking, "listener " + l->display); !set)
+          throw SetupError("binary upgrade: " + set.error().to_string());
+      }
+    }
     res.notify_read.reset(j.notify_read >= 0 ? keep(j.notify_read) : -1);
     res.notify_write.reset(j.notify_write >= 0 ? keep(j.notify_write) : -1);
     job->health.failures = j.failures;

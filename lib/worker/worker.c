@@ -31,6 +31,7 @@ enum phase {
   PHASE_OTHER = 0,     /* busy with a connection, or between steps: just set the flag */
   PHASE_WAIT_LOCK = 1, /* blocked (or about to block) taking the mutex: leave at once */
   PHASE_HOLD_POLL = 2, /* holding the mutex, waiting in poll/epoll_wait: release, leave */
+  PHASE_ACCEPT = 3,    /* no mutex, one listener: in (or about to enter) accept4 or poll */
 };
 
 struct corral_worker {
@@ -241,6 +242,16 @@ static void on_sigterm(int sig) {
       (void)corral_lock_release(w->lock_kind, w->lock_fd);
       leave_from_handler(w);
       break;
+    case PHASE_ACCEPT:
+      /* Blocked in accept4 (or about to be). Leaving from here could lose a
+       * connection that accept4 has just dequeued but not yet returned to us, so
+       * return instead: an accept4 in progress fails with EINTR (no SA_RESTART),
+       * one that completed keeps its connection (served, then ESHUTDOWN), and one
+       * not yet entered fails with EBADF because our copy of the listener is
+       * closed here (Apache prefork's stop_listening() does the same). Closing
+       * our fd leaves the socket open in every other process. */
+      (void)close(w->pfds[0].fd);
+      break;
     default:
       /* Busy: the program finishes its connection; the next accept() says
        * ESHUTDOWN. The flag is enough, and the missing SA_RESTART makes a
@@ -371,11 +382,111 @@ static int shut_down(struct corral_worker* w) {
   return fail(-ESHUTDOWN);
 }
 
+/* The one place a connection enters the worker: accept4 on listener i and, when
+ * it returns one, everything a new connection means (the mutex given back, the
+ * request counted, the slot busy). Returns the fd, or -errno with the mutex, if
+ * any, still held. */
+static int take_connection(struct corral_worker* w, unsigned i, struct sockaddr* addr,
+                           socklen_t* addrlen, socklen_t addr_cap, unsigned* listener_index) {
+  if (addrlen) *addrlen = addr_cap;
+  int fd = accept4(w->pfds[i].fd, addrlen ? addr : NULL, addrlen, SOCK_CLOEXEC);
+  if (fd < 0) return -errno;
+  w->last_served = i;
+  release_main(w); /* also leaves PHASE_ACCEPT: from here a SIGTERM only raises the flag */
+  w->requests++;
+  if (w->slot) __atomic_store_n(&w->slot->requests, w->requests, __ATOMIC_RELEASE);
+  /* A STOPPING found here stays: the program gets this connection, and the next
+   * accept() says ESHUTDOWN. */
+  (void)slot_set_state(w, CORRAL_SLOT_BUSY);
+  if (listener_index) *listener_index = i;
+  return fd;
+}
+
+/* One listener and no mutex (what `auto` gives a single-listener job): block in
+ * accept4, which wakes one waiter per connection, in FIFO order, when the listener
+ * is blocking, as the supervisor makes it then. On a non-blocking listener (a
+ * launcher that set O_NONBLOCK, a listener shared with a job that needs it) accept4
+ * says EAGAIN: wait in poll and try again, which is correct but wakes every idle
+ * worker. Returns the connection, -ESHUTDOWN, or another -errno. */
+static int accept_single(struct corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
+                         socklen_t addr_cap, unsigned* listener_index) {
+  for (;;) {
+    g_phase = PHASE_ACCEPT;
+    /* A SIGTERM before this point only raised the flag; one from here on closes
+     * our listener fd, so that the call below cannot block (see on_sigterm). */
+    if (stop_requested(w)) return -ESHUTDOWN;
+    int r = take_connection(w, 0, addr, addrlen, addr_cap, listener_index);
+    if (r >= 0) return r;
+    if (r == -EAGAIN || r == -EWOULDBLOCK) {
+      if (poll(w->pfds, 1, -1) < 0) r = -errno;
+    }
+    g_phase = PHASE_OTHER;
+    if (stop_requested(w)) return -ESHUTDOWN; /* EINTR, or EBADF/POLLNVAL after the close */
+    if (r == -EAGAIN || r == -EWOULDBLOCK || accept_error_is_transient(-r)) continue;
+    if (accept_error_is_resource(-r)) {
+      short_pause(); /* out of fds or memory: let another worker take the connection */
+      continue;
+    }
+    return r;
+  }
+}
+
+/* Several listeners, or a mutex: take the mutex, wait in poll (or epoll_wait) until
+ * a listener is readable, accept it without blocking, give the mutex back. Returns
+ * the connection, -EAGAIN (start a new turn: the mutex was given back), -ESHUTDOWN,
+ * or another -errno. */
+static int accept_polled(struct corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
+                         socklen_t addr_cap, unsigned* listener_index) {
+  int r = acquire_main(w);
+  if (r < 0) return r;
+  for (;;) { /* holding the mutex: wait for a connection we win */
+    g_phase = PHASE_HOLD_POLL;
+    if (stop_requested(w)) {
+      release_main(w);
+      return -ESHUTDOWN;
+    }
+    r = wait_listeners(w);
+    /* Leave HOLD_POLL before looking at the flag and accepting: from here on a
+     * SIGTERM only raises the flag. */
+    g_phase = PHASE_OTHER;
+    if (r == -EINTR) continue;
+    if (r < 0) {
+      release_main(w);
+      return r;
+    }
+    if (stop_requested(w)) {
+      release_main(w);
+      return -ESHUTDOWN;
+    }
+    /* Round-robin from the listener after the one served last, so that two busy
+     * listeners alternate instead of the first starving the others. */
+    for (unsigned k = 0; k < w->n_listeners; k++) {
+      unsigned i = (w->last_served + 1 + k) % w->n_listeners;
+      short rev = w->pfds[i].revents;
+      if (rev == 0) continue;
+      if (rev & POLLNVAL) {
+        release_main(w);
+        return -EBADF;
+      }
+      int fd = take_connection(w, i, addr, addrlen, addr_cap, listener_index);
+      if (fd >= 0) return fd;
+      if (accept_error_is_transient(-fd)) continue;
+      release_main(w);
+      if (accept_error_is_resource(-fd)) {
+        short_pause(); /* out of fds or memory: let another worker take the connection */
+        return -EAGAIN;
+      }
+      return fd;
+    }
+    /* Another process won the race (NONE, EPOLL) or the connection went away: wait
+     * again, still holding the mutex. */
+  }
+}
+
 int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
                          unsigned* listener_index) {
   if (!w || !w->in_use) return fail(-EINVAL);
   const socklen_t addr_cap = addrlen ? *addrlen : 0;
-
   for (;;) { /* one turn per mutex acquisition */
     /* workers.max_requests (header offset 912): a worker that served its quota leaves
      * before taking another connection, and the supervisor starts a fresh one. */
@@ -384,72 +495,12 @@ int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* add
       if (quota != 0 && w->requests >= quota) return shut_down(w);
     }
     if (slot_set_state(w, CORRAL_SLOT_IDLE) < 0 || stop_requested(w)) return shut_down(w);
-    int r = acquire_main(w);
+    int r = (w->n_listeners == 1 && w->lock_kind == CORRAL_LOCK_KIND_NONE)
+                ? accept_single(w, addr, addrlen, addr_cap, listener_index)
+                : accept_polled(w, addr, addrlen, addr_cap, listener_index);
+    if (r >= 0) return r;
     if (r == -ESHUTDOWN) return shut_down(w);
-    if (r < 0) return fail(r);
-
-    for (;;) { /* holding the mutex: wait for a connection we win */
-      g_phase = PHASE_HOLD_POLL;
-      if (stop_requested(w)) {
-        release_main(w);
-        return shut_down(w);
-      }
-      r = wait_listeners(w);
-      /* Leave HOLD_POLL before looking at the flag and accepting: from here on
-       * a SIGTERM only raises the flag. */
-      g_phase = PHASE_OTHER;
-      if (r == -EINTR) continue;
-      if (r < 0) {
-        release_main(w);
-        return fail(r);
-      }
-      if (stop_requested(w)) {
-        release_main(w);
-        return shut_down(w);
-      }
-
-      int pause = 0;
-      /* Round-robin from the listener after the one served last, so that two
-       * busy listeners alternate instead of the first starving the others. */
-      for (unsigned k = 0; k < w->n_listeners; k++) {
-        unsigned i = (w->last_served + 1 + k) % w->n_listeners;
-        short rev = w->pfds[i].revents;
-        if (rev == 0) continue;
-        if (rev & POLLNVAL) {
-          release_main(w);
-          return fail(-EBADF);
-        }
-        if (addrlen) *addrlen = addr_cap;
-        int fd = accept4(w->pfds[i].fd, addrlen ? addr : NULL, addrlen, SOCK_CLOEXEC);
-        if (fd >= 0) {
-          w->last_served = i;
-          release_main(w);
-          w->requests++;
-          if (w->slot) __atomic_store_n(&w->slot->requests, w->requests, __ATOMIC_RELEASE);
-          /* A STOPPING found here stays: the program gets this connection,
-           * and the next accept() says ESHUTDOWN. */
-          (void)slot_set_state(w, CORRAL_SLOT_BUSY);
-          if (listener_index) *listener_index = i;
-          return fd;
-        }
-        int e = errno;
-        if (accept_error_is_transient(e)) continue;
-        if (accept_error_is_resource(e)) {
-          pause = 1;
-          break;
-        }
-        release_main(w);
-        return fail(-e);
-      }
-      if (pause) {
-        /* Out of fds or memory: let another worker take the connection. */
-        release_main(w);
-        short_pause();
-        break;
-      }
-      /* Another process won the race (NONE, EPOLL) or the connection went
-       * away: wait again, still holding the mutex. */
-    }
+    if (r != -EAGAIN) return fail(r);
   }
 }
 
@@ -514,16 +565,6 @@ static int set_cloexec(int fd) {
   return 0;
 }
 
-static int set_nonblock(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) return -errno;
-  /* The protocol says listeners come O_NONBLOCK; systemd-socket-activate does
-   * not set it. Without it a worker that lost the race to another (lock kinds
-   * none and epoll) would block in accept(). */
-  if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
-  return 0;
-}
-
 static int setup_listeners(struct corral_worker* w) {
   long pid = 0, n = 0;
   const char* pid_s = getenv("LISTEN_PID");
@@ -543,8 +584,8 @@ static int setup_listeners(struct corral_worker* w) {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
     if (!S_ISSOCK(st.st_mode)) return -EBADF;
+    /* O_NONBLOCK is the supervisor's alone: it is shared with every other worker. */
     int r = set_cloexec(fd);
-    if (r == 0) r = set_nonblock(fd);
     if (r < 0) return r;
     w->pfds[i].fd = fd;
     w->pfds[i].events = POLLIN;

@@ -153,7 +153,8 @@ jobs:
         marker = os.path.join(self.tmp, "stuck.marker")
         c = self.start("{ start: 3, min_spare: 3, max_spare: 6, max: 6 }",
                        command=f'["{PYTHON}", "{os.path.join(HERE, "stuck_worker.py")}"]',
-                       env=f', STUCK_MARKER: "{marker}", ECHO_WORKER: "{ECHO}"')
+                       env=f', STUCK_MARKER: "{marker}", ECHO_WORKER: "{ECHO}"',
+                       extra="    accept_mutex: pipe\n")  # one listener: auto would be lock-free
         stuck_pid = int(wait_until(lambda: os.path.exists(marker) and open(marker).read().strip(), log=c))
         port = c.port(self.sbdir, "echo")
         # Connections keep coming while the wedged worker holds the mutex: they are served

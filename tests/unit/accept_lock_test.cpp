@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,4 +62,63 @@ TEST_CASE("the fcntl lock is a one-byte memfd") {
   REQUIRE(::fstat(lock->fd.get(), &st) == 0);
   CHECK(S_ISREG(st.st_mode));
   CHECK(st.st_size == 1);
+}
+
+namespace {
+corral::JobConfig job_with(corral::Mode mode, corral::AcceptMutex kind) {
+  corral::JobConfig job;
+  job.mode = mode;
+  job.accept_mutex = kind;
+  return job;
+}
+}  // namespace
+
+TEST_CASE("auto: no lock on exactly one socket, the token pipe on two or more") {
+  using corral::AcceptMutex;
+  using corral::Mode;
+  for (Mode mode : {Mode::prefork, Mode::inetd}) {
+    auto job = job_with(mode, AcceptMutex::automatic);
+    CHECK(corral::resolve_accept_mutex(job, 1) == AcceptMutex::none);
+    CHECK(corral::resolve_accept_mutex(job, 2) == AcceptMutex::pipe);
+    CHECK(corral::resolve_accept_mutex(job, 5) == AcceptMutex::pipe);
+    CHECK(corral::listeners_blocking(job, AcceptMutex::none, 1));
+    CHECK_FALSE(corral::listeners_blocking(job, AcceptMutex::pipe, 2));
+    // A hand-over from an image that resolved auto to pipe keeps non-blocking sockets.
+    CHECK_FALSE(corral::listeners_blocking(job, AcceptMutex::pipe, 1));
+  }
+  CHECK(corral::resolve_accept_mutex(job_with(Mode::plain, AcceptMutex::automatic), 1) ==
+        AcceptMutex::none);
+}
+
+TEST_CASE("explicit kinds are kept, and keep non-blocking sockets; plain mode is blocking") {
+  using corral::AcceptMutex;
+  using corral::Mode;
+  for (AcceptMutex kind :
+       {AcceptMutex::pipe, AcceptMutex::fcntl, AcceptMutex::epoll, AcceptMutex::none}) {
+    auto job = job_with(Mode::prefork, kind);
+    for (std::size_t n : {1U, 2U}) {
+      CHECK(corral::resolve_accept_mutex(job, n) == kind);
+      CHECK_FALSE(corral::listeners_blocking(job, kind, n));
+    }
+  }
+  auto plain = job_with(Mode::plain, AcceptMutex::automatic);
+  CHECK(corral::listeners_blocking(plain, AcceptMutex::none, 1));
+  CHECK(corral::listeners_blocking(plain, AcceptMutex::none, 3));
+}
+
+TEST_CASE("set_listener_blocking sets and clears O_NONBLOCK on the shared description") {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  int other = ::dup(fd);  // a worker's copy: the same open file description
+  REQUIRE(corral::set_listener_blocking(fd, false, "test").ok());
+  CHECK((::fcntl(other, F_GETFL) & O_NONBLOCK) != 0);
+  REQUIRE(corral::set_listener_blocking(fd, true, "test").ok());
+  CHECK((::fcntl(other, F_GETFL) & O_NONBLOCK) == 0);
+  REQUIRE(corral::set_listener_blocking(fd, true, "test").ok());  // idempotent
+  CHECK((::fcntl(fd, F_GETFL) & O_NONBLOCK) == 0);
+  ::close(other);
+  ::close(fd);
+  auto bad = corral::set_listener_blocking(fd, true, "listener x");
+  CHECK_FALSE(bad.ok());
+  CHECK(bad.error().what.find("listener x") != std::string::npos);
 }

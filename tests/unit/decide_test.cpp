@@ -218,6 +218,24 @@ TEST_CASE("a holder of the accept mutex that blocks a waiting queue is replaced 
   CHECK(has_kill(d, 1, KillReason::stuck_lock));
 }
 
+TEST_CASE(
+    "a lock-free job (auto on one listener) never has a stuck holder, whatever its slots say") {
+  // maintain.cpp sets stuck_checks for pipe and fcntl only: with no mutex, a slot that
+  // claims HELD is a lie or garbage, and connections that wait are not its doing.
+  auto s = snapshot(2, 1, 8, 64);
+  s.stuck_checks = false;
+  s.queued = 3;
+  auto liar = worker(1, CORRAL_SLOT_IDLE);
+  liar.lock_held = true;
+  liar.lock_since = kT0 - 60 * 1000 * kMs;
+  s.workers = {liar, worker(2, CORRAL_SLOT_IDLE)};
+  Pacing p = running_pacing();
+  for (int i = 0; i < 10; ++i) {
+    auto d = corral::decide(s, p, kT0 + i * corral::kStuckHolder);
+    CHECK_FALSE(has_kill(d, 1, KillReason::stuck_lock));
+  }
+}
+
 TEST_CASE("holding the mutex while idle and nothing waits is normal") {
   auto s = snapshot(2, 1, 8, 64);
   s.stuck_checks = true;

@@ -37,7 +37,7 @@ extern "C" {
 
 /* The accept mutex named by CORRAL_LOCK_KIND (see docs/PROTOCOL.md). */
 enum corral_lock_kind {
-  CORRAL_LOCK_KIND_NONE = 0,  /* no mutex: poll all listeners, accept non-blocking */
+  CORRAL_LOCK_KIND_NONE = 0,  /* no mutex: one listener: block in accept4; several: poll, accept */
   CORRAL_LOCK_KIND_PIPE = 1,  /* token in a FIFO: read one byte to take, write it back to give */
   CORRAL_LOCK_KIND_FCNTL = 2, /* POSIX record lock (F_SETLKW) on a regular file */
   CORRAL_LOCK_KIND_EPOLL = 3, /* no mutex: one epoll per worker with EPOLLEXCLUSIVE */
@@ -47,8 +47,9 @@ typedef struct corral_worker corral_worker;
 
 /// Reads the environment (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, CORRAL_*) and
 /// prepares the accept cycle. The environment is read, never modified.
-/// - Listeners 3..3+LISTEN_FDS-1 get FD_CLOEXEC and O_NONBLOCK (as sd_listen_fds
-///   and the protocol require); so do the lock and scoreboard fds (FD_CLOEXEC).
+/// - Listeners 3..3+LISTEN_FDS-1 get FD_CLOEXEC (as sd_listen_fds does), and so do
+///   the lock and scoreboard fds. Their O_NONBLOCK is left alone: it is shared with
+///   every other worker, and the supervisor sets it (docs/PROTOCOL.md, section 2).
 /// - LISTEN_FDS is ignored unless LISTEN_PID is this process's pid.
 /// - A scoreboard that fails validation is not fatal: one line goes to stderr
 ///   and the worker runs without it (corral_worker_slot() returns -1).
@@ -69,8 +70,13 @@ int corral_worker_init(corral_worker** out);
 /// listener_index is not NULL, receives the index (0-based, configuration
 /// order) of the listener it came from. When several listeners have
 /// connections waiting they are served in turn.
-/// Blocks until a connection arrives. While blocked and idle, SIGTERM ends the
-/// process at once with _exit(0) after giving back the accept mutex.
+/// Blocks until a connection arrives: with one listener and no mutex, in accept4
+/// itself (falling back to poll when the listener turns out non-blocking);
+/// otherwise in poll (or epoll_wait) after taking the mutex. While blocked and
+/// idle, SIGTERM ends the process at once with _exit(0) after giving back the
+/// accept mutex; blocked in accept4, it makes this call return at once with
+/// ESHUTDOWN instead (or with a connection accepted just before it, which the
+/// program serves), and closes this process's copy of the listener fd.
 /// Returns -1 with errno set:
 ///   ESHUTDOWN  a stop was asked for (SIGTERM while busy, or the supervisor
 ///              wrote STOPPING in the slot); the slot now says STOPPING. The
