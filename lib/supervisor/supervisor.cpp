@@ -184,6 +184,14 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     }
     next.clear();
     roll_back_listeners(listeners_before);
+    // Phase 1 set O_NONBLOCK for the new jobs' needs; the running ones had theirs.
+    for (const auto& job : jobs_) {
+      if (job->removed()) continue;
+      const bool blocking =
+          listeners_blocking(job->cfg, job->res.lock.kind, job->res.listeners.size());
+      for (const auto& l : job->res.listeners)
+        (void)set_listener_blocking(l->fd.get(), blocking, "listener " + l->display);
+    }
     throw;
   }
   // Phase 2 (cannot fail): the new jobs take over the scoreboards, slots and
