@@ -65,6 +65,7 @@ std::string encode_handover(const Handover& s) {
   state["notify_socket"] = s.notify_socket;
   state["watchdog_ns"] = s.watchdog_ns;
   state["ready_sent"] = s.ready_sent;
+  state["reload_pending"] = s.reload_pending;
   if (s.nofile) state["nofile"] = {s.nofile->first, s.nofile->second};
   json listeners = json::array();
   for (const auto& l : s.listeners) {
@@ -144,6 +145,7 @@ Result<Handover> decode_handover(const std::string& text) {
     get_opt(state, "notify_socket", s.notify_socket);
     get_opt(state, "watchdog_ns", s.watchdog_ns);
     get_opt(state, "ready_sent", s.ready_sent);
+    get_opt(state, "reload_pending", s.reload_pending);
     if (auto it = state.find("nofile"); it != state.end() && it->is_array() && it->size() == 2)
       s.nofile = std::make_pair((*it)[0].get<std::uint64_t>(), (*it)[1].get<std::uint64_t>());
     for (const auto& l : state.value("listeners", json::array())) {

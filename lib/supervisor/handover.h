@@ -68,6 +68,7 @@ struct Handover {
   std::string notify_socket;
   std::uint64_t watchdog_ns = 0;
   bool ready_sent = false;
+  bool reload_pending = false;  // optional: a SIGHUP came during the check; the new image reloads
   std::optional<std::pair<std::uint64_t, std::uint64_t>> nofile;  // the original RLIMIT_NOFILE
   std::vector<HandoverListener> listeners;
   std::vector<HandoverJob> jobs;

@@ -230,6 +230,7 @@ class Supervisor::Impl {
   void adopt_upgrade_state(const std::string& fd_text);
   [[nodiscard]] Handover collect_handover() const;
   void finish_upgrade(int status, bool timed_out) noexcept;
+  void exec_checked_upgrade(int status, bool timed_out) noexcept;
   void upgrade_result(const char* result) noexcept;
 
   SupervisorOptions options_;
@@ -253,6 +254,7 @@ class Supervisor::Impl {
   std::vector<Leftover> leftovers_;
   std::uint64_t oom_kills_seen_ = 0;  // the memory cgroup's oom_kill count, last seen
   UpgradeCheck upgrade_;
+  bool reload_pending_ = false;                           // a SIGHUP came during an upgrade check
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed
   std::uint64_t drain_until_ = 0;                         // draining: when the graceful stop begins
   /// Stopping: workers are leaving (a drain is not stopping yet: it serves on).

@@ -553,6 +553,10 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
   }
   run_due_decisions(now);
   signal_leftovers(now);
+  if (reload_pending_ && upgrade_.check_pid == 0 && !stopping() && !draining()) {
+    reload_pending_ = false;  // a SIGHUP that waited for an upgrade (handed over, too)
+    reload();
+  }
   if (draining() && now >= drain_until_) {
     spdlog::info("drain over; stopping gracefully");
     begin_stop(StopMode::graceful);

@@ -404,7 +404,13 @@ void Supervisor::Impl::handle_signals() noexcept {
         if (draining()) {
           spdlog::warn("{} ignored while draining",
                        info.ssi_signo == SIGHUP ? "SIGHUP" : "SIGUSR2");
-        } else if (!stopping()) {
+        } else if (stopping()) {
+        } else if (info.ssi_signo == SIGHUP && upgrade_.check_pid != 0) {
+          // Reloading now would hand the new binary a configuration it was not asked
+          // about: the reload waits for the check (and, if it execs, for the new image).
+          spdlog::info("SIGHUP: the reload waits for the upgrade check");
+          reload_pending_ = true;
+        } else {
           info.ssi_signo == SIGHUP ? reload() : upgrade();
         }
         break;

@@ -96,6 +96,7 @@ Handover Supervisor::Impl::collect_handover() const {
   s.notify_socket = notifier_.socket_path();
   s.watchdog_ns = notifier_.watchdog_interval();
   s.ready_sent = ready_sent_;
+  s.reload_pending = reload_pending_;
   if (original_nofile_)
     s.nofile = std::make_pair(original_nofile_->rlim_cur, original_nofile_->rlim_max);
   for (const auto& l : listeners_.all()) {
@@ -200,6 +201,15 @@ void Supervisor::Impl::upgrade() noexcept {
 
 // Step 2: the check child ended (or timed out): exec, or stay.
 void Supervisor::Impl::finish_upgrade(int status, bool timed_out) noexcept {
+  exec_checked_upgrade(status, timed_out);
+  // Still this image (refused, or the exec failed): a reload that waited runs now.
+  if (reload_pending_ && !stopping()) {
+    reload_pending_ = false;
+    reload();
+  }
+}
+
+void Supervisor::Impl::exec_checked_upgrade(int status, bool timed_out) noexcept {
   const auto checked_generation = upgrade_.generation_at_check;
   upgrade_ = UpgradeCheck{};
   if (timed_out) {
@@ -393,6 +403,7 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
     if (job->res.notify_read) arm_notify(*job);
     request_decision(*job, now);
   }
+  reload_pending_ = s.reload_pending;  // a SIGHUP that waited for the check: periodic() runs it
   spdlog::info(
       "binary upgrade: took over {} job(s) and {} listener(s) at generation {} "
       "(hand-over version {})",
