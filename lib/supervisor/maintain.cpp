@@ -34,6 +34,24 @@ corral_job_mode wire_mode(Mode m) {
   return CORRAL_MODE_PREFORK;
 }
 
+// Why a worker left, for corral_worker_exits_total (failures from the spawn report
+// and corral's own kills and recycles are decided by the caller).
+ExitReason judge_exit(const Job& job, const WorkerRec& rec, const SlotView& slot, int status,
+                      bool asked, bool quota_done, std::uint64_t now) {
+  if (rec.exit_reason) return *rec.exit_reason;
+  if (quota_done) return ExitReason::max_requests;
+  if (asked) return ExitReason::normal;
+  const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
+  if (program_done) return WIFSIGNALED(status) ? ExitReason::signal : ExitReason::normal;
+  const bool never_ready = rec.phase == WorkerPhase::starting &&
+                           (job.cfg.mode == Mode::plain ? now - rec.started_ns < kPlainCrashWindow
+                                                        : slot.state == CORRAL_SLOT_STARTING);
+  if (never_ready) return ExitReason::crash;
+  if (WIFSIGNALED(status)) return ExitReason::signal;
+  if (WIFEXITED(status) && WEXITSTATUS(status) != 0) return ExitReason::crash;
+  return ExitReason::normal;
+}
+
 const char* lock_env_kind(AcceptMutex kind) {
   switch (kind) {
     case AcceptMutex::pipe: return "pipe";
@@ -52,6 +70,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   LogContext log_ctx{job.cfg.name, rec.slot, rec.pid};
   auto now = monotonic_ns();
   SlotView slot = job.res.sb.read_slot(rec.slot);
+  // Its connections join the job's total before the slot is freed.
+  job.counters.accepted_folded +=
+      std::max(rec.requests_seen, std::min<std::uint64_t>(slot.requests, 1ULL << 48));
   if (rec.slot < job.res.slot_used.size()) job.res.slot_used[rec.slot] = false;
   job.res.sb.free_slot(rec.slot, now);
   job.pacing.holders.erase(rec.pid);
@@ -70,6 +91,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   }
   request_decision(job, now);  // an exit can lower the idle count: look again now
   if (failure) {
+    count_exit(job, ExitReason::failed_start);
     // One clear line per failure; the child exited 127 right after reporting.
     if (job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY) {
       spdlog::error("job {}: cannot execute {}: {} (connection closed)", name,
@@ -91,6 +113,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   const auto quota = job.cfg.workers.max_requests;
   const bool quota_done = job.cfg.mode == Mode::prefork && quota != 0 && slot.requests >= quota &&
                           WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  count_exit(job, judge_exit(job, rec, slot, status, asked, quota_done, now));
   if (quota_done && !asked) {
     spdlog::info(
         "job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it", name,
@@ -244,7 +267,7 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
       job.res.lock.kind == AcceptMutex::pipe || job.res.lock.kind == AcceptMutex::fcntl;
-  if (job.cfg.mode != Mode::plain) snap.queued = queued_connections(job.res.listeners);
+  if (job.cfg.mode != Mode::plain) snap.queued = queued_connections(job.res.listeners, &queue_peaks_);
   snap.workers.reserve(job.workers.size());
   for (auto& [pid, w] : job.workers) {
     WorkerView v;
@@ -300,6 +323,7 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     auto& w = it->second;
     LogContext worker_ctx{name, w.slot, w.pid};
     if (reason == StopReason::max_requests) {
+      w.exit_reason = ExitReason::max_requests;
       spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", name, w.pid,
                    w.slot, job.cfg.workers.max_requests);
     } else {
@@ -314,6 +338,12 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     auto& w = it->second;
     if (w.phase == WorkerPhase::killing) continue;
     LogContext worker_ctx{name, w.slot, w.pid};
+    switch (reason) {
+      case KillReason::start_timeout: w.exit_reason = ExitReason::start_timeout; break;
+      case KillReason::busy_timeout: w.exit_reason = ExitReason::busy_timeout; break;
+      case KillReason::stuck_lock: w.exit_reason = ExitReason::stuck_lock; break;
+      case KillReason::graceful_timeout: break;  // asked to stop already: stays "normal"
+    }
     switch (reason) {
       case KillReason::graceful_timeout:
         spdlog::warn("job {}: worker {} (slot {}) did not stop within graceful_timeout; SIGKILL",
@@ -340,6 +370,7 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
   }
   const bool was_at_max = job.at_max;
   job.at_max = d.at_max;
+  if (!was_at_max && job.at_max) ++job.counters.max_reached;
   job.res.sb.set_at_max(job.at_max);  // every look: a reload may have left a stale value
   if (was_at_max && !job.at_max && job.res.notify_read && !job.wake.notify_armed) arm_notify(job);
   unsigned started = 0;
@@ -434,6 +465,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   res.sb.set_slot_pid(slot, w.pid);
   if (cfg.mode == Mode::plain) res.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
   job.workers.emplace(w.pid, w);
+  ++job.counters.spawns;
   if (report) res.spawn_reports.emplace(w.pid, std::move(report));
   LogContext worker_ctx{cfg.name, slot, w.pid};
   spdlog::log(cfg.mode == Mode::inetd && !job.pacing.start_pending ? spdlog::level::debug
@@ -450,6 +482,7 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     next_audit_ = now + kAuditTick;
     for (auto& job : jobs_) request_decision(*job, now);
     adopt_orphans(now);
+    sample_queues(now);
   }
   run_due_decisions(now);
   signal_leftovers(now);
@@ -465,6 +498,8 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
   }
   write_headers(now);
   notify_manager(now);
+  if (metrics_) metrics_->expire(now);
+  write_textfile_if_due(now);
 }
 
 void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
