@@ -399,6 +399,28 @@ jobs:
         except OSError:
             return None
 
+    # ------------------------------------------------------------------ docs
+
+    def test_the_documented_scrape_config_and_alert_rules_pass_promtool(self):
+        self.assertIsNotNone(PROMTOOL, "promtool is missing: run scripts/deps.sh")
+        from harness import SOURCE
+        with open(os.path.join(SOURCE, "docs", "METRICS.md")) as f:
+            doc = f.read()
+        blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+        rules = [b for b in blocks if b.startswith("# corral-alerts.yml")]
+        scrape = [b for b in blocks if b.startswith("# prometheus.yml")]
+        self.assertEqual((len(rules), len(scrape)), (1, 1))
+        for kind, text in (("rules", rules[0]), ("config", scrape[0])):
+            path = self.write(f"{kind}.yml", text)
+            out = subprocess.run([PROMTOOL, "check", kind, path], capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        # Every metric the endpoint serves is documented.
+        c = self.start()
+        names = {n for (n, _) in samples(self.scrape(self.metrics_address(c)))}
+        for name in names:
+            self.assertIn(f"`{name}`", doc)
+        self.assertEqual(c.stop(), 0)
+
     # ------------------------------------------------------------------ Prometheus
 
     def test_a_real_prometheus_scrapes_corral(self):
