@@ -105,7 +105,16 @@ void MetricsServer::on_event(int fd, std::uint32_t events, std::uint64_t now) no
 void MetricsServer::accept_clients(std::uint64_t now) noexcept {
   while (clients_.size() < kMaxClients) {
     int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) break;  // EAGAIN, or an error the next wake-up sees again (EMFILE...)
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays queued; rest a moment.
+        accept_retry_at_ = now + kAcceptRetryNs;
+        arm_listener(false);
+        return;
+      }
+      break;
+    }
     Client c;
     c.fd = UniqueFd(fd);
     c.deadline = now + kReadTimeoutNs;
@@ -221,11 +230,11 @@ void MetricsServer::close_client(std::size_t index) noexcept {
   }
   if (index + 1 != clients_.size()) clients_[index] = std::move(clients_.back());
   clients_.pop_back();
-  arm_listener(true);
+  if (accept_retry_at_ == 0) arm_listener(true);
 }
 
 std::uint64_t MetricsServer::next_deadline() const noexcept {
-  std::uint64_t at = 0;
+  std::uint64_t at = accept_retry_at_;
   for (const auto& c : clients_) {
     if (at == 0 || c.deadline < at) at = c.deadline;
   }
@@ -235,6 +244,10 @@ std::uint64_t MetricsServer::next_deadline() const noexcept {
 void MetricsServer::expire(std::uint64_t now) noexcept {
   for (std::size_t i = clients_.size(); i-- > 0;) {
     if (!clients_[i].fd || clients_[i].deadline <= now) close_client(i);
+  }
+  if (accept_retry_at_ != 0 && now >= accept_retry_at_) {
+    accept_retry_at_ = 0;
+    arm_listener(clients_.size() < kMaxClients);
   }
 }
 

@@ -31,6 +31,7 @@ class MetricsServer {
   static constexpr std::size_t kMaxRequestBytes = 8192;
   static constexpr std::uint64_t kReadTimeoutNs = 5'000'000'000ULL;
   static constexpr std::uint64_t kWriteTimeoutNs = 10'000'000'000ULL;
+  static constexpr std::uint64_t kAcceptRetryNs = 1'000'000'000ULL;
 
   /// Takes `listen_fd` (a listening stream socket, made non-blocking here) and adds it
   /// to `epoll_fd` with data.fd set to the fd itself, as every fd it adds later.
@@ -72,6 +73,9 @@ class MetricsServer {
   HttpHandler handler_;
   std::vector<Client> clients_;
   bool listening_armed_ = false;
+  // accept() failed for want of fds or memory: the listener rests until then (a
+  // level-triggered readable listener would otherwise spin the loop); 0: not resting.
+  std::uint64_t accept_retry_at_ = 0;
 };
 
 /// The parsed request line of a complete HTTP/1.x request head, or why it is refused

@@ -84,6 +84,13 @@ void Supervisor::Impl::sample_queues(std::uint64_t now) noexcept {
     if (job->removed()) continue;
     (void)queued_connections(job->res.listeners, &queue_peaks_);
   }
+  // Forget the peaks of listeners a reload closed.
+  std::erase_if(queue_peaks_, [&](const auto& entry) {
+    return std::none_of(jobs_.begin(), jobs_.end(), [&](const std::unique_ptr<Job>& job) {
+      return std::any_of(job->res.listeners.begin(), job->res.listeners.end(),
+                         [&](const std::shared_ptr<Listener>& l) { return l->display == entry.first; });
+    });
+  });
 }
 
 SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64_t now) noexcept {

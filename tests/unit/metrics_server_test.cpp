@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -187,4 +188,31 @@ TEST_CASE("the request line parser") {
   CHECK(corral::parse_request_head("GET http://x/ HTTP/1.1\r\n").error_status == 400);
   CHECK(corral::parse_request_head(" / HTTP/1.1\r\n").error_status == 400);
   CHECK(corral::parse_request_head("DELETE / HTTP/1.1\r\n").error_status == 405);
+}
+
+TEST_CASE("out of fds, the listener rests instead of spinning the loop, then serves") {
+  Fixture f;
+  auto c = f.client();
+  const std::string req = "GET /metrics HTTP/1.1\r\n\r\n";
+  REQUIRE(::send(c.get(), req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  int lowest = ::dup(0);
+  REQUIRE(lowest >= 0);
+  ::close(lowest);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest);  // the next fd would be `lowest`: EMFILE
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  epoll_event ev[4];
+  int n = ::epoll_wait(f.epoll.get(), ev, 4, 1000);
+  REQUIRE(n == 1);
+  f.server->on_event(ev[0].data.fd, ev[0].events, f.now);
+  // Nothing more wakes the loop while it rests.
+  CHECK(::epoll_wait(f.epoll.get(), ev, 4, 50) == 0);
+  CHECK(f.server->next_deadline() == f.now + MetricsServer::kAcceptRetryNs);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  f.now += MetricsServer::kAcceptRetryNs;
+  f.server->expire(f.now);
+  f.pump();
+  CHECK(Fixture::read_all(c.get()).starts_with("HTTP/1.1 200 OK"));
 }
