@@ -83,8 +83,7 @@ int check_command(const std::string& path) {
   }
 }
 
-int status_command(const std::string& config_path, const std::string& dir, bool json,
-                   bool check) {
+int status_command(const std::string& config_path, const std::string& dir, bool json, bool check) {
   std::vector<std::string> dirs;
   if (!dir.empty()) dirs.push_back(dir);
   std::vector<std::string> jobs;

@@ -446,8 +446,7 @@ class Loader {
           } else {
             if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
               un->path = absolute(un->path);
-              if (un->path.size() >= 108)
-                issue(l, "unix socket path too long (108 bytes at most)");
+              if (un->path.size() >= 108) issue(l, "unix socket path too long (108 bytes at most)");
             }
             metrics.listen = std::move(spec);
             metrics.listen_text = *text;

@@ -58,9 +58,9 @@ struct JobConfig {
 
 /// `metrics:` (docs/METRICS.md): the HTTP endpoint and the textfile.
 struct MetricsSpec {
-  std::optional<ListenerSpec> listen;  // TCP or unix; none: no endpoint
-  std::string listen_text;             // as written, for messages and reload comparison
-  std::string textfile;                // absolute path; "": none
+  std::optional<ListenerSpec> listen;            // TCP or unix; none: no endpoint
+  std::string listen_text;                       // as written, for messages and reload comparison
+  std::string textfile;                          // absolute path; "": none
   Duration interval = std::chrono::seconds(15);  // how often the textfile is rewritten
   SourceMark mark;
 };

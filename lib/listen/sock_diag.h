@@ -16,7 +16,7 @@ struct UnixDiag {
   bool has_vfs = false;  // UDIAG_SHOW_VFS: the (device, inode) bound to
   dev_t dev = 0;
   ino_t ino = 0;
-  bool has_rqlen = false;  // UDIAG_SHOW_RQLEN: for a listener, pending connections
+  bool has_rqlen = false;    // UDIAG_SHOW_RQLEN: for a listener, pending connections
   std::uint32_t rqueue = 0;  // and (wqueue) its backlog (net/unix/diag.c, sk_diag_show_rqlen)
   std::uint32_t wqueue = 0;
 };

@@ -33,9 +33,12 @@ void Exposition::family(std::string_view name, std::string_view type, std::strin
   out_ += name;
   out_ += ' ';
   for (char c : help) {
-    if (c == '\\') out_ += "\\\\";
-    else if (c == '\n') out_ += "\\n";
-    else out_ += c;
+    if (c == '\\')
+      out_ += "\\\\";
+    else if (c == '\n')
+      out_ += "\\n";
+    else
+      out_ += c;
   }
   out_ += "\n# TYPE ";
   out_ += name;

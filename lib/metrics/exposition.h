@@ -11,7 +11,8 @@
 namespace corral {
 
 /// The Content-Type of the text format.
-inline constexpr std::string_view kExpositionContentType = "text/plain; version=0.0.4; charset=utf-8";
+inline constexpr std::string_view kExpositionContentType =
+    "text/plain; version=0.0.4; charset=utf-8";
 
 struct MetricLabel {
   std::string_view name;

@@ -12,14 +12,14 @@ enum class JobHealthState { running, backing_off, failed, draining, stopping };
 struct JobHealthInput {
   std::string name;
   JobHealthState state = JobHealthState::running;
-  bool plain = false;     // mode plain: copies run, nothing is idle or busy
-  unsigned idle = 0;      // current-generation workers by state
+  bool plain = false;  // mode plain: copies run, nothing is idle or busy
+  unsigned idle = 0;   // current-generation workers by state
   unsigned busy = 0;
   unsigned starting = 0;
-  unsigned running = 0;   // plain
-  unsigned start = 1;     // workers.start
-  unsigned max = 0;       // workers.max
-  double retry_in = 0;    // backing off: seconds to the next try
+  unsigned running = 0;  // plain
+  unsigned start = 1;    // workers.start
+  unsigned max = 0;      // workers.max
+  double retry_in = 0;   // backing off: seconds to the next try
 };
 
 struct JobHealthVerdict {

@@ -94,8 +94,8 @@ std::string render_metrics(const SupervisorSample& s) {
       e.sample("corral_workers", {{"pool", p.pool}, {"state", kStateNames[i]}},
                std::uint64_t(p.workers[i]));
   }
-  pool_gauge(e, "corral_pool_min_spare", "workers.min_spare: idle workers kept at least.",
-             s.pools, [](const PoolSample& p) { return p.min_spare; });
+  pool_gauge(e, "corral_pool_min_spare", "workers.min_spare: idle workers kept at least.", s.pools,
+             [](const PoolSample& p) { return p.min_spare; });
   pool_gauge(e, "corral_pool_max_spare", "workers.max_spare: idle workers kept at most.", s.pools,
              [](const PoolSample& p) { return p.max_spare; });
   pool_gauge(e, "corral_pool_max_workers", "workers.max: workers of the pool at most.", s.pools,
@@ -138,7 +138,8 @@ std::string render_metrics(const SupervisorSample& s) {
       e.sample("corral_slot_requests_total", {{"pool", p.pool}, {"slot", std::to_string(sl.slot)}},
                sl.requests);
   }
-  e.family("corral_slot_state_seconds", "gauge", "Seconds the slot's worker has been in its state.");
+  e.family("corral_slot_state_seconds", "gauge",
+           "Seconds the slot's worker has been in its state.");
   for (const auto& p : s.pools) {
     for (const auto& sl : p.slots)
       e.sample("corral_slot_state_seconds", {{"pool", p.pool}, {"slot", std::to_string(sl.slot)}},
@@ -156,7 +157,8 @@ std::string render_metrics(const SupervisorSample& s) {
 
   if (s.process.valid) {
     const auto& pr = s.process;
-    e.family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+    e.family("process_cpu_seconds_total", "counter",
+             "Total user and system CPU time spent in seconds.");
     e.sample("process_cpu_seconds_total", {}, pr.cpu_seconds);
     e.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
     e.sample("process_resident_memory_bytes", {}, pr.resident_bytes);
@@ -190,7 +192,9 @@ ProcessSample read_process_sample() noexcept {
       pos = next + 1;
     }
     if (fields.size() < 22) return out;
-    auto field = [&](int n) { return std::strtoull(fields[static_cast<size_t>(n - 3)].c_str(), nullptr, 10); };
+    auto field = [&](int n) {
+      return std::strtoull(fields[static_cast<size_t>(n - 3)].c_str(), nullptr, 10);
+    };
     const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
     const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
     out.cpu_seconds = static_cast<double>(field(14) + field(15)) / ticks;

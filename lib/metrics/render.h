@@ -18,12 +18,12 @@ enum class ExitReason : std::uint8_t {
   max_lifetime,  // workers.max_lifetime (the limits issue)
   busy_timeout,
   start_timeout,
-  memory,       // memory.max_rss (the limits issue)
-  oom,          // the kernel's OOM killer (the limits issue)
-  signal,       // killed by a signal corral did not send
-  crash,        // exited non-zero, or before it was ever ready
-  failed_start, // exec or a set-up step before it failed (the spawn report)
-  stuck_lock,   // held the accept mutex while connections waited; replaced
+  memory,        // memory.max_rss (the limits issue)
+  oom,           // the kernel's OOM killer (the limits issue)
+  signal,        // killed by a signal corral did not send
+  crash,         // exited non-zero, or before it was ever ready
+  failed_start,  // exec or a set-up step before it failed (the spawn report)
+  stuck_lock,    // held the accept mutex while connections waited; replaced
 };
 inline constexpr std::size_t kExitReasons = 11;
 const char* to_string(ExitReason reason) noexcept;

@@ -179,7 +179,8 @@ void MetricsServer::read_request(Client& c, std::uint64_t now) noexcept {
   }
 }
 
-void MetricsServer::answer(Client& c, const HttpResponse& r, bool head, std::uint64_t now) noexcept {
+void MetricsServer::answer(Client& c, const HttpResponse& r, bool head,
+                           std::uint64_t now) noexcept {
   try {
     c.out = "HTTP/1.1 " + std::to_string(r.status) + " " + reason_phrase(r.status) +
             "\r\nContent-Type: " + r.content_type +

@@ -237,9 +237,8 @@ int check_status(const std::vector<std::string>& dirs, const std::vector<std::st
       case CORRAL_JOB_RUNNING: break;
       case CORRAL_JOB_BACKING_OFF:
         in.state = JobHealthState::backing_off;
-        in.retry_in = h.retry_at_mono_ns > now
-                          ? static_cast<double>(h.retry_at_mono_ns - now) / 1e9
-                          : 0.0;
+        in.retry_in =
+            h.retry_at_mono_ns > now ? static_cast<double>(h.retry_at_mono_ns - now) / 1e9 : 0.0;
         break;
       case CORRAL_JOB_FAILED: in.state = JobHealthState::failed; break;
       case CORRAL_JOB_STOPPING: in.state = JobHealthState::stopping; break;

@@ -154,7 +154,7 @@ class Job {
   JobWakeups wake;
   JobAudit audit;
   PoolCounters counters;  // metrics; carried across reloads and SIGUSR2
-  bool at_max = false;  // observed: the current generation has workers.max workers
+  bool at_max = false;    // observed: the current generation has workers.max workers
 
   [[nodiscard]] bool removed() const { return health.phase == JobPhase::removed; }
   [[nodiscard]] bool has_current_workers() const {

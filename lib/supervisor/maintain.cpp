@@ -267,7 +267,8 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
       job.res.lock.kind == AcceptMutex::pipe || job.res.lock.kind == AcceptMutex::fcntl;
-  if (job.cfg.mode != Mode::plain) snap.queued = queued_connections(job.res.listeners, &queue_peaks_);
+  if (job.cfg.mode != Mode::plain)
+    snap.queued = queued_connections(job.res.listeners, &queue_peaks_);
   snap.workers.reserve(job.workers.size());
   for (auto& [pid, w] : job.workers) {
     WorkerView v;

@@ -54,10 +54,9 @@ void Supervisor::Impl::start_metrics(UniqueFd fd, const MetricsSpec& spec) noexc
   try {
     metrics_display_ = local_address_of(fd.get());
     metrics_unlink_ = spec.listen && std::holds_alternative<UnixAddress>(spec.listen->address);
-    metrics_ = std::make_unique<MetricsServer>(std::move(fd), epoll_.get(),
-                                               [this](std::string_view path) noexcept {
-                                                 return serve_http(path);
-                                               });
+    metrics_ = std::make_unique<MetricsServer>(
+        std::move(fd), epoll_.get(),
+        [this](std::string_view path) noexcept { return serve_http(path); });
     spdlog::info("metrics: serving /metrics, /healthz and /readyz on {}", metrics_display_);
   } catch (const std::exception& e) {
     spdlog::error("metrics: cannot serve on {}: {}", spec.listen_text, e.what());
@@ -87,8 +86,9 @@ void Supervisor::Impl::sample_queues(std::uint64_t now) noexcept {
   // Forget the peaks of listeners a reload closed.
   std::erase_if(queue_peaks_, [&](const auto& entry) {
     return std::none_of(jobs_.begin(), jobs_.end(), [&](const std::unique_ptr<Job>& job) {
-      return std::any_of(job->res.listeners.begin(), job->res.listeners.end(),
-                         [&](const std::shared_ptr<Listener>& l) { return l->display == entry.first; });
+      return std::any_of(
+          job->res.listeners.begin(), job->res.listeners.end(),
+          [&](const std::shared_ptr<Listener>& l) { return l->display == entry.first; });
     });
   });
 }

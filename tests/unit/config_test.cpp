@@ -1048,9 +1048,10 @@ TEST_CASE("status_scoreboard_dirs: /run/corral/NAME, /run/corral, then the calle
 }
 
 TEST_CASE("metrics: listen (TCP or unix), textfile and interval") {
-  auto config = load("metrics: { listen: \"127.0.0.1:9101\", textfile: prom/corral.prom, "
-                     "interval: 5s }\n" +
-                     web_job(""));
+  auto config = load(
+      "metrics: { listen: \"127.0.0.1:9101\", textfile: prom/corral.prom, "
+      "interval: 5s }\n" +
+      web_job(""));
   REQUIRE(config.metrics.listen.has_value());
   CHECK(corral::to_string(config.metrics.listen->address) == "127.0.0.1:9101");
   CHECK(config.metrics.listen_text == "127.0.0.1:9101");

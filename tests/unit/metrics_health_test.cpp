@@ -27,8 +27,9 @@ TEST_CASE("a saturated pool is ready, and says so") {
   in.busy = 4;
   auto v = corral::judge_job_health(in);
   CHECK(v.ready);
-  CHECK(v.line == "job web: saturated: all 4 workers busy at workers.max 4 (ready; new "
-                  "connections wait in the backlog)");
+  CHECK(v.line ==
+        "job web: saturated: all 4 workers busy at workers.max 4 (ready; new "
+        "connections wait in the backlog)");
 }
 
 TEST_CASE("backing off, failed, draining and stopping are not ready") {

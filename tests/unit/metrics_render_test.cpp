@@ -53,7 +53,8 @@ TEST_CASE("a family has HELP and TYPE before its samples") {
   e.family("x_total", "counter", "Things\nand \\ more.");
   e.sample("x_total", {{"pool", "a\"b"}}, std::uint64_t(3));
   CHECK(e.text() ==
-        "# HELP x_total Things\\nand \\\\ more.\n# TYPE x_total counter\nx_total{pool=\"a\\\"b\"} 3\n");
+        "# HELP x_total Things\\nand \\\\ more.\n# TYPE x_total counter\nx_total{pool=\"a\\\"b\"} "
+        "3\n");
 }
 
 TEST_CASE("the metrics carry PRODUCT.md's names, labels and values") {
@@ -75,13 +76,15 @@ TEST_CASE("the metrics carry PRODUCT.md's names, labels and values") {
   CHECK(has_line(text, R"(corral_worker_exits_total{pool="web",reason="crash"} 4)"));
   CHECK(has_line(text, R"(corral_worker_exits_total{pool="web",reason="stuck_lock"} 0)"));
   CHECK(has_line(text, R"(corral_listener_queue_length{pool="web",listener="127.0.0.1:8080"} 5)"));
-  CHECK(has_line(text, R"(corral_listener_queue_capacity{pool="web",listener="127.0.0.1:8080"} 1024)"));
+  CHECK(has_line(text,
+                 R"(corral_listener_queue_capacity{pool="web",listener="127.0.0.1:8080"} 1024)"));
   CHECK(has_line(text, R"(corral_listener_queue_peak{pool="web",listener="127.0.0.1:8080"} 7)"));
   CHECK(text.find("udp:x") == std::string::npos);  // no queue the kernel told us of
   CHECK(has_line(text, R"(corral_slot_requests_total{pool="web",slot="0"} 17)"));
   CHECK(has_line(text, R"(corral_slot_state_seconds{pool="web",slot="0"} 4.25)"));
   CHECK(has_line(text, R"(corral_slot_resident_memory_bytes{pool="web",slot="0"} 1048576)"));
-  CHECK(text.find(R"(corral_slot_resident_memory_bytes{pool="web",slot="1"})") == std::string::npos);
+  CHECK(text.find(R"(corral_slot_resident_memory_bytes{pool="web",slot="1"})") ==
+        std::string::npos);
   // Never Prometheus's own target labels, never a pid.
   CHECK(text.find("job=") == std::string::npos);
   CHECK(text.find("instance=") == std::string::npos);

@@ -135,7 +135,8 @@ TEST_CASE("a request larger than the bound is refused without waiting for its en
 TEST_CASE("a slow client is closed at its deadline; at most kMaxClients at once") {
   Fixture f;
   std::vector<UniqueFd> idle;
-  for (int i = 0; i < 3 * static_cast<int>(MetricsServer::kMaxClients); ++i) idle.push_back(f.client());
+  for (int i = 0; i < 3 * static_cast<int>(MetricsServer::kMaxClients); ++i)
+    idle.push_back(f.client());
   f.pump();
   CHECK(f.server->clients() == MetricsServer::kMaxClients);
   // A slowloris byte does not extend anything.
@@ -194,7 +195,8 @@ TEST_CASE("out of fds, the listener rests instead of spinning the loop, then ser
   Fixture f;
   auto c = f.client();
   const std::string req = "GET /metrics HTTP/1.1\r\n\r\n";
-  REQUIRE(::send(c.get(), req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));
+  REQUIRE(::send(c.get(), req.data(), req.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(req.size()));
   rlimit saved{};
   REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
   int lowest = ::dup(0);
