@@ -170,6 +170,36 @@ jobs:
         self.assertIn(f"bind 127.0.0.1:{port}: Address already in use", c.log_text())
         self.assertEqual(os.listdir(self.sbdir) if os.path.isdir(self.sbdir) else [], [])
 
+    def test_a_reload_moves_the_endpoint_or_fails_keeping_it(self):
+        c = self.start()
+        port = self.metrics_address(c)
+        c.wait_idle(self.sbdir, "web", 2)
+        with open(c.config_path) as f:
+            text = f.read()
+        # An address in use: the reload fails, and the running endpoint stays.
+        busy, busy_port = self.loopback_listener(8)
+        with open(c.config_path, "w") as f:
+            f.write(text.replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{busy_port}"', 1))
+        c.signal(signal.SIGHUP)
+        c.wait_log(rf"reload failed: bind 127.0.0.1:{busy_port}: Address already in use")
+        after = self.scrape(port)
+        self.assertEqual(value(after, "corral_reloads_total", result="failed"), 1)
+        self.assertEqual(value(after, "corral_generation"), 1)
+        # A new address: bound, and the old one closed.
+        path = os.path.join(self.tmp, "moved.sock")
+        with open(c.config_path, "w") as f:
+            f.write(text.replace('listen: "127.0.0.1:0"', f'listen: "unix:{path}"', 1))
+        c.signal(signal.SIGHUP)
+        c.wait_log(r"reload done: generation 2")
+        self.assertEqual(self.metrics_address(c, count=2), path)
+        moved = self.scrape(path)
+        self.assertEqual(value(moved, "corral_reloads_total", result="ok"), 1)
+        self.assertEqual(value(moved, "corral_reloads_total", result="failed"), 1)
+        with self.assertRaises(ConnectionRefusedError):
+            http(port, "/metrics")
+        self.assertEqual(c.stop(), 0)
+        self.assertFalse(os.path.exists(path))
+
     def test_check_reports_metrics_key_errors_at_their_position(self):
         path = self.write("bad.yaml", f'metrics: {{ listen: "127.0.0.1:9101", textfle: x }}\njobs:\n  web:\n'
                                       f'    command: ["{ECHO}"]\n    listen: ["127.0.0.1:0"]\n')
