@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -366,6 +367,8 @@ jobs:
         attackers = []
         self.addCleanup(lambda: [a.close() for a in attackers])
         # A huge request, 1000 connections that send nothing, and slowloris clients.
+        attack_start = time.monotonic()
+        cpu_start = self._cpu_seconds(c.pid)
         huge = socket.socket()
         huge.settimeout(5)
         attackers.append(huge)
@@ -412,6 +415,22 @@ jobs:
         self.assertEqual(recv_until(s), b"still\n")
         s.close()
         self.assertLess(time.monotonic() - start, 5.0)
+        # Connections waiting behind a full endpoint do not spin the loop (the listener
+        # is off it while full), nor do slowloris bytes: over the 5 s until the first
+        # idle attacker is cut off at its read deadline, corral uses little CPU.
+        for s in slow:
+            try:
+                s.send(b"E")
+            except OSError:
+                pass
+        watch = select.poll()
+        for a in attackers[1:1001]:
+            watch.register(a, select.POLLIN | select.POLLHUP)
+        wait_until(lambda: watch.poll(0), timeout=20, what="an idle attacker cut off", log=c)
+        elapsed = time.monotonic() - attack_start
+        self.assertGreater(elapsed, 4.5)  # the 5 s read deadline, not sooner
+        cpu = self._cpu_seconds(c.pid) - cpu_start
+        self.assertLess(cpu, 0.3 * elapsed, f"corral used {cpu:.2f}s of CPU in {elapsed:.2f}s")
         # corral's own fds stay bounded: kMaxClients clients at most.
         fds = len(os.listdir(f"/proc/{c.pid}/fd"))
         self.assertLess(fds, 100)
@@ -422,6 +441,12 @@ jobs:
         text = wait_until(lambda: self._try_scrape(port), timeout=20, what="a scrape after the attack", log=c)
         self.promtool_check(text)
         self.assertEqual(c.stop(), 0)
+
+    @staticmethod
+    def _cpu_seconds(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _try_scrape(self, port):
         try:
