@@ -146,7 +146,12 @@ CommandLine parse_command_line(const std::vector<std::string>& argv, std::ostrea
   auto* status_cmd = app.add_subcommand("status", "Show the workers of a running supervisor");
   status_cmd->add_option("config", cl.status_config, "YAML configuration file");
   status_cmd->add_option("--scoreboard-dir", cl.status_dir, "Directory of the scoreboard files");
-  status_cmd->add_flag("--json", cl.status_json, "Print JSON");
+  auto* json_flag = status_cmd->add_flag("--json", cl.status_json, "Print JSON");
+  status_cmd
+      ->add_flag("--check", cl.status_check,
+                 "Exit 0 if every job is running with its workers started, 1 if one is backing "
+                 "off, failed or draining (one line per such job), 3 if no supervisor runs")
+      ->excludes(json_flag);
 
   std::vector<const char*> cargv{argv.empty() ? "corral" : argv[0].c_str()};
   for (const auto& a : args) cargv.push_back(a.c_str());

@@ -36,6 +36,7 @@ struct CommandLine {
   std::string status_config;
   std::string status_dir;
   bool status_json = false;
+  bool status_check = false;
 };
 
 /// Parses argv (argv[0] included). Help and version go to `out`, usage errors to `err`.

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <string_view>
 
 #include "cli.h"
@@ -82,16 +83,20 @@ int check_command(const std::string& path) {
   }
 }
 
-int status_command(const std::string& config_path, const std::string& dir, bool json) {
+int status_command(const std::string& config_path, const std::string& dir, bool json, bool check) {
   std::vector<std::string> dirs;
   if (!dir.empty()) dirs.push_back(dir);
   std::vector<std::string> jobs;
+  std::map<std::string, unsigned> starts;
   if (!config_path.empty()) {
     try {
       // Status needs no executables or users: whoever reads may lack them.
       auto config = corral::load_config_file(config_path, corral::CheckOptions{false, false});
       if (dirs.empty()) dirs = corral::status_scoreboard_dirs(config);
-      for (const auto& job : config.jobs) jobs.push_back(job.name);
+      for (const auto& job : config.jobs) {
+        jobs.push_back(job.name);
+        starts[job.name] = job.workers.start;
+      }
     } catch (const corral::ConfigError& e) {
       return print_config_error(e);
     }
@@ -100,6 +105,7 @@ int status_command(const std::string& config_path, const std::string& dir, bool 
     std::cerr << "corral status: give CONFIG.yaml or --scoreboard-dir DIR\n";
     return kExitConfig;
   }
+  if (check) return corral::check_status(dirs, jobs, starts, std::cout, std::cerr);
   return corral::print_status(dirs, jobs, json, std::cout, std::cerr);
 }
 
@@ -122,7 +128,7 @@ int main(int argc, char** argv) {
     case corral::Command::run: return run_command(cl.run, level, std::move(full));
     case corral::Command::check: return check_command(cl.check_path);
     case corral::Command::status:
-      return status_command(cl.status_config, cl.status_dir, cl.status_json);
+      return status_command(cl.status_config, cl.status_dir, cl.status_json, cl.status_check);
     case corral::Command::none: break;
   }
   return kExitConfig;

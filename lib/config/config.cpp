@@ -36,8 +36,9 @@ namespace fs = std::filesystem;
 
 constexpr unsigned kMaxWorkers = 16384;
 
-const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "jobs"};
+const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "metrics", "jobs"};
 const std::vector<std::string> kStopKeys = {"drain"};
+const std::vector<std::string> kMetricsKeys = {"listen", "textfile", "interval"};
 const std::vector<std::string> kJobKeys = {
     "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
     "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal",
@@ -133,6 +134,7 @@ class Loader {
       if (auto s = scalar(dir, "scoreboard_dir")) config.scoreboard_dir = absolute(*s);
     }
     if (auto stop = root["stop"]) load_stop(config, stop);
+    if (auto m = root["metrics"]) load_metrics(config.metrics, m);
     auto jobs = root["jobs"];
     if (!jobs) {
       issue(root, "\"jobs:\" is missing; define at least one job");
@@ -562,6 +564,59 @@ class Loader {
           issue(i, "memory.interval must be at least 100ms");
         else
           job.memory.interval = *d;
+      }
+    }
+  }
+
+  void load_metrics(MetricsSpec& metrics, const YAML::Node& node) {
+    metrics.mark = mark_of(node);
+    if (!node.IsMap()) {
+      issue(node,
+            "metrics must be a map, e.g. { listen: \"127.0.0.1:9101\", textfile: "
+            "/var/lib/node_exporter/corral.prom, interval: 15s }");
+      return;
+    }
+    check_keys(node, kMetricsKeys, "metrics");
+    if (auto l = node["listen"]) {
+      if (auto text = scalar(l, "metrics.listen")) {
+        try {
+          ListenerSpec spec;
+          spec.address = parse_listen_address(*text);
+          spec.name = "metrics";
+          spec.backlog = 64;
+          spec.mark = mark_of(l);
+          if (std::holds_alternative<SystemdAddress>(spec.address)) {
+            issue(l, "metrics.listen must be a host:port or unix: address, not \"" + *text +
+                         "\" (the metrics socket is corral's own)");
+          } else {
+            if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
+              un->path = absolute(un->path);
+              if (un->path.size() >= 108) issue(l, "unix socket path too long (108 bytes at most)");
+            }
+            metrics.listen = std::move(spec);
+            metrics.listen_text = *text;
+          }
+        } catch (const ConfigError& e) {
+          issue(l, "metrics.listen: " + e.issues().front().message);
+        }
+      }
+    }
+    if (auto t = node["textfile"]) {
+      if (auto s = scalar(t, "metrics.textfile")) {
+        if (s->empty() || s->back() == '/')
+          issue(t, "metrics.textfile must name a file, e.g. /var/lib/node_exporter/corral.prom");
+        else
+          metrics.textfile = absolute(*s);
+      }
+    }
+    if (auto i = node["interval"]) {
+      if (auto d = duration(i, "metrics.interval")) {
+        if (*d < std::chrono::milliseconds(100))
+          issue(i, "metrics.interval must be at least 100ms");
+        else if (!node["textfile"])
+          issue(i, "metrics.interval applies to metrics.textfile; add textfile: or remove it");
+        else
+          metrics.interval = *d;
       }
     }
   }
@@ -1182,6 +1237,14 @@ std::string summarize(const Config& config) {
     if (job.listeners.empty()) out << " (none)";
     for (const auto& l : job.listeners) out << " " << to_string(l.address);
     out << ", command " << (job.command.empty() ? "?" : job.command[0]) << "\n";
+  }
+  const auto& m = config.metrics;
+  if (m.listen || !m.textfile.empty()) {
+    out << "  metrics:";
+    if (m.listen) out << " listen " << to_string(m.listen->address);
+    if (!m.textfile.empty())
+      out << " textfile " << m.textfile << " every " << format_duration(m.interval);
+    out << "\n";
   }
   return out.str();
 }

@@ -85,10 +85,20 @@ struct StopSpec {
   Duration drain{0};  // on SIGTERM: report not ready, keep serving this long, then stop
 };
 
+/// `metrics:` (docs/METRICS.md): the HTTP endpoint and the textfile.
+struct MetricsSpec {
+  std::optional<ListenerSpec> listen;            // TCP or unix; none: no endpoint
+  std::string listen_text;                       // as written, for messages and reload comparison
+  std::string textfile;                          // absolute path; "": none
+  Duration interval = std::chrono::seconds(15);  // how often the textfile is rewritten
+  SourceMark mark;
+};
+
 struct Config {
   std::string file;            // "" when built from the command line
   std::string scoreboard_dir;  // "" = default_scoreboard_dir()
   StopSpec stop;
+  MetricsSpec metrics;
   std::vector<JobConfig> jobs;
   /// What `corral check` prints but accepts (e.g. `user:` while not root); with
   /// CheckOptions::for_run these are errors instead.

@@ -2,17 +2,12 @@
 
 #include <fcntl.h>
 #include <grp.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/rtnetlink.h>
-#include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,6 +19,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "listen/sock_diag.h"
 
 namespace corral {
 namespace {
@@ -110,56 +106,10 @@ void remove_stale_unix_socket(const std::string& path, const std::string& text) 
 // The (device, inode) of the file that binding `sock` created, as the kernel recorded
 // it (sock_diag, UNIX_DIAG_VFS: linux/unix_diag.h); fails where unix_diag is missing.
 Result<std::pair<dev_t, ino_t>> bound_file_of(int sock) {
-  struct stat self {};
-  if (::fstat(sock, &self) != 0) return errno_error("fstat the socket");
-  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl) return errno_error("socket NETLINK_SOCK_DIAG");
-  timeval timeout{1, 0};
-  ::setsockopt(nl.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  struct {
-    nlmsghdr nlh;
-    unix_diag_req req;
-  } msg{};
-  msg.nlh.nlmsg_len = sizeof msg;
-  msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  msg.nlh.nlmsg_flags = NLM_F_REQUEST;
-  msg.nlh.nlmsg_seq = 1;
-  msg.req.sdiag_family = AF_UNIX;
-  msg.req.udiag_states = ~0U;
-  msg.req.udiag_ino = static_cast<__u32>(self.st_ino);
-  msg.req.udiag_show = UDIAG_SHOW_VFS;
-  msg.req.udiag_cookie[0] = INET_DIAG_NOCOOKIE;
-  msg.req.udiag_cookie[1] = INET_DIAG_NOCOOKIE;
-  sockaddr_nl kernel{};
-  kernel.nl_family = AF_NETLINK;
-  if (::sendto(nl.get(), &msg, sizeof msg, 0, reinterpret_cast<sockaddr*>(&kernel),
-               sizeof kernel) != static_cast<ssize_t>(sizeof msg))
-    return errno_error("sock_diag request");
-  alignas(nlmsghdr) char buf[8192];
-  ssize_t n = ::recv(nl.get(), buf, sizeof buf, 0);
-  if (n < 0) return errno_error("sock_diag answer");
-  auto len = static_cast<unsigned>(n);
-  for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
-    if (h->nlmsg_type == NLMSG_ERROR) {
-      const auto* e = static_cast<const nlmsgerr*>(NLMSG_DATA(h));
-      return Error{-e->error, "sock_diag"};
-    }
-    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
-    const auto* m = static_cast<const unix_diag_msg*>(NLMSG_DATA(h));
-    if (m->udiag_ino != static_cast<__u32>(self.st_ino)) continue;
-    auto attr_len = static_cast<unsigned>(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
-    for (auto* a = reinterpret_cast<rtattr*>(const_cast<unix_diag_msg*>(m) + 1);
-         RTA_OK(a, attr_len); a = RTA_NEXT(a, attr_len)) {
-      if (a->rta_type != UNIX_DIAG_VFS || RTA_PAYLOAD(a) < sizeof(unix_diag_vfs)) continue;
-      unix_diag_vfs vfs{};
-      std::memcpy(&vfs, RTA_DATA(a), sizeof vfs);
-      // The kernel's own dev_t encoding (MAJOR << 20 | MINOR), not stat's.
-      dev_t dev = makedev(vfs.udiag_vfs_dev >> 20, vfs.udiag_vfs_dev & 0xfffff);
-      return std::pair<dev_t, ino_t>{dev, static_cast<ino_t>(vfs.udiag_vfs_ino)};
-    }
-    return Error{0, "sock_diag: the socket is bound to no file"};
-  }
-  return Error{0, "sock_diag: no answer about the socket"};
+  auto diag = unix_diag(sock, UDIAG_SHOW_VFS);
+  if (!diag) return diag.error();
+  if (!diag->has_vfs) return Error{0, "sock_diag: the socket is bound to no file"};
+  return std::pair<dev_t, ino_t>{diag->dev, diag->ino};
 }
 
 // The file `sock` was just bound to, opened O_PATH without following a link, after

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "common/unique_fd.h"
+#include "metrics/health.h"
 #include "scoreboard/scoreboard.h"
 
 namespace corral {
@@ -40,7 +41,12 @@ const char* mode_name(std::uint32_t m) {
   }
 }
 
+// job_state 4: a job draining its connections before a stop (PRODUCT.md, status JSON
+// additions; protocol.h does not name it yet).
+constexpr std::uint32_t kJobStateDraining = 4;
+
 const char* job_state_name(std::uint32_t s) {
+  if (s == kJobStateDraining) return "draining";
   switch (s) {
     case CORRAL_JOB_RUNNING: return "running";
     case CORRAL_JOB_BACKING_OFF: return "backing-off";
@@ -194,6 +200,73 @@ int print_status(const std::vector<std::string>& dirs, const std::vector<std::st
   err << "If the supervisor keeps its scoreboards elsewhere, give that directory with "
          "--scoreboard-dir DIR (or set scoreboard_dir: in the configuration).\n";
   return kExitNotRunning;
+}
+
+int check_status(const std::vector<std::string>& dirs, const std::vector<std::string>& jobs,
+                 const std::map<std::string, unsigned>& starts, std::ostream& out,
+                 std::ostream& err) {
+  std::vector<std::string> unreadable;
+  std::string dir;
+  std::vector<std::string> held;
+  for (const auto& d : dirs) {
+    held = held_files(d, jobs, unreadable);
+    if (!held.empty()) {
+      dir = d;
+      break;
+    }
+  }
+  if (held.empty()) return print_status(dirs, jobs, false, out, err);  // says where it looked
+  const auto now = monotonic_ns();
+  bool healthy = true;
+  std::vector<std::string> seen;
+  for (const auto& path : held) {
+    auto sb = Scoreboard::open_read_only(path);
+    if (!sb) {
+      err << "corral status: " << sb.error().to_string() << "\n";
+      healthy = false;
+      continue;
+    }
+    auto h = sb->header();
+    JobHealthInput in;
+    in.name = std::string(h.job_name);
+    seen.push_back(in.name);
+    in.plain = h.mode == CORRAL_MODE_PLAIN;
+    in.max = h.max_workers;
+    auto start = starts.find(in.name);
+    in.start = start != starts.end() ? start->second : 1;
+    switch (h.job_state) {
+      case CORRAL_JOB_RUNNING: break;
+      case CORRAL_JOB_BACKING_OFF:
+        in.state = JobHealthState::backing_off;
+        in.retry_in =
+            h.retry_at_mono_ns > now ? static_cast<double>(h.retry_at_mono_ns - now) / 1e9 : 0.0;
+        break;
+      case CORRAL_JOB_FAILED: in.state = JobHealthState::failed; break;
+      case CORRAL_JOB_STOPPING: in.state = JobHealthState::stopping; break;
+      case kJobStateDraining: in.state = JobHealthState::draining; break;
+      default: in.state = JobHealthState::failed; break;
+    }
+    for (unsigned i = 0; i < sb->slot_count(); ++i) {
+      SlotView slot = sb->read_slot(i);
+      if (slot.generation != h.generation) continue;  // an old generation still finishing
+      switch (slot.state) {
+        case CORRAL_SLOT_IDLE: ++in.idle; break;
+        case CORRAL_SLOT_BUSY: ++in.busy; break;
+        case CORRAL_SLOT_RUNNING: ++in.running; break;
+        case CORRAL_SLOT_STARTING: ++in.starting; break;
+        default: break;
+      }
+    }
+    auto verdict = judge_job_health(in);
+    if (!verdict.ready) healthy = false;
+    if (!verdict.line.empty()) out << verdict.line << "\n";
+  }
+  for (const auto& j : jobs) {
+    if (std::find(seen.begin(), seen.end(), j) != seen.end()) continue;
+    out << "job " << j << ": not running (no supervisor holds its scoreboard in " << dir << ")\n";
+    healthy = false;
+  }
+  return healthy ? 0 : 1;
 }
 
 int print_status(const std::string& dir, const std::vector<std::string>& jobs, bool json,

@@ -20,26 +20,33 @@
 #include <algorithm>
 
 #include "common/duration.h"
+#include "listen/sock_diag.h"
 #include "log/log.h"
 #include "scoreboard/scoreboard.h"
 
 namespace corral {
 
-// Connections waiting in the accept queues of `listeners`: TCP_INFO's tcpi_unacked is
-// the accept queue length of a listening TCP socket (tcp_get_info()); for other
-// sockets poll() only says whether any waits (counted as 1).
-unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners) {
+// Connections waiting in the accept queues of `listeners`: TCP_INFO for TCP, sock_diag
+// UNIX_DIAG_RQLEN for unix sockets (listen_queue_of); for other sockets poll() only
+// says whether any waits (counted as 1).
+unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners,
+                            QueuePeaks* peaks) {
   unsigned total = 0;
   for (const auto& l : listeners) {
-    tcp_info info{};
-    socklen_t len = sizeof info;
-    if (::getsockopt(l->fd.get(), IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
-        info.tcpi_state == TCP_LISTEN) {
-      total += info.tcpi_unacked;
-      continue;
-    }
+    // A unix listener costs a netlink round trip: ask only when something waits.
     pollfd p{l->fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0) total += 1;
+    if (::poll(&p, 1, 0) != 1 || (p.revents & POLLIN) == 0) continue;
+    std::uint32_t length = 1;  // a socket the kernel says nothing about: "some"
+    if (auto q = listen_queue_of(l->fd.get())) length = q->length;
+    total += length;
+    if (peaks != nullptr && length > 0) {
+      try {
+        auto& peak = (*peaks)[l->display];
+        peak.scrape = std::max(peak.scrape, length);
+        peak.file = std::max(peak.file, length);
+      } catch (...) {
+      }
+    }
   }
   return total;
 }
@@ -126,6 +133,7 @@ std::uint64_t Supervisor::Impl::audit_token(Job& job, std::uint64_t now) noexcep
             "job {}: worker {} (slot {}) took the accept token and kept it while its slot "
             "says idle and not holding it; replacing it",
             job.cfg.name, w.pid, w.slot);
+        w.exit_reason = ExitReason::stuck_lock;
         worker_event(job, w, WorkerEvent::kill, now);
         found = true;
       }

@@ -47,6 +47,7 @@ std::string v1_job_phase(const json& j) {
 std::vector<int> Handover::fds() const {
   std::vector<int> out;
   for (const auto& l : listeners) out.push_back(l.fd);
+  out.push_back(metrics_fd);
   for (const auto& j : jobs) {
     for (int fd : {j.sb_fd, j.lock_fd, j.lock_private_fd, j.notify_read, j.notify_write})
       out.push_back(fd);
@@ -111,9 +112,19 @@ std::string encode_handover(const Handover& s) {
                          {"retire_at", w.retire_at}});
     }
     j["workers"] = workers;
+    j["counters"] = {{"spawns", job.spawns},
+                     {"exits", job.exits},
+                     {"max_reached", job.max_reached},
+                     {"accepted", job.accepted}};
     jobs.push_back(j);
   }
   state["jobs"] = jobs;
+  state["reloads"] = s.reloads;
+  state["upgrades"] = s.upgrades;
+  if (s.metrics_fd >= 0) {
+    state["metrics_fd"] = s.metrics_fd;
+    state["metrics_listen"] = s.metrics_listen;
+  }
   return state.dump();
 }
 
@@ -190,8 +201,18 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(w, "retire_at", hw.retire_at);
         job.workers.push_back(hw);
       }
+      if (auto c = j.find("counters"); c != j.end() && c->is_object()) {
+        get_opt(*c, "spawns", job.spawns);
+        get_opt(*c, "exits", job.exits);
+        get_opt(*c, "max_reached", job.max_reached);
+        get_opt(*c, "accepted", job.accepted);
+      }
       s.jobs.push_back(std::move(job));
     }
+    get_opt(state, "reloads", s.reloads);
+    get_opt(state, "upgrades", s.upgrades);
+    get_opt(state, "metrics_fd", s.metrics_fd);
+    get_opt(state, "metrics_listen", s.metrics_listen);
     return s;
   } catch (const std::exception& e) {
     return Error{0, std::string("the hand-over state is unreadable: ") + e.what()};

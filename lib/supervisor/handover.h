@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,7 +18,8 @@ namespace corral {
 
 /// Version 1: the first release (no "version" key; worker flags as bools).
 /// Version 2: "version", worker and job phases as names, the job's pacing and audit.
-inline constexpr int kHandoverVersion = 2;
+/// Version 3: metrics: per-job counters, reload and upgrade results, the metrics socket.
+inline constexpr int kHandoverVersion = 3;
 
 struct HandoverListener {
   int fd = -1;
@@ -58,6 +60,11 @@ struct HandoverJob {
   std::uint64_t backoff_ns = 0;
   std::uint64_t retry_at = 0;
   std::vector<HandoverWorker> workers;
+  // Version 3 (absent before: zero).
+  std::uint64_t spawns = 0;
+  std::map<std::string, std::uint64_t> exits;  // reason -> count
+  std::uint64_t max_reached = 0;
+  std::uint64_t accepted = 0;  // requests of reaped workers
 };
 
 struct Handover {
@@ -72,6 +79,11 @@ struct Handover {
   std::optional<std::pair<std::uint64_t, std::uint64_t>> nofile;  // the original RLIMIT_NOFILE
   std::vector<HandoverListener> listeners;
   std::vector<HandoverJob> jobs;
+  // Version 3 (absent before: zero, and no metrics socket).
+  std::map<std::string, std::uint64_t> reloads;   // result -> count
+  std::map<std::string, std::uint64_t> upgrades;  // result -> count
+  int metrics_fd = -1;
+  std::string metrics_listen;  // the configured text it was bound for
 
   /// Every fd the structure names (for clearing and restoring FD_CLOEXEC around exec).
   [[nodiscard]] std::vector<int> fds() const;

@@ -23,6 +23,8 @@
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "listen/listener.h"
+#include "metrics/render.h"
+#include "metrics/server.h"
 #include "notify/notify.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
@@ -80,18 +82,31 @@ struct WorkerRec {
   std::uint64_t retire_at = 0;       // its own draw of max_lifetime (+ jitter); 0: none
   std::uint64_t rss_bytes = 0;       // last memory sample (RSS or PSS); 0: not sampled
   std::uint64_t rss_sampled_at = 0;
-  const char* leave_reason = nullptr;  // why corral asked it to leave (for the exit's log)
   // Token-hog watch: its /proc/PID/io rchar and its requests when corral last restored
   // the accept token (kUnknown: not watched).
   static constexpr std::uint64_t kUnknown = ~0ULL;
   std::uint64_t rchar_at_restore = kUnknown;
   std::uint64_t requests_at_restore = 0;
+  // Metrics: why corral ended it (a kill or a recycle), and the most requests its slot
+  // has shown (a slot's count is untrusted and could go down; the job total must not).
+  std::optional<ExitReason> exit_reason;
+  std::uint64_t requests_seen = 0;
 };
 
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;
 
-// Connections waiting in the accept queues of `listeners` (audit.cpp).
-unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners);
+// The longest listen queue seen since the last scrape and since the last textfile, per
+// listener (its display), sampled at every decision and audit tick.
+struct QueuePeak {
+  std::uint32_t scrape = 0;
+  std::uint32_t file = 0;
+};
+using QueuePeaks = std::map<std::string, QueuePeak>;
+
+// Connections waiting in the accept queues of `listeners` (audit.cpp); each listener's
+// length also raises its entry in `peaks`, when given.
+unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listeners,
+                            QueuePeaks* peaks = nullptr);
 
 // ---------------------------------------------------------------------------
 // What a job holds open: sockets, scoreboard, lock, notify pipe, spawn reports.
@@ -142,7 +157,8 @@ class Job {
   Pacing pacing;
   JobWakeups wake;
   JobAudit audit;
-  bool at_max = false;  // observed: the current generation has workers.max workers
+  PoolCounters counters;  // metrics; carried across reloads and SIGUSR2
+  bool at_max = false;    // observed: the current generation has workers.max workers
 
   [[nodiscard]] bool removed() const { return health.phase == JobPhase::removed; }
   [[nodiscard]] bool has_current_workers() const {
@@ -233,6 +249,17 @@ class Supervisor::Impl {
   void exec_checked_upgrade(int status, bool timed_out) noexcept;
   void upgrade_result(const char* result) noexcept;
 
+  // metrics and health (metrics.cpp)
+  UniqueFd bind_metrics(const MetricsSpec& spec) const;
+  void start_metrics(UniqueFd fd, const MetricsSpec& spec) noexcept;
+  void stop_metrics() noexcept;
+  HttpResponse serve_http(std::string_view path) noexcept;
+  SupervisorSample sample_metrics(bool for_textfile, std::uint64_t now) noexcept;
+  HttpResponse readiness(std::uint64_t now) noexcept;
+  void sample_queues(std::uint64_t now) noexcept;
+  void write_textfile_if_due(std::uint64_t now) noexcept;
+  void count_exit(Job& job, ExitReason reason) noexcept;
+
   SupervisorOptions options_;
   ListenerSet listeners_;
   std::vector<std::unique_ptr<Job>> jobs_;
@@ -262,6 +289,14 @@ class Supervisor::Impl {
     return stop_ == StopMode::graceful || stop_ == StopMode::fast;
   }
   [[nodiscard]] bool draining() const { return stop_ == StopMode::draining; }
+  std::map<std::string, std::uint64_t> reload_results_;   // ok | rejected | failed
+  // The metrics endpoint (metrics.cpp), its address as shown, and the textfile's pace.
+  std::unique_ptr<MetricsServer> metrics_;
+  std::string metrics_display_;
+  bool metrics_unlink_ = false;  // a unix socket file corral bound: removed at exit
+  QueuePeaks queue_peaks_;
+  std::uint64_t textfile_due_ = 0;
+  std::string textfile_error_;  // the last failure, logged once until it changes
 };
 
 }  // namespace corral

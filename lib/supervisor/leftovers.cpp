@@ -75,6 +75,8 @@ void Supervisor::Impl::adopt_orphans(std::uint64_t now) noexcept {
     bool known = false;
     for (const auto& job : jobs_) known = known || job->workers.count(pid) != 0;
     for (const auto& l : leftovers_) known = known || (!l.group && l.id == pid);
+    // The SIGUSR2 check child (`corral --handover-check`) is our own, not an orphan.
+    known = known || (upgrade_.check_pid != 0 && pid == upgrade_.check_pid);
     if (known) continue;
     std::uint64_t grace = kOrphanGrace;
     spdlog::warn("adopted orphan {} (left behind by a worker); SIGTERM, SIGKILL in {}", pid,

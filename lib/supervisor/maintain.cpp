@@ -38,6 +38,24 @@ corral_job_mode wire_mode(Mode m) {
   return CORRAL_MODE_PREFORK;
 }
 
+// Why a worker left, for corral_worker_exits_total (failures from the spawn report
+// and corral's own kills and recycles are decided by the caller).
+ExitReason judge_exit(const Job& job, const WorkerRec& rec, const SlotView& slot, int status,
+                      bool asked, bool quota_done, std::uint64_t now) {
+  if (rec.exit_reason) return *rec.exit_reason;
+  if (quota_done) return ExitReason::max_requests;
+  if (asked) return ExitReason::normal;
+  const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
+  if (program_done) return WIFSIGNALED(status) ? ExitReason::signal : ExitReason::normal;
+  const bool never_ready = rec.phase == WorkerPhase::starting &&
+                           (job.cfg.mode == Mode::plain ? now - rec.started_ns < kPlainCrashWindow
+                                                        : slot.state == CORRAL_SLOT_STARTING);
+  if (never_ready) return ExitReason::crash;
+  if (WIFSIGNALED(status)) return ExitReason::signal;
+  if (WIFEXITED(status) && WEXITSTATUS(status) != 0) return ExitReason::crash;
+  return ExitReason::normal;
+}
+
 const char* lock_env_kind(AcceptMutex kind) {
   switch (kind) {
     case AcceptMutex::pipe: return "pipe";
@@ -92,6 +110,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   LogContext log_ctx{job.cfg.name, rec.slot, rec.pid};
   auto now = monotonic_ns();
   SlotView slot = job.res.sb.read_slot(rec.slot);
+  // Its connections join the job's total before the slot is freed.
+  job.counters.accepted_folded +=
+      std::max(rec.requests_seen, std::min<std::uint64_t>(slot.requests, 1ULL << 48));
   if (rec.slot < job.res.slot_used.size()) job.res.slot_used[rec.slot] = false;
   job.res.sb.free_slot(rec.slot, now);
   job.pacing.holders.erase(rec.pid);
@@ -110,6 +131,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   }
   request_decision(job, now);  // an exit can lower the idle count: look again now
   if (failure) {
+    count_exit(job, ExitReason::failed_start);
     // One clear line per failure; the child exited 127 right after reporting.
     if (job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY) {
       spdlog::error("job {}: cannot execute {}: {} (connection closed)", name,
@@ -136,13 +158,14 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
     spdlog::warn("job {}: worker {} (slot {}) was killed by a SIGKILL corral did not send{}", name,
                  rec.pid, rec.slot,
                  oom ? " (an OOM kill: the memory cgroup's oom_kill count rose)" : "");
-    rec.leave_reason = oom ? "oom" : "signal";
+    rec.exit_reason = oom ? ExitReason::oom : ExitReason::signal;
   }
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
   const auto quota = job.cfg.workers.max_requests;
   const bool quota_done = job.cfg.mode == Mode::prefork && quota != 0 && slot.requests >= quota &&
                           WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  count_exit(job, judge_exit(job, rec, slot, status, asked, quota_done, now));
   if (quota_done && !asked) {
     spdlog::info(
         "job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it", name,
@@ -301,7 +324,8 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
       job.res.lock.kind == AcceptMutex::pipe || job.res.lock.kind == AcceptMutex::fcntl;
-  if (job.cfg.mode != Mode::plain) snap.queued = queued_connections(job.res.listeners);
+  if (job.cfg.mode != Mode::plain)
+    snap.queued = queued_connections(job.res.listeners, &queue_peaks_);
   snap.workers.reserve(job.workers.size());
   for (auto& [pid, w] : job.workers) {
     WorkerView v;
@@ -367,19 +391,19 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     auto& w = it->second;
     LogContext worker_ctx{name, w.slot, w.pid};
     if (reason == StopReason::max_requests) {
+      w.exit_reason = ExitReason::max_requests;
       spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", name, w.pid,
                    w.slot, w.requests_limit != 0 ? w.requests_limit : job.cfg.workers.max_requests);
-      w.leave_reason = "max_requests";
     } else if (reason == StopReason::max_lifetime) {
       spdlog::info("job {}: worker {} (slot {}) reached its lifetime ({}); recycling it", name,
                    w.pid, w.slot, format_duration(Duration(w.retire_at - w.started_ns)));
-      w.leave_reason = "max_lifetime";
+      w.exit_reason = ExitReason::max_lifetime;
     } else if (reason == StopReason::memory) {
       spdlog::warn(
           "job {}: worker {} (slot {}) uses {} bytes of memory, above max_rss {}; "
           "retiring it",
           name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.max_rss);
-      w.leave_reason = "memory";
+      w.exit_reason = ExitReason::memory;
     } else {
       spdlog::info("job {}: idle workers above max_spare {}; retiring worker {} (slot {})", name,
                    job.cfg.workers.max_spare, w.pid, w.slot);
@@ -392,6 +416,14 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     auto& w = it->second;
     if (w.phase == WorkerPhase::killing) continue;
     LogContext worker_ctx{name, w.slot, w.pid};
+    switch (reason) {
+      case KillReason::start_timeout: w.exit_reason = ExitReason::start_timeout; break;
+      case KillReason::busy_timeout: w.exit_reason = ExitReason::busy_timeout; break;
+      case KillReason::stuck_lock: w.exit_reason = ExitReason::stuck_lock; break;
+      case KillReason::max_lifetime: w.exit_reason = ExitReason::max_lifetime; break;
+      case KillReason::memory: w.exit_reason = ExitReason::memory; break;
+      case KillReason::graceful_timeout: break;  // asked to stop already: stays as it was
+    }
     switch (reason) {
       case KillReason::graceful_timeout:
         spdlog::warn("job {}: worker {} (slot {}) did not stop within graceful_timeout; SIGKILL",
@@ -424,13 +456,13 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
             name, w.pid, w.slot, format_duration(Duration(kStuckHolder)));
         break;
     }
-    if (w.leave_reason == nullptr) w.leave_reason = to_string(reason);
     worker_event(job, w,
                  reason == KillReason::graceful_timeout ? WorkerEvent::deadline : WorkerEvent::kill,
                  now);
   }
   const bool was_at_max = job.at_max;
   job.at_max = d.at_max;
+  if (!was_at_max && job.at_max) ++job.counters.max_reached;
   job.res.sb.set_at_max(job.at_max);  // every look: a reload may have left a stale value
   if (was_at_max && !job.at_max && job.res.notify_read && !job.wake.notify_armed) arm_notify(job);
   unsigned started = 0;
@@ -534,6 +566,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   res.sb.set_slot_pid(slot, w.pid);
   if (cfg.mode == Mode::plain) res.sb.set_slot_state(slot, CORRAL_SLOT_RUNNING, now);
   job.workers.emplace(w.pid, w);
+  ++job.counters.spawns;
   if (report) res.spawn_reports.emplace(w.pid, std::move(report));
   LogContext worker_ctx{cfg.name, slot, w.pid};
   spdlog::log(cfg.mode == Mode::inetd && !job.pacing.start_pending ? spdlog::level::debug
@@ -550,6 +583,7 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     next_audit_ = now + kAuditTick;
     for (auto& job : jobs_) request_decision(*job, now);
     adopt_orphans(now);
+    sample_queues(now);
   }
   run_due_decisions(now);
   signal_leftovers(now);
@@ -573,6 +607,8 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
   }
   write_headers(now);
   notify_manager(now);
+  if (metrics_) metrics_->expire(now);
+  write_textfile_if_due(now);
 }
 
 void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {

@@ -207,6 +207,7 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
                    std::strerror(errno));
     res.slot_used.assign(res.sb.slot_count(), false);
     job->workers = std::move(old->workers);
+    job->counters = old->counters;
     res.spawn_reports = std::move(old->res.spawn_reports);
     if (!res.notify_read && old->res.notify_read) {
       res.notify_read = std::move(old->res.notify_read);
@@ -280,12 +281,18 @@ int Supervisor::Impl::run() {
   } else {
     scoreboard_dir_ = scoreboard_dir_of(options_.config);
     listeners_.adopt_systemd_listeners();
+    // Bound first: an address in use fails the start before any job's socket is bound.
+    UniqueFd metrics_fd = bind_metrics(options_.config.metrics);
     try {
       apply_config(options_.config, true);
     } catch (...) {
       // A start-up that failed leaves nothing behind: apply_config closed what it opened.
+      if (metrics_fd && options_.config.metrics.listen &&
+          std::holds_alternative<UnixAddress>(options_.config.metrics.listen->address))
+        ::unlink(std::get<UnixAddress>(options_.config.metrics.listen->address).path.c_str());
       throw;
     }
+    start_metrics(std::move(metrics_fd), options_.config.metrics);
   }
   store_bound_listeners();
 
@@ -329,6 +336,10 @@ int Supervisor::Impl::run() {
         handle_signals();
         continue;
       }
+      if (metrics_ && metrics_->owns(events[i].data.fd)) {
+        metrics_->on_event(events[i].data.fd, events[i].events, monotonic_ns());
+        continue;
+      }
       for (auto& job : jobs_) {
         if (job->res.notify_read.get() != events[i].data.fd) continue;
         // One bounded read, then deaf for kNotifyInterval (the fd is EPOLLONESHOT):
@@ -353,6 +364,7 @@ int Supervisor::Impl::run() {
     periodic(after);
   }
   kill_all_leftovers();
+  stop_metrics();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
@@ -479,6 +491,8 @@ std::uint64_t Supervisor::Impl::next_deadline(std::uint64_t now) const noexcept 
   if (upgrade_.check_pid != 0) consider(upgrade_.deadline);
   if (draining()) consider(drain_until_);
   consider(notifier_.next_deadline());
+  if (metrics_) consider(metrics_->next_deadline());
+  if (!options_.config.metrics.textfile.empty()) consider(textfile_due_);
   return deadline;
 }
 
@@ -539,15 +553,25 @@ void Supervisor::Impl::reload() noexcept {
       spdlog::warn("scoreboard_dir changes only at restart; keeping {}", scoreboard_dir_);
       config.scoreboard_dir = scoreboard_dir_;
     }
+    // A new metrics address is bound before anything changes (a failure keeps it all).
+    const bool metrics_moved = config.metrics.listen_text != options_.config.metrics.listen_text;
+    UniqueFd metrics_fd;
+    if (metrics_moved) metrics_fd = bind_metrics(config.metrics);
+    const MetricsSpec metrics = config.metrics;
+    if (metrics.textfile != options_.config.metrics.textfile) textfile_due_ = 0;
     apply_config(std::move(config), false);
+    if (metrics_moved) start_metrics(std::move(metrics_fd), metrics);
     options_.config_text = std::move(text);
     store_bound_listeners();
+    ++reload_results_["ok"];
     spdlog::info("reload done: generation {}", generation_);
   } catch (const ConfigError& e) {
     for (const auto& issue : e.issues()) spdlog::error("{}", issue.to_string());
     spdlog::error("reload rejected: the running configuration stays");
+    ++reload_results_["rejected"];
   } catch (const std::exception& e) {
     spdlog::error("reload failed: {}; the running configuration stays", e.what());
+    ++reload_results_["failed"];
   }
   // READY=1 follows RELOADING=1 once the (new or kept) generation is up.
   ready_sent_ = false;

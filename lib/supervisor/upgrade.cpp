@@ -120,6 +120,13 @@ Handover Supervisor::Impl::collect_handover() const {
     j.failures = job->health.failures;
     j.backoff_ns = job->health.backoff_ns;
     j.retry_at = job->health.retry_at;
+    j.spawns = job->counters.spawns;
+    for (std::size_t i = 0; i < kExitReasons; ++i) {
+      if (job->counters.exits[i] != 0)
+        j.exits[to_string(static_cast<ExitReason>(i))] = job->counters.exits[i];
+    }
+    j.max_reached = job->counters.max_reached;
+    j.accepted = job->counters.accepted_folded;
     for (const auto& [pid, w] : job->workers) {
       auto report = job->res.spawn_reports.find(pid);
       HandoverWorker hw;
@@ -136,6 +143,12 @@ Handover Supervisor::Impl::collect_handover() const {
       j.workers.push_back(hw);
     }
     s.jobs.push_back(std::move(j));
+  }
+  s.reloads = reload_results_;
+  s.upgrades = upgrade_results_;
+  if (metrics_) {
+    s.metrics_fd = metrics_->listen_fd();
+    s.metrics_listen = options_.config.metrics.listen_text;
   }
   return s;
 }
@@ -187,7 +200,8 @@ void Supervisor::Impl::upgrade() noexcept {
       upgrade_result("failed");
       return;
     }
-    ::lseek(memfd.get(), 0, SEEK_SET);
+    // No lseek here: the child's stdin shares this open file description, offset and all,
+    // and may be reading it right now.
     upgrade_.check_pid = pid;
     upgrade_.deadline = monotonic_ns() + kCheckTimeout;
     upgrade_.generation_at_check = generation_;
@@ -380,6 +394,13 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
     job->health.backoff_ns = j.backoff_ns;
     job->health.retry_at = j.retry_at;
     job->pacing.start_pending = false;
+    job->counters.spawns = j.spawns;
+    for (std::size_t i = 0; i < kExitReasons; ++i) {
+      auto it = j.exits.find(to_string(static_cast<ExitReason>(i)));
+      if (it != j.exits.end()) job->counters.exits[i] = it->second;
+    }
+    job->counters.max_reached = j.max_reached;
+    job->counters.accepted_folded = j.accepted;
     for (const auto& hw : j.workers) {
       WorkerRec w;
       w.pid = hw.pid;
@@ -398,6 +419,23 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
     jobs_.push_back(std::move(job));
   }
   options_.config = std::move(config);
+  // Counters go on from where the old image left them; this upgrade is one more "ok".
+  reload_results_ = s.reloads;
+  upgrade_results_ = s.upgrades;
+  ++upgrade_results_["ok"];
+  {
+    UniqueFd metrics_fd(s.metrics_fd >= 0 ? keep(s.metrics_fd) : -1);
+    if (metrics_fd && s.metrics_listen != options_.config.metrics.listen_text) metrics_fd.reset();
+    // (No socket handed over, e.g. from a version 2 image: bind it now.)
+    if (!metrics_fd && options_.config.metrics.listen) {
+      try {
+        metrics_fd = bind_metrics(options_.config.metrics);
+      } catch (const std::exception& e) {
+        spdlog::error("binary upgrade: metrics: {}; no metrics endpoint", e.what());
+      }
+    }
+    start_metrics(std::move(metrics_fd), options_.config.metrics);
+  }
   const auto now = monotonic_ns();
   for (auto& job : jobs_) {
     if (job->res.notify_read) arm_notify(*job);

@@ -223,6 +223,20 @@ jobs:
         c.wait_log(r"binary upgrade: took over 1 job\(s\)", timeout=20)
         self.assertEqual(c.stop(), 0)
 
+    def test_a_slow_handover_check_is_not_taken_for_an_orphan(self):
+        # The check child is corral's own: the periodic orphan sweep (every 500 ms) must
+        # leave it alone, however long it takes to answer (an ASan build, a loaded host).
+        c = self.start_copy()
+        slow = self.binary + ".new"
+        with open(slow, "w") as f:
+            f.write(f'#!/bin/sh\n[ "$1" = --handover-check ] && sleep 1.5\nexec "{CORRAL}" "$@"\n')
+        os.chmod(slow, 0o755)
+        os.rename(slow, self.binary)
+        c.signal(signal.SIGUSR2)
+        c.wait_log(r"binary upgrade: took over 1 job\(s\)", timeout=20)
+        self.assertNotIn("adopted orphan", c.log_text())
+        self.assertEqual(c.stop(), 0)
+
     def test_a_new_binary_that_does_not_know_the_version_is_refused(self):
         c = self.start_copy()
 
@@ -235,7 +249,7 @@ jobs:
             os.rename(fake, self.binary)
 
         self.upgrade_under_load(c, old_binary, r"refused the hand-over \(exited with status 3\)")
-        self.assertIn("version 2 unknown", c.log_text())
+        self.assertIn("version 3 unknown", c.log_text())
         self.assertEqual(c.stop(), 0)
 
 

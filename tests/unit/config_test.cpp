@@ -1141,3 +1141,47 @@ TEST_CASE("limits and memory: errors name the key and the fix") {
   CHECK(fails_with("    workers: { max_lifetime_jitter: 5m }\n", "needs workers.max_lifetime"));
   CHECK(fails_with("    workers: { max_requests_jitter: 10 }\n", "needs workers.max_requests"));
 }
+
+TEST_CASE("metrics: listen (TCP or unix), textfile and interval") {
+  auto config = load(
+      "metrics: { listen: \"127.0.0.1:9101\", textfile: prom/corral.prom, "
+      "interval: 5s }\n" +
+      web_job(""));
+  REQUIRE(config.metrics.listen.has_value());
+  CHECK(corral::to_string(config.metrics.listen->address) == "127.0.0.1:9101");
+  CHECK(config.metrics.listen_text == "127.0.0.1:9101");
+  CHECK(config.metrics.textfile == "/tmp/x/prom/corral.prom");
+  CHECK(config.metrics.interval == 5s);
+  auto un = load("metrics:\n  listen: \"unix:run/m.sock\"\n" + web_job(""));
+  REQUIRE(un.metrics.listen.has_value());
+  CHECK(corral::to_string(un.metrics.listen->address) == "unix:/tmp/x/run/m.sock");
+  auto none = load(web_job(""));
+  CHECK_FALSE(none.metrics.listen.has_value());
+  CHECK(none.metrics.textfile.empty());
+  CHECK(none.metrics.interval == 15s);
+  CHECK(corral::summarize(config).find("metrics: listen 127.0.0.1:9101 textfile "
+                                       "/tmp/x/prom/corral.prom every 5s") != std::string::npos);
+}
+
+TEST_CASE("metrics errors, each at its position") {
+  CHECK(issues_of("metrics: { listne: \":9101\" }\n" + web_job("")) ==
+        std::vector<std::string>{
+            "/tmp/x/test.yaml:1:12: unknown key \"listne\" in metrics; did you mean \"listen\"? "
+            "(known keys: listen, textfile, interval)"});
+  CHECK(has_issue(issues_of("metrics: \"127.0.0.1:9101\"\n" + web_job("")),
+                  "/tmp/x/test.yaml:1:10: metrics must be a map"));
+  CHECK(has_issue(issues_of("metrics: { listen: \"systemd:m\" }\n" + web_job("")),
+                  "/tmp/x/test.yaml:1:20: metrics.listen must be a host:port or unix: address"));
+  CHECK(has_issue(issues_of("metrics: { listen: \"nope\" }\n" + web_job("")),
+                  "/tmp/x/test.yaml:1:20: metrics.listen: "));
+  CHECK(has_issue(issues_of("metrics: { textfile: /a/b.prom, interval: 10ms }\n" + web_job("")),
+                  "metrics.interval must be at least 100ms"));
+  CHECK(has_issue(issues_of("metrics: { interval: 10s }\n" + web_job("")),
+                  "/tmp/x/test.yaml:1:22: metrics.interval applies to metrics.textfile"));
+  CHECK(has_issue(issues_of("metrics: { textfile: /a/, interval: 10s }\n" + web_job("")),
+                  "metrics.textfile must name a file"));
+  CHECK(has_issue(issues_of("metrics: { textfile: /a/b.prom, interval: soon }\n" + web_job("")),
+                  "metrics.interval: "));
+  CHECK(has_issue(issues_of("metricz: {}\n" + web_job("")),
+                  "unknown key \"metricz\" in top level; did you mean \"metrics\"?"));
+}

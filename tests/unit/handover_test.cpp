@@ -75,3 +75,42 @@ TEST_CASE("an unknown version or a broken state is an error, never an exception"
   CHECK_FALSE(corral::decode_handover(R"({"generation":"x","started":0})").ok());
   CHECK(corral::handover_version("garbage") == 0);
 }
+
+TEST_CASE("version 3 carries the metrics counters and socket; version 2 reads as zero") {
+  corral::Handover s;
+  s.generation = 2;
+  s.reloads = {{"ok", 3}, {"rejected", 1}};
+  s.upgrades = {{"ok", 2}};
+  s.metrics_fd = 11;
+  s.metrics_listen = "127.0.0.1:9101";
+  corral::HandoverJob j;
+  j.name = "web";
+  j.sb_fd = 6;
+  j.spawns = 40;
+  j.exits = {{"crash", 5}, {"max_requests", 7}};
+  j.max_reached = 2;
+  j.accepted = 12345;
+  s.jobs.push_back(j);
+  auto back = corral::decode_handover(corral::encode_handover(s));
+  REQUIRE(back.ok());
+  CHECK(back->version == 3);
+  CHECK(back->reloads == s.reloads);
+  CHECK(back->upgrades == s.upgrades);
+  CHECK(back->metrics_fd == 11);
+  CHECK(back->metrics_listen == "127.0.0.1:9101");
+  REQUIRE(back->jobs.size() == 1);
+  CHECK(back->jobs[0].spawns == 40);
+  CHECK(back->jobs[0].exits == j.exits);
+  CHECK(back->jobs[0].max_reached == 2);
+  CHECK(back->jobs[0].accepted == 12345);
+  CHECK(back->fds() == std::vector<int>{11, 6});
+
+  auto v2 = corral::decode_handover(
+      R"({"version":2,"generation":4,"started":1,"jobs":[{"name":"web","mode":0,"generation":4,"sb_fd":6}]})");
+  REQUIRE(v2.ok());
+  CHECK(v2->metrics_fd == -1);
+  CHECK(v2->reloads.empty());
+  REQUIRE(v2->jobs.size() == 1);
+  CHECK(v2->jobs[0].spawns == 0);
+  CHECK(v2->jobs[0].exits.empty());
+}

@@ -1,0 +1,106 @@
+// corral's metrics: the names and labels of PRODUCT.md, rendered from a plain snapshot
+// the supervisor fills in. Pure (render_metrics); read_process_sample() reads /proc.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace corral {
+
+/// Why a worker left, as `corral_worker_exits_total{reason}` says (PRODUCT.md).
+enum class ExitReason : std::uint8_t {
+  normal,        // asked to leave (retire, reload, stop), or exited 0 on its own
+  max_requests,  // served workers.max_requests
+  max_lifetime,  // workers.max_lifetime (the limits issue)
+  busy_timeout,
+  start_timeout,
+  memory,        // memory.max_rss (the limits issue)
+  oom,           // the kernel's OOM killer (the limits issue)
+  signal,        // killed by a signal corral did not send
+  crash,         // exited non-zero, or before it was ever ready
+  failed_start,  // exec or a set-up step before it failed (the spawn report)
+  stuck_lock,    // held the accept mutex while connections waited; replaced
+};
+inline constexpr std::size_t kExitReasons = 11;
+const char* to_string(ExitReason reason) noexcept;
+
+/// Counters of one job. They survive reloads and SIGUSR2 (the hand-over), and start
+/// at zero only with a new supervisor.
+struct PoolCounters {
+  std::uint64_t spawns = 0;
+  std::array<std::uint64_t, kExitReasons> exits{};
+  std::uint64_t max_reached = 0;
+  std::uint64_t accepted_folded = 0;  // `requests` of reaped workers, folded at reap
+};
+
+/// Worker states as `corral_workers{state}` names them.
+enum class WorkerStateLabel : std::uint8_t { starting, idle, busy, stopping, running };
+inline constexpr std::size_t kWorkerStates = 5;
+
+struct ListenerSample {
+  std::string listener;  // as `corral status` shows it
+  bool known = false;    // the kernel answered (a TCP or unix stream listener)
+  std::uint32_t length = 0;
+  std::uint32_t capacity = 0;
+  std::uint32_t peak = 0;  // since the previous exposition (at least `length`)
+};
+
+struct SlotSample {
+  unsigned slot = 0;
+  std::uint64_t requests = 0;
+  double state_seconds = 0;
+  std::optional<std::uint64_t> rss_bytes;
+};
+
+struct PoolSample {
+  std::string pool;
+  std::array<unsigned, kWorkerStates> workers{};
+  unsigned min_spare = 0;
+  unsigned max_spare = 0;
+  unsigned max_workers = 0;
+  bool backoff_active = false;
+  PoolCounters counters;
+  std::uint64_t accepted_live = 0;  // requests of the live workers
+  std::vector<ListenerSample> listeners;
+  std::vector<SlotSample> slots;
+};
+
+struct ProcessSample {
+  double cpu_seconds = 0;
+  std::uint64_t resident_bytes = 0;
+  std::uint64_t virtual_bytes = 0;
+  std::uint64_t open_fds = 0;
+  std::uint64_t max_fds = 0;
+  double start_time_seconds = 0;  // since the epoch
+  bool valid = false;
+};
+
+struct SupervisorSample {
+  std::vector<PoolSample> pools;
+  std::array<std::uint64_t, 3> reloads{};   // ok, rejected, failed
+  std::array<std::uint64_t, 3> upgrades{};  // ok, rejected, failed
+  std::uint32_t generation = 0;
+  std::string version;
+  std::string commit;
+  ProcessSample process;
+};
+
+/// The results `corral_reloads_total` and `corral_upgrades_total` count.
+enum class ChangeResult : std::uint8_t { ok, rejected, failed };
+const char* to_string(ChangeResult result) noexcept;
+
+/// The exposition of `sample` (Prometheus text format 0.0.4).
+std::string render_metrics(const SupervisorSample& sample);
+
+/// The supervisor's own process_* values (/proc/self/stat, /proc/self/fd, RLIMIT_NOFILE).
+/// `valid` false when /proc is not readable. Non-blocking (procfs).
+ProcessSample read_process_sample() noexcept;
+
+/// A process's resident set in bytes (/proc/PID/statm), or nullopt.
+std::optional<std::uint64_t> resident_bytes_of(int pid) noexcept;
+
+}  // namespace corral
