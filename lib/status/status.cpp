@@ -41,12 +41,7 @@ const char* mode_name(std::uint32_t m) {
   }
 }
 
-// job_state 4: a job draining its connections before a stop (PRODUCT.md, status JSON
-// additions; protocol.h does not name it yet).
-constexpr std::uint32_t kJobStateDraining = 4;
-
 const char* job_state_name(std::uint32_t s) {
-  if (s == kJobStateDraining) return "draining";
   switch (s) {
     case CORRAL_JOB_RUNNING: return "running";
     case CORRAL_JOB_BACKING_OFF: return "backing-off";
@@ -243,7 +238,7 @@ int check_status(const std::vector<std::string>& dirs, const std::vector<std::st
         break;
       case CORRAL_JOB_FAILED: in.state = JobHealthState::failed; break;
       case CORRAL_JOB_STOPPING: in.state = JobHealthState::stopping; break;
-      case kJobStateDraining: in.state = JobHealthState::draining; break;
+      case CORRAL_JOB_DRAINING: in.state = JobHealthState::draining; break;
       default: in.state = JobHealthState::failed; break;
     }
     for (unsigned i = 0; i < sb->slot_count(); ++i) {

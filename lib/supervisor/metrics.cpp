@@ -166,7 +166,7 @@ HttpResponse Supervisor::Impl::readiness(std::uint64_t now) noexcept {
       const auto& h = job->health;
       if (stopping())
         in.state = JobHealthState::stopping;
-      else if (h.phase == JobPhase::draining)
+      else if (draining() || h.phase == JobPhase::draining)  // stop.drain: serving, not ready
         in.state = JobHealthState::draining;
       else if (h.phase == JobPhase::failed)
         in.state = JobHealthState::failed;
