@@ -422,7 +422,7 @@ TEST_CASE("an unknown job key is reported, and so is the missing command it mean
         "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean \"command\"? "
         "(known "
         "keys: command, mode, listen, workers, accept_mutex, max_per_source, restart, user, group, "
-        "env, cwd, graceful_timeout, busy_timeout)");
+        "env, cwd, graceful_timeout, busy_timeout, env_conventions, fastcgi)");
   CHECK(issues[1] ==
         "/tmp/x/test.yaml:2:3: job \"web\" has no \"command:\"; name the program to run");
 }
