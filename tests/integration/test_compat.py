@@ -396,6 +396,28 @@ class CheckTest(CompatTest):
 """)
         self.assertEqual(out.returncode, 0, out.stderr)
 
+    def test_systemd_name_with_several_sockets_is_refused_at_run(self):
+        # Under a socket unit corral reads its file while LISTEN_FDNAMES is still set, so
+        # a systemd:NAME standing for two sockets is refused before anything starts.
+        a, _ = self.loopback_listener(8)
+        b, _ = self.loopback_listener(8)
+        config = f"""scoreboard_dir: {self.sbdir}
+jobs:
+  web:
+    command: ["{PYTHON}", "{PROBE}", "--fd", "$(corral.sockets.web)"]
+    mode: plain
+    listen: ["systemd:web"]
+"""
+        c = self.corral(["run", "{config}"], config=config,
+                        launcher=[PYTHON, SD_LAUNCHER, "--fds", f"{a.fileno()},{b.fileno()}",
+                                  "--names", "web:web", "--"],
+                        pass_fds=[a.fileno(), b.fileno()])
+        self.assertEqual(c.wait_exit(), 2)
+        line = config.splitlines()[3]
+        column = line.index('"$(corral.sockets.web)"') + 1
+        self.assertIn(f'{c.config_path}:4:{column}: job "web": $(corral.sockets.web) stands for 2 sockets '
+                      f'systemd passed as "web" (LISTEN_FDNAMES)', c.log_text())
+
     def test_every_snippet_of_migrating_md_passes_check(self):
         with open(MIGRATING) as f:
             text = f.read()
