@@ -1157,7 +1157,11 @@ std::string summarize(const Config& config) {
     out << ", listen";
     if (job.listeners.empty()) out << " (none)";
     for (const auto& l : job.listeners) out << " " << to_string(l.address);
-    out << ", command " << (job.command.empty() ? "?" : job.command[0]) << "\n";
+    out << ", command " << (job.command.empty() ? "?" : job.command[0]);
+    if (job.compat.fastcgi) out << ", fastcgi (listener on fd 0)";
+    if (job.compat.speaks(EnvConvention::einhorn)) out << ", einhorn variables";
+    if (job.compat.speaks(EnvConvention::server_starter)) out << ", Server::Starter variables";
+    out << "\n";
   }
   return out.str();
 }
