@@ -78,11 +78,12 @@ template <typename FdOf>
 std::vector<std::string> expand_socket_refs(std::vector<std::string> command,
                                             const std::vector<SocketRef>& refs, FdOf fd_of) {
   // Back to front, so that an earlier offset in the same argument stays valid.
-  for (auto it = refs.rbegin(); it != refs.rend(); ++it) {
-    if (it->arg >= command.size()) continue;
-    auto& arg = command[it->arg];
-    if (it->offset + it->length > arg.size()) continue;
-    arg.replace(it->offset, it->length, std::to_string(fd_of(*it)));
+  for (std::size_t i = refs.size(); i-- > 0;) {
+    const auto& ref = refs[i];
+    if (ref.arg >= command.size()) continue;
+    auto& arg = command[ref.arg];
+    if (ref.offset + ref.length > arg.size()) continue;
+    arg.replace(ref.offset, ref.length, std::to_string(fd_of(ref)));
   }
   return command;
 }

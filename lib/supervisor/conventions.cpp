@@ -69,7 +69,7 @@ std::string server_starter_address(const sockaddr* sa, socklen_t len, bool dual)
     case AF_INET6: {
       if (len < static_cast<socklen_t>(sizeof(sockaddr_in6))) return "";
       const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-      const auto port = std::to_string(ntohs(in6->sin6_port));
+      auto port = std::to_string(ntohs(in6->sin6_port));
       // start_server --port=8080 binds every address and names it by the port alone.
       if (dual) return port;
       ::inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
