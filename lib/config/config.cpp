@@ -42,7 +42,7 @@ const std::vector<std::string> kMetricsKeys = {"listen", "textfile", "interval"}
 const std::vector<std::string> kJobKeys = {
     "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
     "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal",
-    "limits",  "memory"};
+    "limits",  "memory", "env_conventions", "fastcgi"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
 const std::vector<std::string> kWorkersKeys = {
@@ -367,7 +367,55 @@ class Loader {
     if (auto b = node["busy_timeout"]) {
       if (auto d = duration(b, "busy_timeout")) job.busy_timeout = *d;
     }
+    load_compat(job, node);
     return job;
+  }
+
+  // env_conventions, fastcgi and the $(corral.sockets.NAME) in `command` (checked against
+  // the listeners in validate_compat, once their names are known).
+  void load_compat(JobConfig& job, const YAML::Node& node) {
+    auto& compat = job.compat;
+    if (auto c = node["env_conventions"]) {
+      compat.conventions_mark = mark_of(c);
+      if (!c.IsSequence()) {
+        issue(c, "env_conventions must be a list, e.g. [systemd, einhorn, server_starter]");
+      } else {
+        for (const auto& item : c) {
+          auto kind = one_of<EnvConvention>(item, "each of env_conventions",
+                                            {{"systemd", EnvConvention::systemd},
+                                             {"einhorn", EnvConvention::einhorn},
+                                             {"server_starter", EnvConvention::server_starter}});
+          if (kind) compat.conventions |= static_cast<unsigned>(*kind);
+        }
+      }
+    }
+    if (auto f = node["fastcgi"]) {
+      compat.fastcgi_mark = mark_of(f);
+      auto on = one_of<bool>(f, "fastcgi", {{"true", true}, {"false", false}});
+      if (on) compat.fastcgi = *on;
+    }
+    auto cmd = node["command"];
+    compat.refs_found = true;
+    if (!cmd) return;
+    for (std::size_t i = 0; i < job.command.size(); ++i) {
+      // A list gives each argument its own position; a single string shares one.
+      const bool own = cmd.IsSequence() && cmd.size() == job.command.size();
+      const SourceMark at = own ? mark_of(cmd[i]) : mark_of(cmd);
+      try {
+        auto refs = find_socket_refs(job.command[i], i);
+        if (i == 0 && !refs.empty()) {
+          issues_.push_back(ConfigIssue{
+              at, "$(corral.sockets.NAME) may stand in the arguments, not in the program name"});
+          continue;
+        }
+        for (auto& ref : refs) {
+          ref.mark = at;
+          compat.socket_refs.push_back(std::move(ref));
+        }
+      } catch (const ConfigError& e) {
+        issues_.push_back(ConfigIssue{at, e.issues().front().message});
+      }
+    }
   }
 
   void load_listener(JobConfig& job, const YAML::Node& node) {
@@ -937,6 +985,91 @@ class OverlapChecker {
   std::map<std::string, Taken> unix_;
 };
 
+// How many sockets systemd passed this process under LISTEN_FDNAMES entry `name`, when
+// it passed any (corral run under a socket unit reads its file before adopting them);
+// nullopt when that cannot be known here (corral check, a reload).
+std::optional<std::size_t> systemd_sockets_named(const std::string& name) {
+  const char* pid = std::getenv("LISTEN_PID");
+  const char* names = std::getenv("LISTEN_FDNAMES");
+  if (pid == nullptr || names == nullptr || std::to_string(::getpid()) != pid) return std::nullopt;
+  std::size_t n = 0;
+  std::istringstream in(names);
+  for (std::string entry; std::getline(in, entry, ':');) n += entry == name ? 1 : 0;
+  return n;
+}
+
+// The fastcgi constraints, env_conventions in a mode that passes no listener, and each
+// $(corral.sockets.NAME) naming exactly one socket. Listener names are set by now.
+void validate_compat(JobConfig& job,
+                     const std::function<void(const SourceMark&, std::string)>& add) {
+  auto& compat = job.compat;
+  if (!compat.refs_found) {  // the command line: no position but the job's
+    compat.refs_found = true;
+    for (std::size_t i = 1; i < job.command.size(); ++i) {
+      try {
+        for (auto& ref : find_socket_refs(job.command[i], i)) compat.socket_refs.push_back(ref);
+      } catch (const ConfigError& e) {
+        add(job.mark, "command argument " + std::to_string(i) + ": " + e.issues().front().message);
+      }
+    }
+  }
+  auto sockets_of = [](const ListenerSpec& l) -> std::optional<std::size_t> {
+    if (const auto* sd = std::get_if<SystemdAddress>(&l.address))
+      return systemd_sockets_named(sd->name);
+    return 1;
+  };
+  const bool extra =
+      compat.speaks(EnvConvention::einhorn) || compat.speaks(EnvConvention::server_starter);
+  if (job.mode == Mode::inetd && extra)
+    add(compat.conventions_mark,
+        "env_conventions einhorn and server_starter describe inherited listeners, and an inetd "
+        "program gets none (its connection is on fds 0 and 1)");
+  if (compat.fastcgi) {
+    if (job.mode != Mode::plain)
+      add(compat.fastcgi_mark, std::string("fastcgi: true needs mode: plain, not ") +
+                                   to_string(job.mode) +
+                                   " (a FastCGI application writes no scoreboard slot)");
+    if (job.listeners.size() != 1)
+      add(compat.fastcgi_mark, "fastcgi: true needs exactly one listener (it goes on fd 0), not " +
+                                   std::to_string(job.listeners.size()));
+    else if (auto n = sockets_of(job.listeners.front()); n && *n != 1)
+      add(compat.fastcgi_mark, "fastcgi: true needs exactly one listener (it goes on fd 0), and " +
+                                   to_string(job.listeners.front().address) + " stands for " +
+                                   std::to_string(*n) + " sockets passed by systemd");
+    if (extra)
+      add(compat.fastcgi_mark,
+          "fastcgi: true passes the listener on fd 0 with no variables; env_conventions einhorn "
+          "and server_starter do not apply to it");
+  }
+  for (const auto& ref : compat.socket_refs) {
+    const std::string what = "$(corral.sockets." + ref.name + ")";
+    if (job.mode == Mode::inetd) {
+      add(ref.mark, what +
+                        ": an inetd program gets no listener, only its connection on fds 0 "
+                        "and 1");
+      continue;
+    }
+    std::vector<const ListenerSpec*> named;
+    std::vector<std::string> known;
+    for (const auto& l : job.listeners) {
+      if (l.name == ref.name) named.push_back(&l);
+      if (std::find(known.begin(), known.end(), l.name) == known.end()) known.push_back(l.name);
+    }
+    if (named.empty()) {
+      add(ref.mark, what + ": the job has no listener named \"" + ref.name + "\"" +
+                        (known.empty() ? std::string(" (it has no listener)")
+                                       : " (its listeners: " + join(known) + ")"));
+    } else if (named.size() > 1) {
+      add(ref.mark, what + " stands for " + std::to_string(named.size()) + " listeners named \"" +
+                        ref.name +
+                        "\", and one number can name one fd; give each listener its own \"name:\"");
+    } else if (auto n = sockets_of(*named.front()); n && *n != 1) {
+      add(ref.mark, what + " stands for " + std::to_string(*n) + " sockets systemd passed as \"" +
+                        ref.name + "\" (LISTEN_FDNAMES), and one number can name one fd");
+    }
+  }
+}
+
 // Checks that need the whole model: ranges between keys, the system (users, files),
 // duplicates across jobs.
 void validate_model(Config& config, const CheckOptions& options, const Marks& marks,
@@ -993,6 +1126,9 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
                                                  " is already used by job \"" + it->second + "\""});
     }
     for (const auto& l : job.listeners) overlaps.add(job, l);
+    validate_compat(job, [&](const SourceMark& m, std::string msg) {
+      add(m.line > 0 ? m : job.mark, std::move(msg));
+    });
     check_exec_size(job, inherited, [&](std::string msg) { add(job.mark, std::move(msg)); });
 
     if (!job.command.empty()) {
@@ -1160,6 +1296,34 @@ unsigned parse_workers_count(WorkersCount which, std::string_view text, const st
   return static_cast<unsigned>(value);
 }
 
+std::vector<SocketRef> find_socket_refs(std::string_view text, std::size_t arg) {
+  constexpr std::string_view kStart = "$(corral.";
+  constexpr std::string_view kSockets = "$(corral.sockets.";
+  std::vector<SocketRef> refs;
+  for (std::size_t at = text.find(kStart); at != std::string_view::npos;
+       at = text.find(kStart, at)) {
+    auto close = text.find(')', at);
+    const std::string whole(
+        text.substr(at, close == std::string_view::npos ? std::string_view::npos : close - at + 1));
+    if (close == std::string_view::npos)
+      throw ConfigError("\"" + whole + "\" is not closed; write $(corral.sockets.NAME)");
+    if (text.substr(at, kSockets.size()) != kSockets)
+      throw ConfigError("\"" + whole +
+                        "\" is not a substitution corral knows; the one it has is "
+                        "$(corral.sockets.NAME), the fd number of listener NAME");
+    std::string name(text.substr(at + kSockets.size(), close - at - kSockets.size()));
+    const bool bad =
+        name.empty() || std::any_of(name.begin(), name.end(), [](char c) {
+          return c == ':' || c == '$' || c == '(' || std::isspace(static_cast<unsigned char>(c));
+        });
+    if (bad)
+      throw ConfigError("\"" + whole + "\": NAME must be a listener's name (non-empty, no ':')");
+    refs.push_back(SocketRef{arg, at, close - at + 1, std::move(name), {}});
+    at = close + 1;
+  }
+  return refs;
+}
+
 std::vector<std::string> merge_environment(
     std::vector<std::string> env, const std::vector<std::pair<std::string, std::string>>& add) {
   // KEY -> its position in env: one look-up per entry instead of a search of env.
@@ -1236,7 +1400,11 @@ std::string summarize(const Config& config) {
     out << ", listen";
     if (job.listeners.empty()) out << " (none)";
     for (const auto& l : job.listeners) out << " " << to_string(l.address);
-    out << ", command " << (job.command.empty() ? "?" : job.command[0]) << "\n";
+    out << ", command " << (job.command.empty() ? "?" : job.command[0]);
+    if (job.compat.fastcgi) out << ", fastcgi (listener on fd 0)";
+    if (job.compat.speaks(EnvConvention::einhorn)) out << ", einhorn variables";
+    if (job.compat.speaks(EnvConvention::server_starter)) out << ", Server::Starter variables";
+    out << "\n";
   }
   const auto& m = config.metrics;
   if (m.listen || !m.textfile.empty()) {

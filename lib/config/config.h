@@ -59,6 +59,56 @@ struct RestartSpec {
   unsigned max_failures = 10;  // consecutive failures before the job is marked failed; 0: never
 };
 
+/// A launcher convention a job's environment speaks (env_conventions). systemd's
+/// LISTEN_* are always set (but with `fastcgi: true`); the others only add variables.
+enum class EnvConvention : unsigned { systemd = 1U, einhorn = 2U, server_starter = 4U };
+
+/// One `$(corral.sockets.NAME)` in a command argument: replaced, at each spawn, by the fd
+/// number at which the worker finds listener NAME.
+struct SocketRef {
+  std::size_t arg = 0;     // index in JobConfig::command (1 or more)
+  std::size_t offset = 0;  // where "$(corral.sockets." starts in that argument
+  std::size_t length = 0;  // up to and including the ')'
+  std::string name;
+  SourceMark mark;  // the argument's position in the file
+};
+
+/// What makes programs written for other launchers run unchanged (docs/MIGRATING.md).
+struct CompatSpec {
+  unsigned conventions = static_cast<unsigned>(EnvConvention::systemd);  // EnvConvention bits
+  bool fastcgi = false;  // the single listener on fd 0, blocking; no LISTEN_*
+  std::vector<SocketRef> socket_refs;
+  bool refs_found = false;  // socket_refs filled in (the YAML loader); else validation does it
+  SourceMark conventions_mark;
+  SourceMark fastcgi_mark;
+
+  [[nodiscard]] bool speaks(EnvConvention c) const {
+    return (conventions & static_cast<unsigned>(c)) != 0;
+  }
+};
+
+/// Finds each `$(corral.sockets.NAME)` in `text`, argument `arg` of a command, in order.
+/// Only "$(corral." starts a substitution; any other '$' is literal. Throws ConfigError
+/// (no position) for a "$(corral." that is not "$(corral.sockets.NAME)", NAME non-empty,
+/// without ':', '$', '(' or whitespace.
+std::vector<SocketRef> find_socket_refs(std::string_view text, std::size_t arg);
+
+/// `command` with each ref replaced by `fd_of(ref)` (refs in the order find_socket_refs
+/// gives, any number of arguments). Pure; fd_of returns the fd number.
+template <typename FdOf>
+std::vector<std::string> expand_socket_refs(std::vector<std::string> command,
+                                            const std::vector<SocketRef>& refs, FdOf fd_of) {
+  // Back to front, so that an earlier offset in the same argument stays valid.
+  for (std::size_t i = refs.size(); i-- > 0;) {
+    const auto& ref = refs[i];
+    if (ref.arg >= command.size()) continue;
+    auto& arg = command[ref.arg];
+    if (ref.offset + ref.length > arg.size()) continue;
+    arg.replace(ref.offset, ref.length, std::to_string(fd_of(ref)));
+  }
+  return command;
+}
+
 struct JobConfig {
   std::string name;
   std::vector<std::string> command;  // command[0] resolved to an absolute path when found
@@ -77,6 +127,7 @@ struct JobConfig {
   std::vector<RlimitSpec> limits;
   MemorySpec memory;
   int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
+  CompatSpec compat;  // env_conventions, fastcgi, $(corral.sockets.NAME)
   SourceMark mark;
 };
 

@@ -22,6 +22,7 @@
 #include "log/log.h"
 #include "scoreboard/scoreboard.h"
 #include "spawn/spawn.h"
+#include "supervisor/conventions.h"
 #include "supervisor/decide.h"
 #include "supervisor/inetd.h"
 #include "supervisor/lifecycle.h"
@@ -529,7 +530,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   res.sb.claim_slot(slot, 0, job.generation, now);
   Result<pid_t> pid = Error{};
   UniqueFd report;
-  if (cfg.mode == Mode::inetd) {
+  if (auto conv = apply_conventions(plan, cfg, res.listeners, slot, job.generation); !conv) {
+    pid = conv.error();  // a $(corral.sockets.NAME) that no longer names one socket
+  } else if (cfg.mode == Mode::inetd) {
     // The acceptor speaks the worker protocol; the program gets none of it.
     if (auto made = make_inetd_plan(plan, cfg.name, cfg.max_per_source); !made) {
       pid = made.error();
