@@ -18,6 +18,18 @@ PYTHON = "/usr/bin/python3"
 CONSUMER = os.path.join(HERE, "install_consumer")
 
 
+def sanitized_build():
+    """The -fsanitize flags the build under test used (scripts/sanitize.sh): the
+    installed library then needs the sanitizer runtimes in its users' links too."""
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            if "CORRAL_SANITIZE:BOOL=ON" in f.read():
+                return ["-fsanitize=address,undefined"]
+    except OSError:
+        pass
+    return []
+
+
 def run(cmd, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
     if out.returncode != 0:
@@ -171,7 +183,7 @@ class InstalledTree(unittest.TestCase):
         self.assertEqual(run(["pkg-config", "--modversion", "corral-worker"], env=env).stdout.strip(),
                          run([self.corral, "--version"]).stdout.split()[1])
         exe = os.path.join(self.work, "pong")
-        run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-o", exe,
+        run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", *sanitized_build(), "-o", exe,
              os.path.join(CONSUMER, "pong.c")] + flags + ["-Wl,-rpath," + self.libdir], env=env)
         ldd = run(["ldd", exe]).stdout
         self.assertIn(os.path.join(self.libdir, "libcorral-worker.so.0"), ldd)
@@ -179,8 +191,10 @@ class InstalledTree(unittest.TestCase):
 
     def test_find_package_build(self):
         build = os.path.join(self.work, "build")
+        sanitize = " ".join(sanitized_build())
         run(["cmake", "-S", CONSUMER, "-B", build, "-DCMAKE_PREFIX_PATH=" + self.prefix,
-             "-DCMAKE_C_FLAGS=-Wall -Wextra -Werror"])
+             "-DCMAKE_C_FLAGS=-Wall -Wextra -Werror " + sanitize,
+             "-DCMAKE_EXE_LINKER_FLAGS=" + sanitize])
         run(["cmake", "--build", build])
         shared = os.path.join(build, "pong-shared")
         static = os.path.join(build, "pong-static")
