@@ -14,8 +14,14 @@ out=$(pwd)/build-deb
 ls "$out"/corral_*_amd64.deb >/dev/null 2>&1 || { echo "test-deb: no $out/corral_*_amd64.deb (scripts/package.sh)" >&2; exit 1; }
 deb=$(ls "$out"/corral_*_amd64.deb)
 if dpkg-query -W -f='${Status}' corral 2>/dev/null | grep -q "installed\|config-files"; then
-  echo "test-deb: corral is already installed here; refusing to touch it (apt-get purge corral first)" >&2
-  exit 1
+  if [ "${CI:-}" = true ]; then
+    # CI's machine: a run that was cut short may have left it; start from a clean slate.
+    echo "test-deb: CI: purging the corral package a previous run left"
+    apt-get purge -y corral >/dev/null
+  else
+    echo "test-deb: corral is already installed here; refusing to touch it (apt-get purge corral first)" >&2
+    exit 1
+  fi
 fi
 export DEBIAN_FRONTEND=noninteractive
 command -v curl >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends curl >/dev/null
