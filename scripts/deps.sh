@@ -8,6 +8,8 @@
 # starman, libfcgi-dev, libfcgi-bin, lighttpd, uvicorn: the real programs of
 # tests/integration/test_compat.py (drop-in compatibility; it skips what is missing).
 # lighttpd, like prometheus, is a daemon: installed behind the same policy-rc.d.
+# pandoc: the man pages (docs/man/*.md); bash-completion: tests/integration/test_completion.py
+# loads the completion as bash-completion does.
 set -eu
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -16,7 +18,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config \
   libsystemd-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev libcli11-dev nlohmann-json3-dev \
-  python3 systemd clang-format clang-tidy musl-tools \
+  python3 systemd clang-format clang-tidy musl-tools pandoc bash-completion man-db \
   starman libfcgi-dev libfcgi-bin uvicorn >/dev/null
 if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' ||
   ! dpkg-query -W -f='${Status}' lighttpd 2>/dev/null | grep -q 'install ok installed'; then
