@@ -116,7 +116,8 @@ CommandLine parse_command_line(const std::vector<std::string>& argv, std::ostrea
     return fail("--version takes no other argument (try \"corral --version\")");
 
   CLI::App app{"corral: a process supervisor and socket-activation launcher", "corral"};
-  app.set_version_flag("--version", std::string("corral ") + CORRAL_VERSION);
+  app.set_version_flag("--version",
+                       std::string("corral ") + CORRAL_VERSION + " (commit " + CORRAL_COMMIT + ")");
   app.require_subcommand(1);
   app.add_option("--log-level", cl.log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
