@@ -393,8 +393,11 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     LogContext worker_ctx{name, w.slot, w.pid};
     if (reason == StopReason::max_requests) {
       w.exit_reason = ExitReason::max_requests;
-      spdlog::info("job {}: worker {} (slot {}) served {} connections; recycling it", name, w.pid,
-                   w.slot, w.requests_limit != 0 ? w.requests_limit : job.cfg.workers.max_requests);
+      // The same words as when the worker leaves on its own at the quota (on_worker_exit).
+      spdlog::info(
+          "job {}: worker {} (slot {}) served its {} connections (max_requests); replacing it",
+          name, w.pid, w.slot,
+          w.requests_limit != 0 ? w.requests_limit : job.cfg.workers.max_requests);
     } else if (reason == StopReason::max_lifetime) {
       spdlog::info("job {}: worker {} (slot {}) reached its lifetime ({}); recycling it", name,
                    w.pid, w.slot, format_duration(Duration(w.retire_at - w.started_ns)));

@@ -93,9 +93,10 @@ class NoTickTest(CorralTest):
         # The old core refilled an emptied pool at its 1 s tick: about 2% of the
         # connections then waited 1.0 to 1.05 s (p99 over 1 s, 16 of 800 or more). A
         # connection can still be slow when the machine is saturated (a SYN dropped
-        # and retransmitted after 1 s, a client thread descheduled): allow a few.
+        # and retransmitted after 1 s, a client thread descheduled, a sanitizer build):
+        # allow 1%.
         self.assertLess(p99, 0.9, f"p99 {p99:.3f}s\n{c.log_text()[-3000:]}")
-        self.assertLessEqual(slow, 3, f"{slow} connections took 0.9 s or more")
+        self.assertLessEqual(slow, 8, f"{slow} connections took 0.9 s or more")
         self.assertEqual(c.stop(), 0)
 
     def test_inetd_with_a_program_that_answers_at_once(self):

@@ -98,7 +98,7 @@ jobs:
 """
         c = self.corral(["run", "{config}"], config=config)
         hog = int(wait_until(lambda: os.path.exists(marker) and open(marker).read().strip(), log=c))
-        c.wait_idle(self.sbdir, "echo", 3)
+        c.wait_idle(self.sbdir, "echo", 3, timeout=30)
         ports = [c.port(self.sbdir, "echo", i) for i in range(listeners)]
         t0 = time.monotonic()
         for i in range(20):
