@@ -81,6 +81,17 @@ std::string render_metrics(const SupervisorSample& s) {
   e.family("corral_generation", "gauge",
            "The configuration generation: 1 at start, one more for every reload that applied.");
   e.sample("corral_generation", {}, std::uint64_t(s.generation));
+  if (s.limit_cpus != 0) {
+    e.family("corral_container_cpus", "gauge",
+             "CPUs corral reads from its cgroup: the CFS quota rounded up, else the affinity "
+             "mask (what workers: auto uses).");
+    e.sample("corral_container_cpus", {}, std::uint64_t(s.limit_cpus));
+  }
+  if (s.limit_memory) {
+    e.family("corral_container_memory_limit_bytes", "gauge",
+             "The memory limit of corral's cgroup (absent when there is none).");
+    e.sample("corral_container_memory_limit_bytes", {}, *s.limit_memory);
+  }
   e.family("corral_reloads_total", "counter", "Reloads (SIGHUP) by result.");
   for (int i = 0; i < 3; ++i)
     e.sample("corral_reloads_total", {{"result", kResultNames[i]}}, s.reloads[i]);

@@ -84,6 +84,8 @@ struct SupervisorSample {
   std::array<std::uint64_t, 3> reloads{};   // ok, rejected, failed
   std::array<std::uint64_t, 3> upgrades{};  // ok, rejected, failed
   std::uint32_t generation = 0;
+  unsigned limit_cpus = 0;  // the container's CPUs (docs/CONTAINERS.md); 0: unknown
+  std::optional<std::uint64_t> limit_memory;  // its memory limit; none: no limit
   std::string version;
   std::string commit;
   ProcessSample process;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "container/limits.h"
 #include "listen/listener.h"
 #include "listen/sock_diag.h"
 #include "metrics/exposition.h"
@@ -97,6 +98,8 @@ SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64
   SupervisorSample s;
   try {
     s.generation = generation_;
+    s.limit_cpus = container_limits().cpus;
+    s.limit_memory = container_limits().memory_bytes;
     s.version = CORRAL_VERSION;
     s.commit = CORRAL_COMMIT;
     for (const auto& [result, n] : reload_results_) s.reloads[result_index(result)] = n;

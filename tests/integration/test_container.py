@@ -2,6 +2,7 @@
 (unshare), drain before stop, a per-job stop signal, limits read from real cgroups."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -117,6 +118,36 @@ jobs:
         self.assertGreaterEqual(time.monotonic() - t0, 2.0)
         self.assertRegex(c.log_text(), r"draining for 2s before stopping")
 
+    def test_readyz_and_check_turn_unready_at_once_while_healthz_stays_200(self):
+        config = f"""
+scoreboard_dir: {self.sbdir}
+stop: {{ drain: 30s }}
+metrics: {{ listen: "127.0.0.1:0" }}
+jobs:
+  echo:
+    command: ["{ECHO}"]
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
+"""
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_idle(self.sbdir, "echo", 1)
+        port = int(re.search(r"on 127\.0\.0\.1:(\d+)", c.wait_log(r"serving /metrics") and
+                             re.search(r"serving /metrics.*", c.log_text()).group(0)).group(1))
+
+        def status_of(path):
+            with connect(port) as s:
+                s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                return int(s.recv(4096).split(b" ")[1])
+
+        self.assertEqual(status_of("/readyz"), 200)
+        self.assertEqual(self.run_cli(["status", c.config_path, "--check"]).returncode, 0)
+        c.signal(signal.SIGTERM)
+        wait_until(lambda: status_of("/readyz") == 503, timeout=5, log=c)
+        self.assertEqual(status_of("/healthz"), 200)
+        self.assertEqual(self.run_cli(["status", c.config_path, "--check"]).returncode, 1)
+        c.signal(signal.SIGTERM)
+        self.assertEqual(c.wait_exit(timeout=15), 0)
+
     def test_a_second_sigterm_skips_the_rest_of_the_drain(self):
         c = self.start("60s")
         c.signal(signal.SIGTERM)
@@ -230,6 +261,7 @@ class CgroupLimitsTest(CorralTest):
     def test_auto_and_the_limits_come_from_the_cgroup(self):
         config = f"""
 scoreboard_dir: {self.sbdir}
+metrics: {{ listen: "127.0.0.1:0" }}
 jobs:
   echo:
     command: ["{ECHO}"]
@@ -247,6 +279,16 @@ jobs:
         st = c.status(self.sbdir)
         self.assertEqual(st["limits"], {"cpus": 1, "memory_bytes": 512 * 1024 * 1024})
         self.assertEqual(len(st["jobs"][0]["workers"]), 1)
+        # ... and in the metrics.
+        m = re.search(r"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)", c.log_text())
+        self.assertIsNotNone(m, c.log_text())
+        with connect(int(m.group(1))) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            body = b""
+            while chunk := s.recv(65536):
+                body += chunk
+        self.assertIn(b"\ncorral_container_cpus 1\n", body)
+        self.assertIn(b"\ncorral_container_memory_limit_bytes 536870912\n", body)
         self.assertEqual(c.stop(), 0)
 
     def test_without_a_memory_limit_it_is_null(self):
