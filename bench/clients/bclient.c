@@ -155,7 +155,10 @@ static int run_seq(long n, long gap_us, int threads, double secs, const char* ou
   double t0 = now_s();
   for (int i = 0; i < threads; i++) {
     long share = n / threads + (i < n % threads);
-    args[i] = (struct seq_arg){.n = share, .gap_us = gap_us, .first = i, .t_run = t0,
+    args[i] = (struct seq_arg){.n = share,
+                               .gap_us = gap_us,
+                               .first = i,
+                               .t_run = t0,
                                .deadline = secs > 0 ? t0 + secs : 0};
     args[i].lat = calloc((size_t)share + 1, sizeof(double));
     args[i].t_start = calloc((size_t)share + 1, sizeof(double));
@@ -492,8 +495,8 @@ int main(int argc, char** argv) {
       case 'P': half = atol(optarg); break;
       case 'u':
         if (optarg[0] != '/' || strlen(optarg) > 1024 || strpbrk(optarg, " \r\n")) goto usage;
-        snprintf(kReqClose, sizeof kReqClose, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                 optarg);
+        snprintf(kReqClose, sizeof kReqClose,
+                 "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", optarg);
         break;
       default: goto usage;
     }

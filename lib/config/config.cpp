@@ -39,10 +39,24 @@ constexpr unsigned kMaxWorkers = 16384;
 const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "metrics", "jobs"};
 const std::vector<std::string> kStopKeys = {"drain"};
 const std::vector<std::string> kMetricsKeys = {"listen", "textfile", "interval"};
-const std::vector<std::string> kJobKeys = {
-    "command", "mode",  "listen", "workers", "accept_mutex",     "max_per_source", "restart",
-    "user",    "group", "env",    "cwd",     "graceful_timeout", "busy_timeout",   "stop_signal",
-    "limits",  "memory", "env_conventions", "fastcgi"};
+const std::vector<std::string> kJobKeys = {"command",
+                                           "mode",
+                                           "listen",
+                                           "workers",
+                                           "accept_mutex",
+                                           "max_per_source",
+                                           "restart",
+                                           "user",
+                                           "group",
+                                           "env",
+                                           "cwd",
+                                           "graceful_timeout",
+                                           "busy_timeout",
+                                           "stop_signal",
+                                           "limits",
+                                           "memory",
+                                           "env_conventions",
+                                           "fastcgi"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
 const std::vector<std::string> kWorkersKeys = {

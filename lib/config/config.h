@@ -127,7 +127,7 @@ struct JobConfig {
   std::vector<RlimitSpec> limits;
   MemorySpec memory;
   int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
-  CompatSpec compat;  // env_conventions, fastcgi, $(corral.sockets.NAME)
+  CompatSpec compat;     // env_conventions, fastcgi, $(corral.sockets.NAME)
   SourceMark mark;
 };
 

@@ -289,7 +289,7 @@ class Supervisor::Impl {
     return stop_ == StopMode::graceful || stop_ == StopMode::fast;
   }
   [[nodiscard]] bool draining() const { return stop_ == StopMode::draining; }
-  std::map<std::string, std::uint64_t> reload_results_;   // ok | rejected | failed
+  std::map<std::string, std::uint64_t> reload_results_;  // ok | rejected | failed
   // The metrics endpoint (metrics.cpp), its address as shown, and the textfile's pace.
   std::unique_ptr<MetricsServer> metrics_;
   std::string metrics_display_;

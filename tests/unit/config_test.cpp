@@ -423,10 +423,9 @@ TEST_CASE("an unknown job key is reported, and so is the missing command it mean
 )");
   REQUIRE(issues.size() == 2);
   // The list of known keys grows with the features; its start and the hint are fixed.
-  CHECK(issues[0].rfind(
-            "/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean "
-            "\"command\"? (known keys: command, mode, listen, workers, accept_mutex, ",
-            0) == 0);
+  CHECK(issues[0].rfind("/tmp/x/test.yaml:3:5: unknown key \"comand\" in job \"web\"; did you mean "
+                        "\"command\"? (known keys: command, mode, listen, workers, accept_mutex, ",
+                        0) == 0);
   CHECK(issues[0].find("graceful_timeout, busy_timeout") != std::string::npos);
   CHECK(issues[1] ==
         "/tmp/x/test.yaml:2:3: job \"web\" has no \"command:\"; name the program to run");
@@ -1070,16 +1069,16 @@ TEST_CASE("workers.start: auto and workers.max: auto come from the container's C
 }
 
 TEST_CASE("auto applies to start and max only; an explicit conflict with auto stays an error") {
-  CHECK_THROWS_AS(corral::load_config_text(
-                      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
-                      "    workers: { min_spare: auto }\n",
-                      "/tmp/a.yaml", corral::CheckOptions{false, false}),
-                  corral::ConfigError);
-  CHECK_THROWS_AS(corral::load_config_text(
-                      "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
-                      "    workers: { max: auto, min_spare: 16000, max_spare: 16001 }\n",
-                      "/tmp/a.yaml", corral::CheckOptions{false, false}),
-                  corral::ConfigError);
+  CHECK_THROWS_AS(
+      corral::load_config_text("jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
+                               "    workers: { min_spare: auto }\n",
+                               "/tmp/a.yaml", corral::CheckOptions{false, false}),
+      corral::ConfigError);
+  CHECK_THROWS_AS(
+      corral::load_config_text("jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\":1\"]\n"
+                               "    workers: { max: auto, min_spare: 16000, max_spare: 16001 }\n",
+                               "/tmp/a.yaml", corral::CheckOptions{false, false}),
+      corral::ConfigError);
 }
 
 TEST_CASE("stop.drain and stop_signal are read; a bad signal name lists the choices") {
