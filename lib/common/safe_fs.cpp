@@ -65,7 +65,7 @@ UniqueFd open_private_directory(const std::string& path) {
   auto parts = components(path);
   UniqueFd cur(::open(path.starts_with('/') ? "/" : ".", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!cur) throw SetupError("open", path, errno);
-  if (parts.empty()) parts.push_back(".");  // "/" itself: checked like any other
+  if (parts.empty()) parts.emplace_back(".");  // "/" itself: checked like any other
   for (size_t i = 0; i < parts.size(); ++i) {
     const bool last = i + 1 == parts.size();
     const auto& name = parts[i];
