@@ -10,7 +10,10 @@ if os.fork() == 0:
     if os.fork() == 0:
         with open(os.path.join(os.environ["ORPHAN_DIR"], f"{os.getpid()}.orphan"), "w") as f:
             f.write(str(os.getpid()))
-        time.sleep(0.2)  # outlive the parent, so that the grandchild is reparented
+        # Outlive the parent: wait (bounded) until we have been reparented, then exit.
+        parent, deadline = os.getppid(), time.monotonic() + 10
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.005)  # poll interval of the condition above
         os._exit(0)
     os._exit(0)
 signal.signal(signal.SIGTERM, lambda *a: os._exit(0))

@@ -26,4 +26,3 @@ with open(marker, "w") as f:
     f.write(str(os.getpid()))
 while True:
     os.read(lock_fd, 1)                      # eat every token, restored ones too
-    time.sleep(0.05)                         # ... and do something else meanwhile
