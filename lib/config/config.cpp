@@ -23,11 +23,10 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "common/environment.h"
 #include "common/size.h"
 #include "common/unique_fd.h"
 #include "container/limits.h"
-
-extern char** environ;
 
 namespace corral {
 namespace {
@@ -823,21 +822,6 @@ std::size_t exec_limit() {
   return std::min<std::size_t>(static_cast<std::size_t>(arg_max), kKernelCap);
 }
 
-// This process's environment as a worker would inherit it (spawn's
-// inheritable_environment(): minus NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*).
-std::vector<std::string> inherited_environment() {
-  std::vector<std::string> out;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    std::string_view kv(*e);
-    auto key = kv.substr(0, kv.find('='));
-    if (key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID" ||
-        key.starts_with("LISTEN_"))
-      continue;
-    out.emplace_back(kv);
-  }
-  return out;
-}
-
 std::string with_commas(std::size_t n) {
   std::string digits = std::to_string(n);
   std::string out;
@@ -1091,7 +1075,7 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
   std::map<std::string, std::string> address_owner;  // canonical address -> job
   std::set<std::string> names;
   OverlapChecker overlaps(issues);
-  const auto inherited = inherited_environment();
+  const auto inherited = inheritable_environment();
   const bool may_change_user = can_change_user();
   for (auto& job : config.jobs) {
     auto add = [&](const SourceMark& m, std::string msg) {

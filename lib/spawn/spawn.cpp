@@ -19,8 +19,6 @@
 #include "common/unique_fd.h"
 #include "spawn/report.h"
 
-extern char** environ;
-
 namespace corral {
 namespace {
 
@@ -355,19 +353,6 @@ Credentials resolve_credentials(const std::string& user, const std::string& grou
   groups.resize(static_cast<size_t>(count));
   c.groups = groups;
   return c;
-}
-
-std::vector<std::string> inheritable_environment() {
-  std::vector<std::string> out;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    std::string_view kv(*e);
-    auto key = kv.substr(0, kv.find('='));
-    if (key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID" ||
-        key.starts_with("LISTEN_"))
-      continue;
-    out.emplace_back(kv);
-  }
-  return out;
 }
 
 void set_env(std::vector<std::string>& env, const std::string& key, const std::string& value) {

@@ -61,10 +61,6 @@ Result<pid_t> spawn_process(const SpawnPlan& plan, UniqueFd* report = nullptr) n
 /// The failure a child reported on its pipe, if any ("exec /srv/app", errno).
 std::optional<Error> read_spawn_report(int fd, const std::string& path) noexcept;
 
-/// Environment of the supervisor at start-up minus what belongs to it alone
-/// (NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID, LISTEN_*). Call once, early.
-std::vector<std::string> inheritable_environment();
-
 /// Sets or replaces KEY in an environment vector.
 void set_env(std::vector<std::string>& env, const std::string& key, const std::string& value);
 

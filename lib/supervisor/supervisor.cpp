@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/environment.h"
 #include "common/unique_fd.h"
 #include "container/limits.h"
 #include "listen/listener.h"
