@@ -153,6 +153,32 @@ jobs:
         self.assertEqual(value(text, "corral_pool_connections_accepted_total", pool="web"), 2)
         self.assertEqual(c.stop(), 0)
 
+    def test_the_python_library_counts_per_listener(self):
+        worker = self.write("py_worker.py", f"""
+import sys
+sys.path.insert(0, {os.path.join(os.path.dirname(HERE), "..", "lib", "worker", "python")!r})
+import corral_worker
+
+
+def handle(conn, addr, index):
+    conn.sendall(conn.recv(64))
+
+
+sys.exit(corral_worker.serve(handle))
+""")
+        c = self.start(f'["{PYTHON}", "{worker}"]', listen=("127.0.0.1:0", "127.0.0.1:0"))
+        mport = self.metrics_port(c)
+        first, second = c.job(self.sbdir, "web")["listeners"]
+        for _ in range(2):
+            self.echo_once(int(second.rsplit(":", 1)[1]))
+        self.echo_once(int(first.rsplit(":", 1)[1]))
+        wait_until(lambda: self.job().get("accepted") == {first: 1, second: 2},
+                   what="1 + 2 accepted", log=c)
+        text = self.scrape(mport)
+        self.promtool_check(text)
+        self.assertEqual(self.listener_series(text), {first: 1.0, second: 2.0})
+        self.assertEqual(c.stop(), 0)
+
     def test_a_worker_lying_in_its_counters_breaks_neither_status_nor_metrics(self):
         c = self.start(f'["{PYTHON}", "{LIAR}"]',
                        workers="{ start: 1, min_spare: 1, max_spare: 1, max: 1 }")
