@@ -120,8 +120,7 @@ std::string render_metrics(const SupervisorSample& s) {
   pool_counter(e, "corral_pool_connections_accepted_total",
                "Connections accepted by the pool's workers (their scoreboard request counts; "
                "reaped workers folded in).",
-               s.pools,
-               [](const PoolSample& p) {
+               s.pools, [](const PoolSample& p) {
                  return saturating_add(p.counters.accepted_folded, p.accepted_live);
                });
   pool_counter(e, "corral_pool_connections_refused_total",

@@ -37,7 +37,7 @@ struct PoolCounters {
   std::uint64_t max_reached = 0;
   std::uint64_t accepted_folded = 0;  // `requests` of reaped workers, folded at reap
   // Counted by the grown scoreboard slot (docs/PROTOCOL.md 5.2), folded at reap:
-  std::uint64_t refused_folded = 0;                                // `refused` of reaped workers
+  std::uint64_t refused_folded = 0;                               // `refused` of reaped workers
   std::map<std::string, std::uint64_t> listener_accepted_folded;  // by listener address;
                                                                   // only listeners reported
   std::map<unsigned, std::uint64_t> slot_oom_kills;  // slot -> OOM kills of its workers
@@ -81,9 +81,9 @@ struct PoolSample {
   unsigned max_workers = 0;
   bool backoff_active = false;
   PoolCounters counters;
-  std::uint64_t accepted_live = 0;  // requests of the live workers
-  std::uint64_t refused_live = 0;   // refusals of the live workers
-  std::vector<ListenerAccepted> listener_accepted;  // only listeners some worker reported
+  std::uint64_t accepted_live = 0;                   // requests of the live workers
+  std::uint64_t refused_live = 0;                    // refusals of the live workers
+  std::vector<ListenerAccepted> listener_accepted;   // only listeners some worker reported
   std::map<unsigned, std::uint64_t> slot_oom_kills;  // live slots (0 included) and counted ones
   std::vector<ListenerSample> listeners;
   std::vector<SlotSample> slots;

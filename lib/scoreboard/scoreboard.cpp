@@ -491,8 +491,7 @@ corral_sb_slot_ext* Scoreboard::slot_ext_ptr(unsigned slot) const {
 
 corral_sb_header_ext* Scoreboard::header_ext_ptr() const {
   if (base_ == nullptr || !extended_header()) return nullptr;
-  return reinterpret_cast<corral_sb_header_ext*>(static_cast<char*>(base_) +
-                                                 CORRAL_SB_HEADER_SIZE);
+  return reinterpret_cast<corral_sb_header_ext*>(static_cast<char*>(base_) + CORRAL_SB_HEADER_SIZE);
 }
 
 std::optional<SbTotals> Scoreboard::totals() const {

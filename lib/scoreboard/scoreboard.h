@@ -80,9 +80,7 @@ class Scoreboard {
   [[nodiscard]] bool valid() const { return base_ != nullptr; }
   /// The file's layout: whether its slots and header have the grown fields.
   [[nodiscard]] bool extended_slots() const { return slot_size_ >= CORRAL_SB_EXT_SLOT_SIZE; }
-  [[nodiscard]] bool extended_header() const {
-    return header_size_ >= CORRAL_SB_EXT_HEADER_SIZE;
-  }
+  [[nodiscard]] bool extended_header() const { return header_size_ >= CORRAL_SB_EXT_HEADER_SIZE; }
 
   /// Header fields the supervisor writes.
   void write_header(pid_t supervisor_pid, std::uint32_t generation,

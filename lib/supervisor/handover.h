@@ -74,7 +74,7 @@ struct HandoverJob {
   std::uint64_t max_reached = 0;
   std::uint64_t accepted = 0;  // requests of reaped workers
   // ---- Version 4, the grown scoreboard's counters (absent before: zero, empty) ----
-  std::uint64_t refused = 0;                                // refusals of reaped workers
+  std::uint64_t refused = 0;                               // refusals of reaped workers
   std::map<std::string, std::uint64_t> listener_accepted;  // listener address -> reaped count
   std::map<unsigned, std::uint64_t> slot_oom_kills;        // slot -> OOM kills
 };

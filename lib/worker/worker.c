@@ -42,9 +42,9 @@ struct corral_worker {
   const char** names;   /* n_listeners pointers into names_buf, or NULL */
   unsigned last_served; /* index of the listener that gave the last connection */
   enum corral_lock_kind lock_kind;
-  int lock_fd;                 /* -1 for NONE and EPOLL */
-  int epoll_fd;                /* EPOLL only */
-  struct corral_sb_slot* slot; /* NULL without a scoreboard */
+  int lock_fd;                         /* -1 for NONE and EPOLL */
+  int epoll_fd;                        /* EPOLL only */
+  struct corral_sb_slot* slot;         /* NULL without a scoreboard */
   struct corral_sb_slot_ext* slot_ext; /* the grown slot's counters; NULL in a first-layout file */
   void* map_base;
   size_t map_len;

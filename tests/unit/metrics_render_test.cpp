@@ -102,7 +102,8 @@ TEST_CASE("per-listener accepts, refusals and OOM kills per slot") {
   auto text = corral::render_metrics(s);
   CHECK(has_line(text, "# TYPE corral_listener_connections_accepted_total counter"));
   CHECK(has_line(
-      text, R"(corral_listener_connections_accepted_total{pool="web",listener="127.0.0.1:8080"} 40)"));
+      text,
+      R"(corral_listener_connections_accepted_total{pool="web",listener="127.0.0.1:8080"} 40)"));
   CHECK(has_line(
       text,
       R"(corral_listener_connections_accepted_total{pool="web",listener="unix:/run/a b\"c.sock"} 2)"));
@@ -123,7 +124,8 @@ TEST_CASE("counters from lying slots saturate instead of wrapping") {
   s.pools[0].counters.accepted_folded = ~0ULL - 5;
   s.pools[0].accepted_live = 100;
   auto text = corral::render_metrics(s);
-  CHECK(has_line(text, R"(corral_pool_connections_accepted_total{pool="web"} 18446744073709551615)"));
+  CHECK(
+      has_line(text, R"(corral_pool_connections_accepted_total{pool="web"} 18446744073709551615)"));
 }
 
 TEST_CASE("every exit reason of PRODUCT.md is a series, zero or not") {

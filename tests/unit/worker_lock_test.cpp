@@ -257,8 +257,7 @@ struct Scoreboard {
   std::size_t header_size = CORRAL_SB_HEADER_SIZE;
   std::size_t slot_size = CORRAL_SB_SLOT_SIZE;
   corral_sb_slot* slot(unsigned i) const {
-    return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(map) + header_size +
-                                             i * slot_size);
+    return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(map) + header_size + i * slot_size);
   }
   corral_sb_slot_ext* ext(unsigned i) const {  // the grown layout only
     return reinterpret_cast<corral_sb_slot_ext*>(reinterpret_cast<char*>(slot(i)) +

@@ -176,12 +176,12 @@ struct corral_sb_header_ext {
 /* Slot bytes 64 .. 255 (slot_size >= 256). The supervisor zeroes the worker's fields
  * when it claims the slot for a new worker. */
 struct corral_sb_slot_ext {
-  uint64_t refused;   /*  64 (w): connections taken and closed unserved (inetd: max_per_source
-                       *       and peer rules), counted with an atomic add */
-  uint64_t oom_kills; /*  72 (s): workers of this slot the kernel's OOM killer ended, since the
-                       *       supervisor started (kept across the slot's workers) */
-  uint32_t reports;   /*  80 (w): CORRAL_SB_REPORTS_* bits, set once at start */
-  uint32_t reserved0; /*  84 */
+  uint64_t refused;      /*  64 (w): connections taken and closed unserved (inetd: max_per_source
+                          *       and peer rules), counted with an atomic add */
+  uint64_t oom_kills;    /*  72 (s): workers of this slot the kernel's OOM killer ended, since the
+                          *       supervisor started (kept across the slot's workers) */
+  uint32_t reports;      /*  80 (w): CORRAL_SB_REPORTS_* bits, set once at start */
+  uint32_t reserved0;    /*  84 */
   uint8_t reserved1[40]; /* 88 .. 127 */
   /* 128 (w): connections accepted per listener (index as LISTEN_FDS), atomic add;
    * connections on listener 16 and up are counted in `requests` only */
@@ -190,7 +190,7 @@ struct corral_sb_slot_ext {
 
 /* A slot of the grown layout. */
 struct corral_sb_slot_v2 {
-  struct corral_sb_slot base; /*  0 .. 63 */
+  struct corral_sb_slot base;    /*  0 .. 63 */
   struct corral_sb_slot_ext ext; /* 64 .. 255 */
 };
 
