@@ -118,6 +118,38 @@ jobs:
                    what="5 + 6 on /metrics", log=c)
         self.assertEqual(c.stop(), 0)
 
+    def test_a_listener_moved_by_a_reload_keeps_its_count(self):
+        a, b = os.path.join(self.tmp, "a.sock"), os.path.join(self.tmp, "b.sock")
+
+        def echo_unix(path):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            with s:
+                s.connect(path)
+                s.sendall(b"u\n")
+                self.assertEqual(recv_until(s), b"u\n")
+
+        c = self.start(f'["{ECHO}"]', listen=(f"unix:{a}",),
+                       workers="{ start: 1, min_spare: 1, max_spare: 2, max: 2, max_requests: 1 }")
+        for _ in range(2):
+            echo_unix(a)
+        wait_until(lambda: self.job().get("accepted") == {f"unix:{a}": 2}, what="2 on a", log=c)
+        # a moves to the second place; b comes first.
+        with open(c.config_path) as f:
+            text = f.read()
+        with open(c.config_path, "w") as f:
+            f.write(text.replace(f'listen: ["unix:{a}"]', f'listen: ["unix:{b}", "unix:{a}"]'))
+        c.signal(signal.SIGHUP)
+        c.wait_log(r"reload done: generation 2")
+        c.wait_idle(self.sbdir, "web", 1)
+        echo_unix(a)
+        echo_unix(b)
+        want = {f"unix:{a}": 3, f"unix:{b}": 1}
+        wait_until(lambda: self.job().get("accepted") == want, what="3 on a, 1 on b", log=c)
+        text = self.scrape(self.metrics_port(c))
+        self.assertEqual(self.listener_series(text), {k: float(v) for k, v in want.items()})
+        self.assertEqual(c.stop(), 0)
+
     def test_exits_by_reason_after_killing_a_worker(self):
         c = self.start(f'["{ECHO}"]')
         mport = self.metrics_port(c)
