@@ -271,6 +271,13 @@ sys.exit(corral_worker.serve(handle))
         self.promtool_check(text)
         self.assertEqual(self.listener_series(text), {listener: 2.0})
         held.close()
+        # The refusal is part of the hand-over: SIGUSR2 keeps it.
+        c.signal(signal.SIGUSR2)
+        c.wait_log(r"binary upgrade: took over 1 job\(s\)")
+        self.assertEqual(self.metrics_port(c, count=2), mport)
+        after = self.scrape(mport)
+        self.assertEqual(value(after, "corral_pool_connections_refused_total", pool="web"), 1)
+        self.assertEqual(self.job()["refused"], 1)
         self.assertEqual(c.stop(), 0)
 
 
