@@ -99,13 +99,14 @@ void read_only_checks(const std::vector<std::uint8_t>& bytes) {
     return;
   }
   if (sb->slot_count() > CORRAL_SB_MAX_SLOTS) broken("slot count above the maximum");
-  if (CORRAL_SB_HEADER_SIZE + std::uint64_t{sb->slot_count()} * CORRAL_SB_SLOT_SIZE > bytes.size())
-    broken("slots beyond the end of the file");
   auto h = sb->header();
+  if (h.header_size + std::uint64_t{sb->slot_count()} * h.slot_size > bytes.size())
+    broken("slots beyond the end of the file");
   if (std::strlen(h.job_name) >= sizeof h.job_name) broken("job name not terminated");
   if (std::strlen(h.listeners) >= sizeof h.listeners) broken("listeners not terminated");
   (void)sb->idle_hint();
   for (unsigned i = 0; i < sb->slot_count(); ++i) check_view(sb->read_slot(i));
+  if (auto t = sb->totals(); t && !sb->extended_header()) broken("totals of a first-layout header");
   // Out of range: an empty view, never a read past the mapping.
   auto past = sb->read_slot(sb->slot_count());
   if (past.state != CORRAL_SLOT_EMPTY || past.pid != 0) broken("slot past the end not empty");
@@ -123,17 +124,20 @@ void status_checks(const std::vector<std::uint8_t>& bytes, bool json, bool by_na
   if (rc != 0 && rc != corral::kExitNotRunning) broken("print_status: unexpected exit code");
 }
 
-// The input with a header that passes validate_header, keeping every other byte.
+// The input with a header that passes validate_header, keeping every other byte: the
+// grown layout (2048, 256) when the input's length is even, else the first (1024, 64).
 std::vector<std::uint8_t> repaired(const std::uint8_t* data, size_t size) {
+  const bool grown = size % 2 == 0;
+  const std::uint32_t header_size = grown ? CORRAL_SB_EXT_HEADER_SIZE : CORRAL_SB_HEADER_SIZE;
+  const std::uint32_t slot_size = grown ? CORRAL_SB_EXT_SLOT_SIZE : CORRAL_SB_SLOT_SIZE;
   std::vector<std::uint8_t> bytes(data, data + size);
-  if (bytes.size() < CORRAL_SB_HEADER_SIZE) bytes.resize(CORRAL_SB_HEADER_SIZE, 0);
+  if (bytes.size() < header_size) bytes.resize(header_size, 0);
   auto* h = reinterpret_cast<corral_sb_header*>(bytes.data());
   std::memcpy(h->magic, CORRAL_SB_MAGIC, 8);
   h->version = CORRAL_SB_VERSION;
-  h->header_size = CORRAL_SB_HEADER_SIZE;
-  h->slot_size = CORRAL_SB_SLOT_SIZE;
-  auto room =
-      static_cast<std::uint32_t>((bytes.size() - CORRAL_SB_HEADER_SIZE) / CORRAL_SB_SLOT_SIZE);
+  h->header_size = header_size;
+  h->slot_size = slot_size;
+  auto room = static_cast<std::uint32_t>((bytes.size() - header_size) / slot_size);
   if (h->slot_count > room) h->slot_count = room;
   return bytes;
 }

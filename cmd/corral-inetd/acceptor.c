@@ -142,6 +142,11 @@ static void region_lock(int fd, short type) {
   }
 }
 
+static struct corral_sb_slot* slot_at(void* base, size_t header_size, size_t slot_size,
+                                      unsigned i) {
+  return (struct corral_sb_slot*)((char*)base + header_size + (size_t)i * slot_size);
+}
+
 /* Records this acceptor's peer in its slot and counts the busy slots with the same
  * peer, under a lock so that two acceptors cannot both slip under the limit. The
  * scoreboard is mapped per connection: a reload may have resized it. On any doubt
@@ -156,16 +161,22 @@ static int within_source_limit(int sb_fd, unsigned slot, unsigned limit, const u
   if (base == MAP_FAILED) return 1;
   const struct corral_sb_header* h = base;
   unsigned slots = h->slot_count;
-  if (CORRAL_SB_HEADER_SIZE + (size_t)slots * CORRAL_SB_SLOT_SIZE > size) slots = 0;
-  struct corral_sb_slot* table = (struct corral_sb_slot*)((char*)base + CORRAL_SB_HEADER_SIZE);
+  /* The layout the file says (the first one or the grown one, docs/PROTOCOL.md 5.3). */
+  size_t header_size = h->header_size;
+  size_t slot_size = h->slot_size;
+  if (header_size < CORRAL_SB_HEADER_SIZE || header_size % 64 != 0 ||
+      slot_size < CORRAL_SB_SLOT_SIZE || slot_size % 64 != 0 || slots > CORRAL_SB_MAX_SLOTS ||
+      header_size + (size_t)slots * slot_size > size)
+    slots = 0;
   region_lock(sb_fd, F_WRLCK);
   for (unsigned i = 0; i < slots; ++i) {
     if (i == slot) continue;
-    if (__atomic_load_n(&table[i].state, __ATOMIC_ACQUIRE) != CORRAL_SLOT_BUSY) continue;
-    if (memcmp(table[i].reserved, key, 16) == 0) ++*count;
+    struct corral_sb_slot* other = slot_at(base, header_size, slot_size, i);
+    if (__atomic_load_n(&other->state, __ATOMIC_ACQUIRE) != CORRAL_SLOT_BUSY) continue;
+    if (memcmp(other->reserved, key, 16) == 0) ++*count;
   }
   int ok = *count < limit;
-  if (ok && slot < slots) memcpy(table[slot].reserved, key, 16);
+  if (ok && slot < slots) memcpy(slot_at(base, header_size, slot_size, slot)->reserved, key, 16);
   region_lock(sb_fd, F_UNLCK);
   munmap(base, size);
   return ok;
@@ -258,6 +269,7 @@ int main(int argc, char** argv) {
               "(max_per_source %u)\n",
               g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, count, max_per_source);
       close(conn);
+      corral_worker_count_refused(w); /* status "refused", corral_pool_connections_refused_total */
       corral_worker_done(w);
       continue;
     }

@@ -120,8 +120,23 @@ std::string render_metrics(const SupervisorSample& s) {
   pool_counter(e, "corral_pool_connections_accepted_total",
                "Connections accepted by the pool's workers (their scoreboard request counts; "
                "reaped workers folded in).",
-               s.pools,
-               [](const PoolSample& p) { return p.counters.accepted_folded + p.accepted_live; });
+               s.pools, [](const PoolSample& p) {
+                 return saturating_add(p.counters.accepted_folded, p.accepted_live);
+               });
+  pool_counter(e, "corral_pool_connections_refused_total",
+               "Connections the pool's workers took and closed unserved (inetd: max_per_source "
+               "and peer rules); reaped workers folded in.",
+               s.pools, [](const PoolSample& p) {
+                 return saturating_add(p.counters.refused_folded, p.refused_live);
+               });
+  e.family("corral_listener_connections_accepted_total", "counter",
+           "Connections accepted per listener, counted by the workers that report it (the "
+           "worker library, the inetd acceptor); reaped workers folded in.");
+  for (const auto& p : s.pools) {
+    for (const auto& l : p.listener_accepted)
+      e.sample("corral_listener_connections_accepted_total",
+               {{"pool", p.pool}, {"listener", l.listener}}, l.accepted);
+  }
   pool_counter(e, "corral_worker_spawns_total", "Workers started.", s.pools,
                [](const PoolSample& p) { return p.counters.spawns; });
   e.family("corral_worker_exits_total", "counter", "Workers that exited, by reason.");
@@ -164,6 +179,15 @@ std::string render_metrics(const SupervisorSample& s) {
         e.sample("corral_slot_resident_memory_bytes",
                  {{"pool", p.pool}, {"slot", std::to_string(sl.slot)}}, *sl.rss_bytes);
     }
+  }
+
+  e.family("corral_slot_oom_kills_total", "counter",
+           "Workers of the slot that the kernel's OOM killer ended (the memory cgroup's "
+           "oom_kill count rose at their SIGKILL).");
+  for (const auto& p : s.pools) {
+    for (const auto& [slot, n] : p.slot_oom_kills)
+      e.sample("corral_slot_oom_kills_total", {{"pool", p.pool}, {"slot", std::to_string(slot)}},
+               n);
   }
 
   if (s.process.valid) {

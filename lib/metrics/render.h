@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,7 +36,17 @@ struct PoolCounters {
   std::array<std::uint64_t, kExitReasons> exits{};
   std::uint64_t max_reached = 0;
   std::uint64_t accepted_folded = 0;  // `requests` of reaped workers, folded at reap
+  // Counted by the grown scoreboard slot (docs/PROTOCOL.md 5.2), folded at reap:
+  std::uint64_t refused_folded = 0;                               // `refused` of reaped workers
+  std::map<std::string, std::uint64_t> listener_accepted_folded;  // by listener address;
+                                                                  // only listeners reported
+  std::map<unsigned, std::uint64_t> slot_oom_kills;  // slot -> OOM kills of its workers
 };
+
+/// a + b, saturating (counters from untrusted slots must never wrap).
+inline std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) {
+  return a > ~std::uint64_t{0} - b ? ~std::uint64_t{0} : a + b;
+}
 
 /// Worker states as `corral_workers{state}` names them.
 enum class WorkerStateLabel : std::uint8_t { starting, idle, busy, stopping, running };
@@ -56,6 +67,12 @@ struct SlotSample {
   std::optional<std::uint64_t> rss_bytes;
 };
 
+/// Connections accepted on one listener, all workers that reported them (folded + live).
+struct ListenerAccepted {
+  std::string listener;
+  std::uint64_t accepted = 0;
+};
+
 struct PoolSample {
   std::string pool;
   std::array<unsigned, kWorkerStates> workers{};
@@ -64,7 +81,10 @@ struct PoolSample {
   unsigned max_workers = 0;
   bool backoff_active = false;
   PoolCounters counters;
-  std::uint64_t accepted_live = 0;  // requests of the live workers
+  std::uint64_t accepted_live = 0;                   // requests of the live workers
+  std::uint64_t refused_live = 0;                    // refusals of the live workers
+  std::vector<ListenerAccepted> listener_accepted;   // only listeners some worker reported
+  std::map<unsigned, std::uint64_t> slot_oom_kills;  // live slots (0 included) and counted ones
   std::vector<ListenerSample> listeners;
   std::vector<SlotSample> slots;
 };

@@ -28,8 +28,8 @@ void store(T* p, T v) {
   __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
-size_t file_size_for(unsigned slots) {
-  return CORRAL_SB_HEADER_SIZE + static_cast<size_t>(slots) * CORRAL_SB_SLOT_SIZE;
+std::uint64_t file_size_for(std::uint32_t header_size, std::uint32_t slot_size, unsigned slots) {
+  return header_size + static_cast<std::uint64_t>(slots) * slot_size;
 }
 
 // Copies text into a fixed NUL-padded field (always NUL-terminated).
@@ -130,14 +130,20 @@ std::string validate_header(const corral_sb_header& h, std::uint64_t file_size) 
   if (h.version != CORRAL_SB_VERSION)
     return "scoreboard version " + std::to_string(h.version) + ", expected " +
            std::to_string(CORRAL_SB_VERSION);
-  if (h.header_size != CORRAL_SB_HEADER_SIZE) return "unexpected header size";
-  if (h.slot_size != CORRAL_SB_SLOT_SIZE) return "unexpected slot size";
+  // Both layouts (protocol.h): the first (1024, 64) and the grown one (2048, 256), or
+  // anything a later version may grow to, as long as every field stays aligned.
+  if (h.header_size < CORRAL_SB_HEADER_SIZE || h.header_size % 64 != 0 ||
+      h.header_size > kMaxHeaderSize)
+    return "unexpected header size " + std::to_string(h.header_size);
+  if (h.slot_size < CORRAL_SB_SLOT_SIZE || h.slot_size % 64 != 0 || h.slot_size > kMaxSlotSize)
+    return "unexpected slot size " + std::to_string(h.slot_size);
   if (h.slot_count > CORRAL_SB_MAX_SLOTS) return "slot count out of range";
-  if (file_size < file_size_for(h.slot_count)) return "file shorter than its slots";
+  if (file_size < file_size_for(h.header_size, h.slot_size, h.slot_count))
+    return "file shorter than its slots";
   return "";
 }
 
-SlotView decode_slot(const corral_sb_slot& raw) {
+SlotView decode_slot(const corral_sb_slot& raw, const corral_sb_slot_ext* ext) {
   SlotView v;
   auto state = load(&raw.state);
   if (state <= CORRAL_SLOT_RUNNING) {
@@ -163,6 +169,14 @@ SlotView decode_slot(const corral_sb_slot& raw) {
   v.requests = load(&raw.requests);
   v.state_since_ns = load(&raw.state_since_ns);
   v.lock_since_ns = load(&raw.lock_since_ns);
+  if (ext != nullptr) {
+    v.extended = true;
+    v.reports_listeners = (load(&ext->reports) & CORRAL_SB_REPORTS_LISTENERS) != 0;
+    v.refused = load(&ext->refused);
+    v.oom_kills = load(&ext->oom_kills);
+    for (std::size_t i = 0; i < CORRAL_SB_LISTENER_COUNTERS; ++i)
+      v.accepted[i] = load(&ext->accepted[i]);
+  }
   return v;
 }
 
@@ -172,6 +186,8 @@ Scoreboard::Scoreboard(Scoreboard&& other) noexcept
       base_(std::exchange(other.base_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       slot_count_(std::exchange(other.slot_count_, 0)),
+      header_size_(other.header_size_),
+      slot_size_(other.slot_size_),
       writable_(other.writable_) {}
 
 Scoreboard& Scoreboard::operator=(Scoreboard&& other) noexcept {
@@ -182,6 +198,8 @@ Scoreboard& Scoreboard::operator=(Scoreboard&& other) noexcept {
     base_ = std::exchange(other.base_, nullptr);
     size_ = std::exchange(other.size_, 0);
     slot_count_ = std::exchange(other.slot_count_, 0);
+    header_size_ = other.header_size_;
+    slot_size_ = other.slot_size_;
     writable_ = other.writable_;
   }
   return *this;
@@ -323,7 +341,9 @@ Scoreboard Scoreboard::create_file(int dirfd, const std::string& dir, const std:
   }
   // Workers write through the inherited fd; `corral status` reads as any user.
   ::fchmod(sb.fd_.get(), 0644);
-  sb.size_ = file_size_for(slot_count);
+  sb.header_size_ = CORRAL_SB_EXT_HEADER_SIZE;
+  sb.slot_size_ = CORRAL_SB_EXT_SLOT_SIZE;
+  sb.size_ = file_size_for(sb.header_size_, sb.slot_size_, slot_count);
   auto fail = [&](const char* call, int err) {
     ::unlinkat(dirfd, tmp.c_str(), 0);
     return SetupError(call, sb.path_, err);
@@ -344,8 +364,8 @@ Scoreboard Scoreboard::create_file(int dirfd, const std::string& dir, const std:
   auto* h = static_cast<corral_sb_header*>(base);
   std::memcpy(h->magic, CORRAL_SB_MAGIC, 8);
   h->version = CORRAL_SB_VERSION;
-  h->header_size = CORRAL_SB_HEADER_SIZE;
-  h->slot_size = CORRAL_SB_SLOT_SIZE;
+  h->header_size = sb.header_size_;
+  h->slot_size = sb.slot_size_;
   store(&h->slot_count, slot_count);
   // Before the file is visible: a second supervisor that finds it locked sees a live pid.
   store(&h->supervisor_pid, static_cast<std::int32_t>(::getpid()));
@@ -354,7 +374,7 @@ Scoreboard Scoreboard::create_file(int dirfd, const std::string& dir, const std:
 
 bool Scoreboard::grow(unsigned slot_count) {
   if (slot_count <= slot_count_ || !writable_) return true;
-  size_t new_size = file_size_for(slot_count);
+  auto new_size = static_cast<size_t>(file_size_for(header_size_, slot_size_, slot_count));
   if (::ftruncate(fd_.get(), static_cast<off_t>(new_size)) != 0) return false;
   if (int err = ::posix_fallocate(fd_.get(), 0, static_cast<off_t>(new_size));
       err != 0 && err != EOPNOTSUPP && err != EINVAL) {
@@ -388,6 +408,8 @@ Result<Scoreboard> Scoreboard::adopt(int fd, const std::string& path) {
   auto why = validate_header(h, sb.size_);
   if (!why.empty()) return Error{0, path + ": " + why};
   sb.slot_count_ = h.slot_count;
+  sb.header_size_ = h.header_size;
+  sb.slot_size_ = h.slot_size;
   return sb;
 }
 
@@ -411,6 +433,8 @@ Result<Scoreboard> Scoreboard::open_read_only(const std::string& path) {
   auto why = validate_header(h, sb.size_);
   if (!why.empty()) return Error{0, path + ": " + why};
   sb.slot_count_ = h.slot_count;
+  sb.header_size_ = h.header_size;
+  sb.slot_size_ = h.slot_size;
   return sb;
 }
 
@@ -433,8 +457,8 @@ void Scoreboard::write_header(pid_t supervisor_pid, std::uint32_t generation,
   // Rewritten in full each time: a worker that scribbled over it is corrected.
   std::memcpy(h->magic, CORRAL_SB_MAGIC, 8);
   h->version = CORRAL_SB_VERSION;
-  h->header_size = CORRAL_SB_HEADER_SIZE;
-  h->slot_size = CORRAL_SB_SLOT_SIZE;
+  h->header_size = header_size_;  // the layout the file was made with (an adopted one keeps it)
+  h->slot_size = slot_size_;
   store(&h->slot_count, slot_count_);
   store(&h->supervisor_pid, static_cast<std::int32_t>(supervisor_pid));
   store(&h->generation, generation);
@@ -453,14 +477,65 @@ void Scoreboard::write_header(pid_t supervisor_pid, std::uint32_t generation,
 
 corral_sb_slot* Scoreboard::slot_ptr(unsigned slot) const {
   if (base_ == nullptr || slot >= slot_count_) return nullptr;
-  return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(base_) + CORRAL_SB_HEADER_SIZE +
-                                           static_cast<size_t>(slot) * CORRAL_SB_SLOT_SIZE);
+  return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(base_) + header_size_ +
+                                           static_cast<size_t>(slot) * slot_size_);
+}
+
+corral_sb_slot_ext* Scoreboard::slot_ext_ptr(unsigned slot) const {
+  if (!extended_slots()) return nullptr;
+  auto* s = slot_ptr(slot);
+  return s == nullptr ? nullptr
+                      : reinterpret_cast<corral_sb_slot_ext*>(reinterpret_cast<char*>(s) +
+                                                              CORRAL_SB_SLOT_SIZE);
+}
+
+corral_sb_header_ext* Scoreboard::header_ext_ptr() const {
+  if (base_ == nullptr || !extended_header()) return nullptr;
+  return reinterpret_cast<corral_sb_header_ext*>(static_cast<char*>(base_) + CORRAL_SB_HEADER_SIZE);
+}
+
+std::optional<SbTotals> Scoreboard::totals() const {
+  auto* x = header_ext_ptr();
+  if (x == nullptr) return std::nullopt;
+  SbTotals t;
+  for (std::size_t i = 0; i < CORRAL_SB_EXIT_REASONS; ++i) t.exits[i] = load(&x->exits[i]);
+  t.refused = load(&x->refused);
+  t.accepted = load(&x->accepted);
+  t.listeners_reported = load(&x->listeners_reported);
+  for (std::size_t i = 0; i < CORRAL_SB_LISTENER_COUNTERS; ++i)
+    t.listener_accepted[i] = load(&x->listener_accepted[i]);
+  return t;
+}
+
+void Scoreboard::publish_totals(const SbTotals& t) {
+  auto* x = header_ext_ptr();
+  if (x == nullptr || !writable_) return;
+  for (std::size_t i = 0; i < CORRAL_SB_EXIT_REASONS; ++i) store(&x->exits[i], t.exits[i]);
+  store(&x->refused, t.refused);
+  store(&x->accepted, t.accepted);
+  for (std::size_t i = 0; i < CORRAL_SB_LISTENER_COUNTERS; ++i)
+    store(&x->listener_accepted[i], t.listener_accepted[i]);
+  store(&x->listeners_reported, t.listeners_reported);
+  store(&x->published_mono_ns, monotonic_ns());
+}
+
+void Scoreboard::set_slot_oom_kills(unsigned slot, std::uint64_t oom_kills) {
+  auto* x = slot_ext_ptr(slot);
+  if (x == nullptr || !writable_) return;
+  store(&x->oom_kills, oom_kills);
 }
 
 void Scoreboard::claim_slot(unsigned slot, pid_t pid, std::uint32_t generation,
-                            std::uint64_t now_ns) {
+                            std::uint64_t now_ns, std::uint64_t oom_kills) {
   auto* s = slot_ptr(slot);
   if (s == nullptr || !writable_) return;
+  if (auto* x = slot_ext_ptr(slot)) {
+    // The new worker's counters start at zero (its predecessor's were folded at reap).
+    store(&x->refused, std::uint64_t{0});
+    store(&x->reports, 0U);
+    for (auto& a : x->accepted) store(&a, std::uint64_t{0});
+    store(&x->oom_kills, oom_kills);
+  }
   store(&s->pid, static_cast<std::int32_t>(pid));
   store(&s->generation, generation);
   store(&s->lock, static_cast<std::uint32_t>(CORRAL_LOCK_NONE));
@@ -518,7 +593,7 @@ void Scoreboard::add_idle_hint(int delta) {
 SlotView Scoreboard::read_slot(unsigned slot) const {
   auto* s = slot_ptr(slot);
   if (s == nullptr) return SlotView{};
-  return decode_slot(*s);
+  return decode_slot(*s, slot_ext_ptr(slot));
 }
 
 }  // namespace corral

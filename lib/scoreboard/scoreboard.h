@@ -5,6 +5,7 @@
 #include <corral/protocol.h>
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -27,6 +28,21 @@ struct SlotView {
   std::uint64_t requests = 0;
   std::uint64_t state_since_ns = 0;
   std::uint64_t lock_since_ns = 0;
+  // The grown slot (slot_size >= CORRAL_SB_EXT_SLOT_SIZE); all zero in a first-layout file.
+  bool extended = false;
+  bool reports_listeners = false;  // the worker set CORRAL_SB_REPORTS_LISTENERS
+  std::uint64_t refused = 0;
+  std::uint64_t oom_kills = 0;
+  std::array<std::uint64_t, CORRAL_SB_LISTENER_COUNTERS> accepted{};
+};
+
+/// What the supervisor publishes in the grown header (header_size >= 2048) for status.
+struct SbTotals {
+  std::array<std::uint64_t, CORRAL_SB_EXIT_REASONS> exits{};
+  std::uint64_t refused = 0;
+  std::uint64_t accepted = 0;
+  std::uint32_t listeners_reported = 0;  // bit i: listener_accepted[i] means something
+  std::array<std::uint64_t, CORRAL_SB_LISTENER_COUNTERS> listener_accepted{};
 };
 
 /// A mapped scoreboard file. Move-only.
@@ -62,6 +78,9 @@ class Scoreboard {
   [[nodiscard]] unsigned slot_count() const { return slot_count_; }
   [[nodiscard]] const std::string& path() const { return path_; }
   [[nodiscard]] bool valid() const { return base_ != nullptr; }
+  /// The file's layout: whether its slots and header have the grown fields.
+  [[nodiscard]] bool extended_slots() const { return slot_size_ >= CORRAL_SB_EXT_SLOT_SIZE; }
+  [[nodiscard]] bool extended_header() const { return header_size_ >= CORRAL_SB_EXT_HEADER_SIZE; }
 
   /// Header fields the supervisor writes.
   void write_header(pid_t supervisor_pid, std::uint32_t generation,
@@ -72,8 +91,18 @@ class Scoreboard {
   /// A copy of the header (read-only users validate it at open).
   [[nodiscard]] corral_sb_header header() const;
 
+  /// The grown header's totals (nullopt in a first-layout file). Untrusted values:
+  /// whatever a worker wrote there since the last publication.
+  [[nodiscard]] std::optional<SbTotals> totals() const;
+  /// Supervisor: publishes the totals (no-op in a first-layout file).
+  void publish_totals(const SbTotals& totals);
+
   /// Supervisor side of a slot: claim it for a new worker, mark it stopping, free it.
-  void claim_slot(unsigned slot, pid_t pid, std::uint32_t generation, std::uint64_t now_ns);
+  /// Claiming zeroes the worker's fields of the grown slot and writes `oom_kills`.
+  void claim_slot(unsigned slot, pid_t pid, std::uint32_t generation, std::uint64_t now_ns,
+                  std::uint64_t oom_kills = 0);
+  /// The grown slot's supervisor-written OOM-kill count (no-op in a first-layout file).
+  void set_slot_oom_kills(unsigned slot, std::uint64_t oom_kills);
   void set_slot_state(unsigned slot, corral_slot_state state, std::uint64_t now_ns);
   /// Records the pid once fork returned (the worker may already have written its state).
   void set_slot_pid(unsigned slot, pid_t pid);
@@ -97,6 +126,8 @@ class Scoreboard {
   static Scoreboard create_file(int dirfd, const std::string& dir, const std::string& name,
                                 unsigned slot_count);
   [[nodiscard]] corral_sb_slot* slot_ptr(unsigned slot) const;
+  [[nodiscard]] corral_sb_slot_ext* slot_ext_ptr(unsigned slot) const;  // nullptr: first layout
+  [[nodiscard]] corral_sb_header_ext* header_ext_ptr() const;           // nullptr: first layout
   void unmap();
 
   UniqueFd fd_;
@@ -104,6 +135,8 @@ class Scoreboard {
   void* base_ = nullptr;
   size_t size_ = 0;
   unsigned slot_count_ = 0;
+  std::uint32_t header_size_ = CORRAL_SB_EXT_HEADER_SIZE;  // as the file says (validated)
+  std::uint32_t slot_size_ = CORRAL_SB_EXT_SLOT_SIZE;
   bool writable_ = false;
 };
 
@@ -120,10 +153,15 @@ std::uint64_t realtime_ns();
 std::string scoreboard_file_name(const std::string& job);
 
 /// Validates a header read from a file of `file_size` bytes. Returns "" when it is
-/// usable, else why not. Pure; unit-tested against garbage.
+/// usable, else why not. Both layouts pass (header_size 1024 or more, slot_size 64 or
+/// more, multiples of 64, at most kMaxHeaderSize / kMaxSlotSize). Pure; unit-tested
+/// against garbage.
 std::string validate_header(const corral_sb_header& header, std::uint64_t file_size);
+inline constexpr std::uint32_t kMaxHeaderSize = 1U << 20;
+inline constexpr std::uint32_t kMaxSlotSize = 4096;
 
 /// Validates raw slot bytes into a SlotView (unknown states and lock values flagged).
-SlotView decode_slot(const corral_sb_slot& raw);
+/// `ext` is the grown part of the slot, or nullptr in a first-layout file.
+SlotView decode_slot(const corral_sb_slot& raw, const corral_sb_slot_ext* ext = nullptr);
 
 }  // namespace corral

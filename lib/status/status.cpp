@@ -15,6 +15,7 @@
 
 #include "common/unique_fd.h"
 #include "metrics/health.h"
+#include "metrics/render.h"
 #include "scoreboard/scoreboard.h"
 
 namespace corral {
@@ -96,6 +97,22 @@ nlohmann::json job_json(const Scoreboard& sb, std::uint64_t now) {
     if (!line.empty()) listeners.push_back(line);
   }
   job["listeners"] = listeners;
+  // The grown header's counters (absent in a first-layout file, e.g. one an older corral
+  // made and handed over at SIGUSR2): values a worker could have scribbled over since
+  // the supervisor's last publication, shown as they are.
+  if (auto totals = sb.totals()) {
+    nlohmann::json exits = nlohmann::json::object();
+    for (std::size_t i = 0; i < kExitReasons; ++i)
+      exits[to_string(static_cast<ExitReason>(i))] = totals->exits[i];
+    job["exits"] = exits;
+    job["refused"] = totals->refused;
+    nlohmann::json accepted = nlohmann::json::object();
+    for (std::size_t i = 0; i < listeners.size() && i < totals->listener_accepted.size(); ++i) {
+      if ((totals->listeners_reported & (1U << i)) != 0)
+        accepted[listeners[i].get<std::string>()] = totals->listener_accepted[i];
+    }
+    job["accepted"] = accepted;
+  }
   unsigned idle = 0;
   unsigned busy = 0;
   nlohmann::json workers = nlohmann::json::array();
@@ -107,12 +124,18 @@ nlohmann::json job_json(const Scoreboard& sb, std::uint64_t now) {
     double seconds = s.state_since_ns != 0 && s.state_since_ns <= now
                          ? static_cast<double>(now - s.state_since_ns) / 1e9
                          : 0.0;
-    workers.push_back({{"slot", i},
-                       {"pid", s.pid},
-                       {"state", state_name(s.state)},
-                       {"requests", s.requests},
-                       {"seconds_in_state", round1(seconds)},
-                       {"generation", s.generation}});
+    nlohmann::json worker{{"slot", i},
+                          {"pid", s.pid},
+                          {"state", state_name(s.state)},
+                          {"requests", s.requests},
+                          {"seconds_in_state", round1(seconds)},
+                          {"generation", s.generation}};
+    // /proc/PID/statm, one bounded read; null when the pid is gone or unreadable.
+    std::optional<std::uint64_t> rss;
+    if (s.pid > 0) rss = resident_bytes_of(s.pid);
+    worker["rss_bytes"] = rss ? nlohmann::json(*rss) : nlohmann::json(nullptr);
+    if (s.extended) worker["oom_kills"] = s.oom_kills;
+    workers.push_back(std::move(worker));
   }
   job["idle"] = idle;
   job["busy"] = busy;

@@ -109,13 +109,26 @@ std::string encode_handover(const Handover& s) {
                          {"last_state", w.last_state},
                          {"report_fd", w.report_fd},
                          {"requests_limit", w.requests_limit},
-                         {"retire_at", w.retire_at}});
+                         {"retire_at", w.retire_at},
+                         // version 4
+                         {"seen",
+                          {{"listeners", w.listeners},
+                           {"reports_listeners", w.reports_listeners},
+                           {"requests", w.requests_seen},
+                           {"refused", w.refused_seen},
+                           {"accepted", w.accepted_seen}}}});
     }
     j["workers"] = workers;
+    json oom = json::array();
+    for (const auto& [slot, n] : job.slot_oom_kills) oom.push_back({slot, n});
     j["counters"] = {{"spawns", job.spawns},
                      {"exits", job.exits},
                      {"max_reached", job.max_reached},
-                     {"accepted", job.accepted}};
+                     {"accepted", job.accepted},
+                     // version 4
+                     {"refused", job.refused},
+                     {"listener_accepted", job.listener_accepted},
+                     {"slot_oom_kills", oom}};
     jobs.push_back(j);
   }
   state["jobs"] = jobs;
@@ -199,6 +212,13 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(w, "report_fd", hw.report_fd);
         get_opt(w, "requests_limit", hw.requests_limit);
         get_opt(w, "retire_at", hw.retire_at);
+        if (auto seen = w.find("seen"); seen != w.end() && seen->is_object()) {  // version 4
+          get_opt(*seen, "listeners", hw.listeners);
+          get_opt(*seen, "reports_listeners", hw.reports_listeners);
+          get_opt(*seen, "requests", hw.requests_seen);
+          get_opt(*seen, "refused", hw.refused_seen);
+          get_opt(*seen, "accepted", hw.accepted_seen);
+        }
         job.workers.push_back(hw);
       }
       if (auto c = j.find("counters"); c != j.end() && c->is_object()) {
@@ -206,6 +226,12 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(*c, "exits", job.exits);
         get_opt(*c, "max_reached", job.max_reached);
         get_opt(*c, "accepted", job.accepted);
+        get_opt(*c, "refused", job.refused);  // version 4
+        get_opt(*c, "listener_accepted", job.listener_accepted);
+        for (const auto& pair : c->value("slot_oom_kills", json::array())) {
+          if (pair.is_array() && pair.size() == 2)
+            job.slot_oom_kills[pair[0].get<unsigned>()] = pair[1].get<std::uint64_t>();
+        }
       }
       s.jobs.push_back(std::move(job));
     }

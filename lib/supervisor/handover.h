@@ -19,7 +19,9 @@ namespace corral {
 /// Version 1: the first release (no "version" key; worker flags as bools).
 /// Version 2: "version", worker and job phases as names, the job's pacing and audit.
 /// Version 3: metrics: per-job counters, reload and upgrade results, the metrics socket.
-inline constexpr int kHandoverVersion = 3;
+/// Version 4: the grown scoreboard's counters: per listener, refusals, OOM kills per slot,
+///            and what each worker's slot has shown (its "seen" values).
+inline constexpr int kHandoverVersion = 4;
 
 struct HandoverListener {
   int fd = -1;
@@ -41,6 +43,12 @@ struct HandoverWorker {
   // Optional (added with the limits issue; absent in older hand-overs: 0).
   std::uint64_t requests_limit = 0;  // its own max_requests draw
   std::uint64_t retire_at = 0;       // its own end of life (CLOCK_MONOTONIC)
+  // ---- Version 4, per-listener counters (absent before: empty, zero) ----
+  std::vector<std::string> listeners;  // its generation's listener addresses, LISTEN_FDS order
+  bool reports_listeners = false;
+  std::uint64_t requests_seen = 0;
+  std::uint64_t refused_seen = 0;
+  std::vector<std::uint64_t> accepted_seen;  // per listener index
 };
 
 struct HandoverJob {
@@ -65,6 +73,10 @@ struct HandoverJob {
   std::map<std::string, std::uint64_t> exits;  // reason -> count
   std::uint64_t max_reached = 0;
   std::uint64_t accepted = 0;  // requests of reaped workers
+  // ---- Version 4, the grown scoreboard's counters (absent before: zero, empty) ----
+  std::uint64_t refused = 0;                               // refusals of reaped workers
+  std::map<std::string, std::uint64_t> listener_accepted;  // listener address -> reaped count
+  std::map<unsigned, std::uint64_t> slot_oom_kills;        // slot -> OOM kills
 };
 
 struct Handover {

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -91,6 +92,28 @@ struct WorkerRec {
   // has shown (a slot's count is untrusted and could go down; the job total must not).
   std::optional<ExitReason> exit_reason;
   std::uint64_t requests_seen = 0;
+  // Per-listener counters (the grown slot, docs/PROTOCOL.md 5.2): the listener addresses
+  // of its generation in LISTEN_FDS order (shared by the workers of a generation),
+  // whether it reports them, and the most each counter has shown (folded at reap).
+  std::shared_ptr<const std::vector<std::string>> listeners;
+  bool reports_listeners = false;
+  std::array<std::uint64_t, CORRAL_SB_LISTENER_COUNTERS> accepted_seen{};
+  std::uint64_t refused_seen = 0;
+};
+
+// A slot's counters are untrusted: each is clamped so that sums of them cannot wrap,
+// and a worker's "seen" values only grow, so that no total ever goes backwards.
+constexpr std::uint64_t kMaxSaneCount = 1ULL << 48;
+void observe_counters(WorkerRec& w, const SlotView& slot) noexcept;
+
+// A job's counters now: the folded ones plus every live worker's (their "seen" values
+// updated from their slots).
+struct JobTotals {
+  std::uint64_t accepted = 0;
+  std::uint64_t refused = 0;
+  std::uint64_t refused_live = 0;
+  std::uint64_t accepted_live = 0;
+  std::map<std::string, std::uint64_t> listener_accepted;  // only listeners reported
 };
 
 constexpr std::uint64_t kAuditSpacing = 200 * kMs;
@@ -121,6 +144,8 @@ struct JobResources {
   std::map<pid_t, UniqueFd> spawn_reports;  // per worker: what failed before/at exec, if anything
   std::vector<std::string> base_env;
   std::optional<Credentials> credentials;
+  // The listener addresses new workers get (listeners' display, LISTEN_FDS order).
+  std::shared_ptr<const std::vector<std::string>> listener_names;
 };
 
 // The job's phase and failure accounting.
@@ -145,6 +170,7 @@ struct JobWakeups {
 struct JobAudit {
   int hint_delta = 0;
   std::uint64_t last_audit = 0;
+  std::uint64_t totals_published = 0;  // when the counters last went to the scoreboard header
 };
 
 class Job {
@@ -259,6 +285,10 @@ class Supervisor::Impl {
   void sample_queues(std::uint64_t now) noexcept;
   void write_textfile_if_due(std::uint64_t now) noexcept;
   void count_exit(Job& job, ExitReason reason) noexcept;
+  JobTotals job_totals(Job& job) noexcept;
+  void publish_totals(Job& job, std::uint64_t now) noexcept;
+  void fold_counters(Job& job, WorkerRec& rec, const SlotView& slot) noexcept;
+  void count_oom_kill(Job& job, unsigned slot) noexcept;
 
   SupervisorOptions options_;
   ListenerSet listeners_;

@@ -66,6 +66,21 @@ const char* lock_env_kind(AcceptMutex kind) {
   }
 }
 
+// The listener addresses of the job's current sockets, shared by the workers started
+// with them (rebuilt when a reload changed them). nullptr when out of memory.
+std::shared_ptr<const std::vector<std::string>> current_listener_names(JobResources& res) {
+  try {
+    std::vector<std::string> names;
+    names.reserve(res.listeners.size());
+    for (const auto& l : res.listeners) names.push_back(l->display);
+    if (!res.listener_names || *res.listener_names != names)
+      res.listener_names = std::make_shared<const std::vector<std::string>>(std::move(names));
+    return res.listener_names;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 // A uniform draw in [0, range] (xorshift; not for secrets, only to spread retirements).
 std::uint64_t draw(std::uint64_t range) {
   if (range == 0) return 0;
@@ -111,9 +126,9 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   LogContext log_ctx{job.cfg.name, rec.slot, rec.pid};
   auto now = monotonic_ns();
   SlotView slot = job.res.sb.read_slot(rec.slot);
-  // Its connections join the job's total before the slot is freed.
-  job.counters.accepted_folded +=
-      std::max(rec.requests_seen, std::min<std::uint64_t>(slot.requests, 1ULL << 48));
+  // Its connections (and refusals, per listener too) join the job's totals before the
+  // slot is freed.
+  fold_counters(job, rec, slot);
   if (rec.slot < job.res.slot_used.size()) job.res.slot_used[rec.slot] = false;
   job.res.sb.free_slot(rec.slot, now);
   job.pacing.holders.erase(rec.pid);
@@ -160,6 +175,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
                  rec.pid, rec.slot,
                  oom ? " (an OOM kill: the memory cgroup's oom_kill count rose)" : "");
     rec.exit_reason = oom ? ExitReason::oom : ExitReason::signal;
+    if (oom) count_oom_kill(job, rec.slot);
   }
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
@@ -530,7 +546,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     set_env(plan.env, CORRAL_ENV_GENERATION, std::to_string(job.generation));
   }
   // Claim the slot before the fork so the worker never sees it EMPTY.
-  res.sb.claim_slot(slot, 0, job.generation, now);
+  const auto oom_kills = job.counters.slot_oom_kills.find(slot);
+  res.sb.claim_slot(slot, 0, job.generation, now,
+                    oom_kills != job.counters.slot_oom_kills.end() ? oom_kills->second : 0);
   Result<pid_t> pid = Error{};
   UniqueFd report;
   if (auto conv = apply_conventions(plan, cfg, res.listeners, slot, job.generation); !conv) {
@@ -562,6 +580,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   w.slot = slot;
   w.generation = job.generation;
   w.started_ns = now;
+  w.listeners = current_listener_names(res);
   // Its own limits, drawn once, uniformly in [v, v + jitter] (gunicorn's
   // max_requests_jitter), so that workers started together do not retire together.
   const auto& spec = cfg.workers;
@@ -694,6 +713,7 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
                              job->cfg.name, job->res.listeners_text);
     const auto& limits = container_limits();
     job->res.sb.set_limits(limits.cpus, limits.memory_bytes.value_or(0));
+    publish_totals(*job, now);
   }
 }
 

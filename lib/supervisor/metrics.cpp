@@ -21,9 +21,6 @@
 namespace corral {
 namespace {
 
-// A slot's request count is untrusted: clamp it so that sums cannot wrap.
-constexpr std::uint64_t kMaxSaneRequests = 1ULL << 48;
-
 WorkerStateLabel state_label(const WorkerRec& w, corral_slot_state state, bool current) {
   if (!current || w.phase == WorkerPhase::stopping || w.phase == WorkerPhase::killing)
     return WorkerStateLabel::stopping;
@@ -78,6 +75,96 @@ void Supervisor::Impl::count_exit(Job& job, ExitReason reason) noexcept {
   ++job.counters.exits[static_cast<std::size_t>(reason)];
 }
 
+void observe_counters(WorkerRec& w, const SlotView& slot) noexcept {
+  w.requests_seen = std::max(w.requests_seen, std::min(slot.requests, kMaxSaneCount));
+  if (!slot.extended) return;
+  if (slot.reports_listeners) w.reports_listeners = true;
+  w.refused_seen = std::max(w.refused_seen, std::min(slot.refused, kMaxSaneCount));
+  for (std::size_t i = 0; i < w.accepted_seen.size(); ++i)
+    w.accepted_seen[i] = std::max(w.accepted_seen[i], std::min(slot.accepted[i], kMaxSaneCount));
+}
+
+void Supervisor::Impl::fold_counters(Job& job, WorkerRec& rec, const SlotView& slot) noexcept {
+  observe_counters(rec, slot);
+  auto& c = job.counters;
+  c.accepted_folded = saturating_add(c.accepted_folded, rec.requests_seen);
+  c.refused_folded = saturating_add(c.refused_folded, rec.refused_seen);
+  if (!rec.reports_listeners || !rec.listeners) return;
+  try {
+    const auto& names = *rec.listeners;
+    for (std::size_t i = 0; i < names.size() && i < rec.accepted_seen.size(); ++i) {
+      auto& total = c.listener_accepted_folded[names[i]];
+      total = saturating_add(total, rec.accepted_seen[i]);
+    }
+  } catch (...) {
+    // Out of memory: this worker's per-listener counts are lost, nothing else.
+  }
+}
+
+void Supervisor::Impl::count_oom_kill(Job& job, unsigned slot) noexcept {
+  try {
+    auto& n = job.counters.slot_oom_kills[slot];
+    ++n;
+    job.res.sb.set_slot_oom_kills(slot, n);
+  } catch (...) {
+  }
+}
+
+JobTotals Supervisor::Impl::job_totals(Job& job) noexcept {
+  JobTotals t;
+  const auto& c = job.counters;
+  try {
+    for (auto& [pid, w] : job.workers) {
+      observe_counters(w, job.res.sb.read_slot(w.slot));
+      t.accepted_live = saturating_add(t.accepted_live, w.requests_seen);
+      t.refused_live = saturating_add(t.refused_live, w.refused_seen);
+      if (!w.reports_listeners || !w.listeners) continue;
+      const auto& names = *w.listeners;
+      for (std::size_t i = 0; i < names.size() && i < w.accepted_seen.size(); ++i) {
+        auto& total = t.listener_accepted[names[i]];
+        total = saturating_add(total, w.accepted_seen[i]);
+      }
+    }
+    for (const auto& [name, n] : c.listener_accepted_folded) {
+      auto& total = t.listener_accepted[name];
+      total = saturating_add(total, n);
+    }
+  } catch (...) {
+    // Out of memory: what was summed is shown.
+  }
+  t.accepted = saturating_add(c.accepted_folded, t.accepted_live);
+  t.refused = saturating_add(c.refused_folded, t.refused_live);
+  return t;
+}
+
+// The job's counters into the grown scoreboard header, for `corral status` (which reads
+// nothing else), at most every 100 ms; and the supervisor's own slot fields rewritten.
+void Supervisor::Impl::publish_totals(Job& job, std::uint64_t now) noexcept {
+  if (!job.res.sb.extended_header() && !job.res.sb.extended_slots()) return;
+  if (job.audit.totals_published != 0 && now - job.audit.totals_published < 100 * kMs) return;
+  job.audit.totals_published = now;
+  JobTotals t = job_totals(job);
+  SbTotals out;
+  static_assert(kExitReasons <= CORRAL_SB_EXIT_REASONS);
+  static_assert(static_cast<int>(ExitReason::stuck_lock) == CORRAL_EXIT_REASON_STUCK_LOCK);
+  static_assert(static_cast<int>(ExitReason::oom) == CORRAL_EXIT_REASON_OOM);
+  for (std::size_t i = 0; i < kExitReasons; ++i) out.exits[i] = job.counters.exits[i];
+  out.refused = t.refused;
+  out.accepted = t.accepted;
+  for (std::size_t i = 0; i < job.res.listeners.size() && i < out.listener_accepted.size(); ++i) {
+    auto it = t.listener_accepted.find(job.res.listeners[i]->display);
+    if (it == t.listener_accepted.end()) continue;
+    out.listener_accepted[i] = it->second;
+    out.listeners_reported |= 1U << i;
+  }
+  job.res.sb.publish_totals(out);
+  // A worker may have scribbled over its slot's oom_kills: the supervisor's count stands.
+  for (const auto& [pid, w] : job.workers) {
+    auto it = job.counters.slot_oom_kills.find(w.slot);
+    job.res.sb.set_slot_oom_kills(w.slot, it != job.counters.slot_oom_kills.end() ? it->second : 0);
+  }
+}
+
 void Supervisor::Impl::sample_queues(std::uint64_t now) noexcept {
   (void)now;
   for (const auto& job : jobs_) {
@@ -113,15 +200,20 @@ SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64
       p.max_workers = job->cfg.workers.max;
       p.backoff_active = job->health.phase == JobPhase::backing_off && job->health.retry_at > now;
       p.counters = job->counters;
+      JobTotals totals = job_totals(*job);
+      p.accepted_live = totals.accepted_live;
+      p.refused_live = totals.refused_live;
+      for (const auto& [name, n] : totals.listener_accepted)
+        p.listener_accepted.push_back(ListenerAccepted{name, n});
+      p.slot_oom_kills = job->counters.slot_oom_kills;
       for (auto& [pid, w] : job->workers) {
         const bool current = w.generation == job->generation;
         SlotView slot = job->res.sb.read_slot(w.slot);
         ++p.workers[static_cast<std::size_t>(state_label(w, slot.state, current))];
-        w.requests_seen = std::max(w.requests_seen, std::min(slot.requests, kMaxSaneRequests));
-        p.accepted_live += w.requests_seen;
+        p.slot_oom_kills.emplace(w.slot, 0);  // a live slot's series, 0 until a kill
         SlotSample sl;
         sl.slot = w.slot;
-        sl.requests = std::min(slot.requests, kMaxSaneRequests);
+        sl.requests = std::min(slot.requests, kMaxSaneCount);
         sl.state_seconds = slot.state_since_ns != 0 && slot.state_since_ns <= now
                                ? static_cast<double>(now - slot.state_since_ns) / 1e9
                                : 0.0;

@@ -127,6 +127,9 @@ Handover Supervisor::Impl::collect_handover() const {
     }
     j.max_reached = job->counters.max_reached;
     j.accepted = job->counters.accepted_folded;
+    j.refused = job->counters.refused_folded;
+    j.listener_accepted = job->counters.listener_accepted_folded;
+    j.slot_oom_kills = job->counters.slot_oom_kills;
     for (const auto& [pid, w] : job->workers) {
       auto report = job->res.spawn_reports.find(pid);
       HandoverWorker hw;
@@ -139,6 +142,11 @@ Handover Supervisor::Impl::collect_handover() const {
       hw.last_state = static_cast<int>(w.last_state);
       hw.requests_limit = w.requests_limit;
       hw.retire_at = w.retire_at;
+      if (w.listeners) hw.listeners = *w.listeners;
+      hw.reports_listeners = w.reports_listeners;
+      hw.requests_seen = w.requests_seen;
+      hw.refused_seen = w.refused_seen;
+      hw.accepted_seen.assign(w.accepted_seen.begin(), w.accepted_seen.end());
       hw.report_fd = report != job->res.spawn_reports.end() ? report->second.get() : -1;
       j.workers.push_back(hw);
     }
@@ -401,6 +409,13 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
     }
     job->counters.max_reached = j.max_reached;
     job->counters.accepted_folded = j.accepted;
+    job->counters.refused_folded = j.refused;
+    job->counters.listener_accepted_folded = j.listener_accepted;
+    job->counters.slot_oom_kills = j.slot_oom_kills;
+    // Workers share their generation's listener list; a version 1..3 image said none:
+    // the current generation's are the job's sockets (older ones are not counted per
+    // listener, and only until they leave).
+    std::map<std::vector<std::string>, std::shared_ptr<const std::vector<std::string>>> names;
     for (const auto& hw : j.workers) {
       WorkerRec w;
       w.pid = hw.pid;
@@ -412,6 +427,20 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
       w.last_state = static_cast<corral_slot_state>(hw.last_state);
       w.requests_limit = hw.requests_limit;
       w.retire_at = hw.retire_at;
+      std::vector<std::string> listeners = hw.listeners;
+      if (listeners.empty() && w.generation == job->generation) {
+        for (const auto& l : res.listeners) listeners.push_back(l->display);
+      }
+      if (!listeners.empty()) {
+        auto& shared = names[listeners];
+        if (!shared) shared = std::make_shared<const std::vector<std::string>>(listeners);
+        w.listeners = shared;
+      }
+      w.reports_listeners = hw.reports_listeners;
+      w.requests_seen = hw.requests_seen;
+      w.refused_seen = hw.refused_seen;
+      for (std::size_t i = 0; i < hw.accepted_seen.size() && i < w.accepted_seen.size(); ++i)
+        w.accepted_seen[i] = std::min(hw.accepted_seen[i], kMaxSaneCount);
       if (hw.report_fd >= 0) res.spawn_reports.emplace(w.pid, UniqueFd(keep(hw.report_fd)));
       if (w.slot < res.slot_used.size()) res.slot_used[w.slot] = true;
       job->workers.emplace(w.pid, w);

@@ -42,9 +42,10 @@ struct corral_worker {
   const char** names;   /* n_listeners pointers into names_buf, or NULL */
   unsigned last_served; /* index of the listener that gave the last connection */
   enum corral_lock_kind lock_kind;
-  int lock_fd;                 /* -1 for NONE and EPOLL */
-  int epoll_fd;                /* EPOLL only */
-  struct corral_sb_slot* slot; /* NULL without a scoreboard */
+  int lock_fd;                         /* -1 for NONE and EPOLL */
+  int epoll_fd;                        /* EPOLL only */
+  struct corral_sb_slot* slot;         /* NULL without a scoreboard */
+  struct corral_sb_slot_ext* slot_ext; /* the grown slot's counters; NULL in a first-layout file */
   void* map_base;
   size_t map_len;
   int slot_index;                  /* -1 without a scoreboard */
@@ -395,6 +396,10 @@ static int take_connection(struct corral_worker* w, unsigned i, struct sockaddr*
   release_main(w); /* also leaves PHASE_ACCEPT: from here a SIGTERM only raises the flag */
   w->requests++;
   if (w->slot) __atomic_store_n(&w->slot->requests, w->requests, __ATOMIC_RELEASE);
+  /* Per listener (grown layout, listeners 0..15): the supervisor folds these into
+   * corral_listener_connections_accepted_total when it reaps us. */
+  if (w->slot_ext && i < CORRAL_SB_LISTENER_COUNTERS)
+    __atomic_fetch_add(&w->slot_ext->accepted[i], 1, __ATOMIC_RELEASE);
   /* A STOPPING found here stays: the program gets this connection, and the next
    * accept() says ESHUTDOWN. */
   (void)slot_set_state(w, CORRAL_SLOT_BUSY);
@@ -502,6 +507,11 @@ int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* add
     if (r == -ESHUTDOWN) return shut_down(w);
     if (r != -EAGAIN) return fail(r);
   }
+}
+
+void corral_worker_count_refused(corral_worker* w) {
+  if (!w || !w->in_use || !w->slot_ext) return;
+  __atomic_fetch_add(&w->slot_ext->refused, 1, __ATOMIC_RELEASE);
 }
 
 void corral_worker_done(corral_worker* w) {
@@ -697,13 +707,22 @@ static const char* map_scoreboard(struct corral_worker* w, int fd, long slot) {
   if (page <= 0) page = 4096;
   uint64_t slot_off = (uint64_t)h.header_size + (uint64_t)slot * h.slot_size;
   uint64_t map_off = slot_off & ~(uint64_t)(page - 1);
-  size_t map_len = (size_t)(slot_off - map_off) + CORRAL_SB_SLOT_SIZE;
+  /* The grown slot (256 bytes, never across a page: 2048 + i * 256) when the file has
+   * it; else the first layout's 64 bytes, and no per-listener counters. */
+  int grown = h.slot_size >= CORRAL_SB_EXT_SLOT_SIZE;
+  size_t map_len =
+      (size_t)(slot_off - map_off) + (grown ? CORRAL_SB_EXT_SLOT_SIZE : CORRAL_SB_SLOT_SIZE);
   void* base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map_off);
   if (base == MAP_FAILED) return "mmap failed (is the fd open read-write?)";
   w->map_base = base;
   w->map_len = map_len;
   w->slot = (struct corral_sb_slot*)((char*)base + (slot_off - map_off));
   w->slot_index = (int)slot;
+  if (grown) {
+    w->slot_ext = (struct corral_sb_slot_ext*)((char*)w->slot + CORRAL_SB_SLOT_SIZE);
+    /* The supervisor zeroed the counters when it claimed the slot; say we keep them. */
+    __atomic_fetch_or(&w->slot_ext->reports, CORRAL_SB_REPORTS_LISTENERS, __ATOMIC_RELEASE);
+  }
   /* The header's first page, for the idle hint only (optional: without it the
    * supervisor still sees the pool within a second). */
   void* hdr = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

@@ -19,7 +19,11 @@ kind = os.environ.get("CORRAL_LOCK_KIND", "none")
 lock = int(os.environ.get("CORRAL_LOCK_FD", "-1"))
 sb_fd, slot = int(os.environ["CORRAL_SCOREBOARD_FD"]), int(os.environ["CORRAL_SLOT"])
 sb = mmap.mmap(sb_fd, os.fstat(sb_fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-off = 1024 + 64 * slot
+# The slot's offset as docs/PROTOCOL.md 5.2 always said: header_size + slot * slot_size
+# (offsets 12 and 16). It knows only the first layout's 64 bytes of its slot, as a worker
+# written before the layout grew does.
+header_size, slot_size = struct.unpack_from("=II", sb, 12)
+off = header_size + slot_size * slot
 IDLE, BUSY, STOPPING = 2, 3, 4
 stopping = False
 in_poll = False

@@ -53,7 +53,8 @@ if os.environ.get("PROBE_IDLE") == "1" and "CORRAL_SCOREBOARD_FD" in os.environ:
     slot = int(os.environ["CORRAL_SLOT"])
     size = os.fstat(fd).st_size
     sb = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    off = 1024 + 64 * slot
+    header_size, slot_size = struct.unpack_from("=II", sb, 12)  # docs/PROTOCOL.md 5.1
+    off = header_size + slot_size * slot
     struct.pack_into("=Q", sb, off + 24, time.monotonic_ns())
     struct.pack_into("=I", sb, off, 2)  # CORRAL_SLOT_IDLE
 

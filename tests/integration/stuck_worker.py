@@ -19,7 +19,8 @@ lock_fd = int(os.environ["CORRAL_LOCK_FD"])
 sb_fd = int(os.environ["CORRAL_SCOREBOARD_FD"])
 slot = int(os.environ["CORRAL_SLOT"])
 sb = mmap.mmap(sb_fd, os.fstat(sb_fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-off = 1024 + 64 * slot
+header_size, slot_size = struct.unpack_from("=II", sb, 12)  # docs/PROTOCOL.md 5.1
+off = header_size + slot_size * slot
 struct.pack_into("=Q", sb, off + 24, time.monotonic_ns())
 struct.pack_into("=I", sb, off, 2)          # idle
 struct.pack_into("=Q", sb, off + 32, time.monotonic_ns())

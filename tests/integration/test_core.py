@@ -250,7 +250,7 @@ jobs:
             os.rename(fake, self.binary)
 
         self.upgrade_under_load(c, old_binary, r"refused the hand-over \(exited with status 3\)")
-        self.assertIn("version 3 unknown", c.log_text())
+        self.assertIn("version 4 unknown", c.log_text())
         self.assertEqual(c.stop(), 0)
 
 

@@ -67,7 +67,8 @@ class PreforkTest(CorralTest):
         self.assertRegex(job["listeners"][0], r"^127\.0\.0\.1:\d+$")
         self.assertNotEqual(job["listeners"][0], "127.0.0.1:0")
         for w in job["workers"]:
-            self.assertEqual(set(w), {"slot", "pid", "state", "requests", "seconds_in_state", "generation"})
+            self.assertEqual(set(w), {"slot", "pid", "state", "requests", "seconds_in_state", "generation",
+                                      "rss_bytes", "oom_kills"})
             self.assertTrue(pid_alive(w["pid"]))
         # The configuration-file form finds the same files.
         cfg = c.config_path
@@ -128,12 +129,14 @@ class PreforkTest(CorralTest):
         size = os.path.getsize(path)
         rng = random.Random(42)
         import struct
+        with open(path, "rb") as f:  # the layout, before the scribbling garbles the header
+            header_size, slot_size = struct.unpack_from("=II", f.read(20), 12)
         for round_ in range(20):
             with open(path, "r+b") as f:
                 data = bytearray(rng.getrandbits(8) for _ in range(size))
                 # Plant plausible values: the bystander's pid in every pid field, states
                 # that claim "busy since long ago" and huge request counts.
-                for off in range(1024, size, 64):
+                for off in range(header_size, size, slot_size):
                     struct.pack_into("=IiII", data, off, rng.choice([3, 2, 7, 0xFFFFFFFF]), bystander.pid, 1, 2)
                     struct.pack_into("=Q", data, off + 24, 1)
                 f.write(data)

@@ -211,7 +211,7 @@ jobs:
     listen: ["127.0.0.1:0"]
     workers: {{ start: 1, max: 64 }}
 """)
-        # 4 KiB of tmpfs cannot hold a scoreboard for 64 workers (1024 + 128 * 64 bytes):
+        # 4 KiB of tmpfs cannot hold a scoreboard for 64 workers (2048 + 128 * 256 bytes):
         # corral must say so at start (exit 1), not die of SIGBUS later.
         script = f"mount -t tmpfs -o size=4k,mode=0755 tmpfs {sb} || exit 77; exec {CORRAL} run {config}"
         out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=30)

@@ -93,7 +93,7 @@ TEST_CASE("version 3 carries the metrics counters and socket; version 2 reads as
   s.jobs.push_back(j);
   auto back = corral::decode_handover(corral::encode_handover(s));
   REQUIRE(back.ok());
-  CHECK(back->version == 3);
+  CHECK(back->version == corral::kHandoverVersion);
   CHECK(back->reloads == s.reloads);
   CHECK(back->upgrades == s.upgrades);
   CHECK(back->metrics_fd == 11);
@@ -113,4 +113,64 @@ TEST_CASE("version 3 carries the metrics counters and socket; version 2 reads as
   REQUIRE(v2->jobs.size() == 1);
   CHECK(v2->jobs[0].spawns == 0);
   CHECK(v2->jobs[0].exits.empty());
+}
+
+TEST_CASE("version 4 carries the grown scoreboard's counters; version 3 reads as none") {
+  corral::Handover s;
+  corral::HandoverJob j;
+  j.name = "web";
+  j.sb_fd = 6;
+  j.accepted = 50;
+  j.refused = 3;
+  j.listener_accepted = {{"127.0.0.1:8080", 30}, {"unix:/run/web.sock", 20}};
+  j.slot_oom_kills = {{0, 1}, {7, 2}};
+  corral::HandoverWorker w;
+  w.pid = 4242;
+  w.slot = 7;
+  w.listeners = {"127.0.0.1:8080", "unix:/run/web.sock"};
+  w.reports_listeners = true;
+  w.requests_seen = 9;
+  w.refused_seen = 1;
+  w.accepted_seen = {4, 5};
+  j.workers.push_back(w);
+  s.jobs.push_back(j);
+  auto back = corral::decode_handover(corral::encode_handover(s));
+  REQUIRE(back.ok());
+  CHECK(back->version == 4);
+  REQUIRE(back->jobs.size() == 1);
+  const auto& bj = back->jobs[0];
+  CHECK(bj.accepted == 50);
+  CHECK(bj.refused == 3);
+  CHECK(bj.listener_accepted == j.listener_accepted);
+  CHECK(bj.slot_oom_kills == j.slot_oom_kills);
+  REQUIRE(bj.workers.size() == 1);
+  const auto& bw = bj.workers[0];
+  CHECK(bw.listeners == w.listeners);
+  CHECK(bw.reports_listeners);
+  CHECK(bw.requests_seen == 9);
+  CHECK(bw.refused_seen == 1);
+  CHECK(bw.accepted_seen == w.accepted_seen);
+
+  // What a version 3 image wrote: no per-listener block anywhere.
+  auto v3 = corral::decode_handover(
+      R"({"version":3,"generation":2,"started":1,"jobs":[{"name":"web","mode":0,"generation":2,)"
+      R"("sb_fd":6,"workers":[{"pid":10,"slot":0,"phase":"up"}],)"
+      R"("counters":{"spawns":4,"exits":{"crash":1},"max_reached":0,"accepted":12}}]})");
+  REQUIRE(v3.ok());
+  CHECK(v3->version == 3);
+  REQUIRE(v3->jobs.size() == 1);
+  CHECK(v3->jobs[0].accepted == 12);
+  CHECK(v3->jobs[0].refused == 0);
+  CHECK(v3->jobs[0].listener_accepted.empty());
+  CHECK(v3->jobs[0].slot_oom_kills.empty());
+  REQUIRE(v3->jobs[0].workers.size() == 1);
+  CHECK(v3->jobs[0].workers[0].listeners.empty());
+  CHECK_FALSE(v3->jobs[0].workers[0].reports_listeners);
+  CHECK(v3->jobs[0].workers[0].accepted_seen.empty());
+
+  // A version 4 state with the wrong shapes is an error, not a crash.
+  auto bad = corral::decode_handover(
+      R"({"version":4,"generation":2,"started":1,"jobs":[{"name":"web","mode":0,"generation":2,)"
+      R"("sb_fd":6,"counters":{"listener_accepted":[1,2],"slot_oom_kills":[[1,2,3],"x"]}}]})");
+  CHECK_FALSE(bad.ok());
 }

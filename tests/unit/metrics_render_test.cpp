@@ -91,6 +91,43 @@ TEST_CASE("the metrics carry PRODUCT.md's names, labels and values") {
   CHECK(text.find("pid=") == std::string::npos);
 }
 
+TEST_CASE("per-listener accepts, refusals and OOM kills per slot") {
+  auto s = one_pool();
+  auto& p = s.pools[0];
+  p.listener_accepted.push_back({"127.0.0.1:8080", 40});
+  p.listener_accepted.push_back({"unix:/run/a b\"c.sock", 2});
+  p.counters.refused_folded = 3;
+  p.refused_live = 1;
+  p.slot_oom_kills = {{0, 0}, {5, 2}};
+  auto text = corral::render_metrics(s);
+  CHECK(has_line(text, "# TYPE corral_listener_connections_accepted_total counter"));
+  CHECK(has_line(
+      text,
+      R"(corral_listener_connections_accepted_total{pool="web",listener="127.0.0.1:8080"} 40)"));
+  CHECK(has_line(
+      text,
+      R"(corral_listener_connections_accepted_total{pool="web",listener="unix:/run/a b\"c.sock"} 2)"));
+  CHECK(has_line(text, R"(corral_pool_connections_refused_total{pool="web"} 4)"));
+  CHECK(has_line(text, "# TYPE corral_slot_oom_kills_total counter"));
+  CHECK(has_line(text, R"(corral_slot_oom_kills_total{pool="web",slot="0"} 0)"));
+  CHECK(has_line(text, R"(corral_slot_oom_kills_total{pool="web",slot="5"} 2)"));
+  // No worker reported per listener: no series (the family alone).
+  auto none = corral::render_metrics(one_pool());
+  CHECK(none.find("corral_listener_connections_accepted_total{") == std::string::npos);
+}
+
+TEST_CASE("counters from lying slots saturate instead of wrapping") {
+  CHECK(corral::saturating_add(1, 2) == 3);
+  CHECK(corral::saturating_add(~0ULL, 1) == ~0ULL);
+  CHECK(corral::saturating_add(~0ULL - 1, ~0ULL - 1) == ~0ULL);
+  auto s = one_pool();
+  s.pools[0].counters.accepted_folded = ~0ULL - 5;
+  s.pools[0].accepted_live = 100;
+  auto text = corral::render_metrics(s);
+  CHECK(
+      has_line(text, R"(corral_pool_connections_accepted_total{pool="web"} 18446744073709551615)"));
+}
+
 TEST_CASE("every exit reason of PRODUCT.md is a series, zero or not") {
   auto text = corral::render_metrics(one_pool());
   for (const char* r : {"normal", "max_requests", "max_lifetime", "busy_timeout", "start_timeout",

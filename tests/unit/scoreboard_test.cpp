@@ -58,6 +58,27 @@ void write_file(const std::string& path, const std::string& bytes) {
   REQUIRE(out.good());
 }
 
+// The layout corral creates: header 2048, slots 256.
+corral_sb_header grown_header(std::uint32_t slots) {
+  auto h = good_header(slots);
+  h.header_size = CORRAL_SB_EXT_HEADER_SIZE;
+  h.slot_size = CORRAL_SB_EXT_SLOT_SIZE;
+  return h;
+}
+
+std::uint64_t grown_size_for(std::uint64_t slots) {
+  return CORRAL_SB_EXT_HEADER_SIZE + slots * CORRAL_SB_EXT_SLOT_SIZE;
+}
+
+// A first-layout file (1024 + 64 per slot), as an older corral made it.
+void write_first_layout(const std::string& path, std::uint32_t slots) {
+  auto h = good_header(slots);
+  h.supervisor_pid = ::getpid();
+  std::string bytes(reinterpret_cast<const char*>(&h), sizeof h);
+  bytes += std::string(static_cast<std::size_t>(slots) * CORRAL_SB_SLOT_SIZE, '\0');
+  write_file(path, bytes);
+}
+
 }  // namespace
 
 TEST_CASE("validate_header accepts a well-formed header") {
@@ -85,15 +106,63 @@ TEST_CASE("validate_header refuses another version") {
   CHECK_FALSE(corral::validate_header(h, size_for(4)).empty());
 }
 
-TEST_CASE("validate_header refuses other header and slot sizes") {
+TEST_CASE("validate_header accepts both layouts, and sizes a later version may grow to") {
+  CHECK(corral::validate_header(grown_header(4), grown_size_for(4)) == "");
+  CHECK(corral::validate_header(grown_header(4), grown_size_for(4) - 1) ==
+        "file shorter than its slots");
+  // The first layout's sizes in a file of the grown size: fine (it is long enough).
+  CHECK(corral::validate_header(good_header(4), grown_size_for(4)) == "");
   auto h = good_header(4);
-  h.header_size = 512;
-  CHECK(corral::validate_header(h, size_for(4)) == "unexpected header size");
+  h.header_size = 2048;  // grown header, first-layout slots
+  CHECK(corral::validate_header(h, 2048 + 4 * 64) == "");
   h = good_header(4);
   h.slot_size = 128;
-  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size");
+  CHECK(corral::validate_header(h, 1024 + 4 * 128) == "");
+}
+
+TEST_CASE("validate_header refuses header and slot sizes that are too small, unaligned or huge") {
+  auto h = good_header(4);
+  h.header_size = 512;
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected header size 512");
+  h.header_size = 1024 + 8;  // not a multiple of 64: fields would be unaligned
+  CHECK(corral::validate_header(h, UINT64_MAX) == "unexpected header size 1032");
+  h.header_size = 0xffffffc0U;  // aligned, but absurd
+  CHECK(corral::validate_header(h, UINT64_MAX) == "unexpected header size 4294967232");
+  h = good_header(4);
   h.slot_size = 0;
-  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size");
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size 0");
+  h.slot_size = 32;
+  CHECK(corral::validate_header(h, size_for(4)) == "unexpected slot size 32");
+  h.slot_size = 65;
+  CHECK(corral::validate_header(h, UINT64_MAX) == "unexpected slot size 65");
+  h.slot_size = 1U << 31;
+  CHECK(corral::validate_header(h, UINT64_MAX) == "unexpected slot size 2147483648");
+  // The largest sizes, with the most slots, cannot overflow the size computation.
+  h = good_header(CORRAL_SB_MAX_SLOTS);
+  h.header_size = corral::kMaxHeaderSize;
+  h.slot_size = corral::kMaxSlotSize;
+  CHECK(corral::validate_header(h, 1ULL << 28) == "file shorter than its slots");
+  CHECK(corral::validate_header(h, (1ULL << 28) + (1ULL << 20)) == "");
+}
+
+TEST_CASE("validate_header survives random headers") {
+  std::uint32_t x = 12345;
+  for (int round = 0; round < 20000; ++round) {
+    corral_sb_header h = good_header(4);
+    auto* words = reinterpret_cast<std::uint32_t*>(&h);
+    for (int i = 2; i < 6; ++i) {  // version, header_size, slot_size, slot_count
+      x = x * 1103515245U + 12345U;
+      if ((x >> 28) < 8) words[i] = x;
+    }
+    auto why = corral::validate_header(h, x % 3 == 0 ? UINT64_MAX : grown_size_for(4));
+    if (why.empty()) {
+      CHECK(h.header_size >= CORRAL_SB_HEADER_SIZE);
+      CHECK(h.header_size % 64 == 0);
+      CHECK(h.slot_size >= CORRAL_SB_SLOT_SIZE);
+      CHECK(h.slot_size % 64 == 0);
+      CHECK(h.slot_count <= CORRAL_SB_MAX_SLOTS);
+    }
+  }
 }
 
 TEST_CASE("validate_header refuses a slot count out of range") {
@@ -201,14 +270,120 @@ TEST_CASE("create makes the directory and a file sized for its slots, mode 0644"
   CHECK(sb.path() == dir + "/web.scoreboard");
   struct stat st {};
   REQUIRE(::stat(sb.path().c_str(), &st) == 0);
-  CHECK(static_cast<std::uint64_t>(st.st_size) == size_for(4));
+  CHECK(static_cast<std::uint64_t>(st.st_size) == grown_size_for(4));
   CHECK((st.st_mode & 07777) == 0644);
   // The fd workers inherit is close-on-exec until the supervisor clears it in the child.
   CHECK((::fcntl(sb.fd(), F_GETFD) & FD_CLOEXEC) != 0);
   auto h = sb.header();
   CHECK(std::memcmp(h.magic, CORRAL_SB_MAGIC, 8) == 0);
   CHECK(h.slot_count == 4);
+  CHECK(h.version == 1);  // the grown layout is compatible: version 1 readers still read it
+  CHECK(h.header_size == CORRAL_SB_EXT_HEADER_SIZE);
+  CHECK(h.slot_size == CORRAL_SB_EXT_SLOT_SIZE);
+  CHECK(sb.extended_header());
+  CHECK(sb.extended_slots());
   CHECK(corral::validate_header(h, static_cast<std::uint64_t>(st.st_size)) == "");
+}
+
+TEST_CASE("grown slots: claim zeroes the worker's counters and writes the supervisor's") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 3);
+  // A previous worker's counters, raw, as a worker writes them.
+  int fd = ::open(sb.path().c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  corral_sb_slot_ext ext{};
+  ext.refused = 5;
+  ext.reports = CORRAL_SB_REPORTS_LISTENERS;
+  ext.accepted[0] = 7;
+  ext.accepted[15] = 9;
+  const off_t at = CORRAL_SB_EXT_HEADER_SIZE + 1 * CORRAL_SB_EXT_SLOT_SIZE + CORRAL_SB_SLOT_SIZE;
+  REQUIRE(::pwrite(fd, &ext, sizeof ext, at) == static_cast<ssize_t>(sizeof ext));
+  auto before = sb.read_slot(1);
+  CHECK(before.extended);
+  CHECK(before.reports_listeners);
+  CHECK(before.refused == 5);
+  CHECK(before.accepted[0] == 7);
+  CHECK(before.accepted[15] == 9);
+
+  sb.claim_slot(1, 4242, 1, 10, 3);
+  auto s = sb.read_slot(1);
+  CHECK_FALSE(s.reports_listeners);
+  CHECK(s.refused == 0);
+  CHECK(s.accepted[0] == 0);
+  CHECK(s.accepted[15] == 0);
+  CHECK(s.oom_kills == 3);
+  sb.set_slot_oom_kills(1, 4);
+  CHECK(sb.read_slot(1).oom_kills == 4);
+  // Its neighbours are untouched.
+  CHECK(sb.read_slot(0).oom_kills == 0);
+  CHECK(sb.read_slot(2).state == CORRAL_SLOT_EMPTY);
+  ::close(fd);
+}
+
+TEST_CASE("grown header: the totals the supervisor publishes, as a reader sees them") {
+  TempDir tmp;
+  auto sb = corral::Scoreboard::create(tmp.path(), "web", 2);
+  corral::SbTotals t;
+  t.exits[CORRAL_EXIT_REASON_SIGNAL] = 2;
+  t.exits[CORRAL_EXIT_REASON_MAX_REQUESTS] = 11;
+  t.refused = 4;
+  t.accepted = 30;
+  t.listeners_reported = 0b11;
+  t.listener_accepted[0] = 10;
+  t.listener_accepted[1] = 20;
+  sb.publish_totals(t);
+  sb.write_header(::getpid(), 1, 1, CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0, 1, 2, 4, 0, "web",
+                  "a\nb");  // the header rewrite leaves the totals alone
+  auto ro = corral::Scoreboard::open_read_only(sb.path());
+  REQUIRE(ro.ok());
+  auto back = ro->totals();
+  REQUIRE(back.has_value());
+  CHECK(back->exits == t.exits);
+  CHECK(back->refused == 4);
+  CHECK(back->accepted == 30);
+  CHECK(back->listeners_reported == 0b11);
+  CHECK(back->listener_accepted == t.listener_accepted);
+  ro->publish_totals(corral::SbTotals{});  // read-only: nothing written
+  CHECK(sb.totals()->accepted == 30);
+}
+
+TEST_CASE("a first-layout file (an older corral's) is read and adopted with its own sizes") {
+  TempDir tmp;
+  const std::string path = tmp.path() + "/old.scoreboard";
+  write_first_layout(path, 3);
+  auto ro = corral::Scoreboard::open_read_only(path);
+  REQUIRE(ro.ok());
+  CHECK_FALSE(ro->extended_header());
+  CHECK_FALSE(ro->extended_slots());
+  CHECK_FALSE(ro->totals().has_value());
+  CHECK_FALSE(ro->read_slot(2).extended);
+
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  auto sb = corral::Scoreboard::adopt(fd, path);
+  REQUIRE(sb.ok());
+  sb->claim_slot(1, 4242, 1, 10, 5);  // no room for oom_kills: not written
+  sb->set_slot_oom_kills(2, 9);
+  sb->publish_totals(corral::SbTotals{});
+  sb->write_header(::getpid(), 1, 1, CORRAL_MODE_PREFORK, CORRAL_JOB_RUNNING, 0, 1, 2, 4, 0, "web",
+                   "");
+  auto h = sb->header();
+  CHECK(h.header_size == CORRAL_SB_HEADER_SIZE);  // kept: its workers map by it
+  CHECK(h.slot_size == CORRAL_SB_SLOT_SIZE);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK(static_cast<std::uint64_t>(st.st_size) == size_for(3));
+  auto s1 = sb->read_slot(1);
+  CHECK(s1.pid == 4242);
+  CHECK(s1.state == CORRAL_SLOT_STARTING);
+  auto s2 = sb->read_slot(2);  // slot 1's 64 bytes did not spill into slot 2
+  CHECK(s2.state == CORRAL_SLOT_EMPTY);
+  CHECK(s2.pid == 0);
+  CHECK(s2.requests == 0);
+  REQUIRE(sb->grow(5));
+  struct stat grown {};
+  REQUIRE(::stat(path.c_str(), &grown) == 0);
+  CHECK(static_cast<std::uint64_t>(grown.st_size) == size_for(5));
 }
 
 TEST_CASE("a second create of the same job's scoreboard fails: it is in use") {

@@ -254,9 +254,14 @@ struct Scoreboard {
   int fd = -1;
   void* map = MAP_FAILED;
   std::size_t size = 0;
+  std::size_t header_size = CORRAL_SB_HEADER_SIZE;
+  std::size_t slot_size = CORRAL_SB_SLOT_SIZE;
   corral_sb_slot* slot(unsigned i) const {
-    return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(map) + CORRAL_SB_HEADER_SIZE +
-                                             i * CORRAL_SB_SLOT_SIZE);
+    return reinterpret_cast<corral_sb_slot*>(static_cast<char*>(map) + header_size + i * slot_size);
+  }
+  corral_sb_slot_ext* ext(unsigned i) const {  // the grown layout only
+    return reinterpret_cast<corral_sb_slot_ext*>(reinterpret_cast<char*>(slot(i)) +
+                                                 CORRAL_SB_SLOT_SIZE);
   }
   std::uint32_t state(unsigned i) const {
     return __atomic_load_n(&slot(i)->state, __ATOMIC_ACQUIRE);
@@ -268,18 +273,21 @@ struct Scoreboard {
   }
 };
 
-void make_scoreboard(const TempDir& dir, unsigned slots, Scoreboard& sb) {
+// `grown`: the layout corral creates now (header 2048, slots 256); else the first one.
+void make_scoreboard(const TempDir& dir, unsigned slots, Scoreboard& sb, bool grown = false) {
   sb.fd = ::open(dir.file("job.scoreboard").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   REQUIRE(sb.fd >= 0);
-  sb.size = CORRAL_SB_HEADER_SIZE + slots * CORRAL_SB_SLOT_SIZE;
+  sb.header_size = grown ? CORRAL_SB_EXT_HEADER_SIZE : CORRAL_SB_HEADER_SIZE;
+  sb.slot_size = grown ? CORRAL_SB_EXT_SLOT_SIZE : CORRAL_SB_SLOT_SIZE;
+  sb.size = sb.header_size + slots * sb.slot_size;
   REQUIRE(::ftruncate(sb.fd, static_cast<off_t>(sb.size)) == 0);
   sb.map = ::mmap(nullptr, sb.size, PROT_READ | PROT_WRITE, MAP_SHARED, sb.fd, 0);
   REQUIRE(sb.map != MAP_FAILED);
   auto* h = static_cast<corral_sb_header*>(sb.map);
   std::memcpy(h->magic, CORRAL_SB_MAGIC, sizeof h->magic);
   h->version = CORRAL_SB_VERSION;
-  h->header_size = CORRAL_SB_HEADER_SIZE;
-  h->slot_size = CORRAL_SB_SLOT_SIZE;
+  h->header_size = static_cast<std::uint32_t>(sb.header_size);
+  h->slot_size = static_cast<std::uint32_t>(sb.slot_size);
   h->slot_count = slots;
   h->supervisor_pid = ::getpid();
   h->generation = 1;
@@ -557,6 +565,84 @@ TEST_SUITE("worker accept") {
     ::close(l0);
     ::close(l1);
     ::close(lock);
+  }
+
+  TEST_CASE("grown slots: accepts counted per listener, refusals counted, reports set") {
+    TempDir dir;
+    int l0 = listen_tcp();
+    int l1 = listen_tcp();
+    int lock = make_token_fifo(dir, 1);
+    Scoreboard sb;
+    make_scoreboard(dir, 2, sb, true);
+    // What a lying predecessor or a worker of another slot left: slot 0 untouched by us.
+    __atomic_store_n(&sb.ext(0)->accepted[0], std::uint64_t{77}, __ATOMIC_RELEASE);
+    WorkerEnv env;
+    env.listeners = {l0, l1};
+    env.lock_kind = "pipe";
+    env.lock_fd = lock;
+    env.scoreboard_fd = sb.fd;
+    env.slot = 1;
+    ChildGuard children;
+    pid_t worker = fork_worker(children, env, [](corral_worker* w, int) {
+      for (int n = 0; n < 5; n++) {
+        unsigned index = 99;
+        int c = corral_worker_accept(w, nullptr, nullptr, &index);
+        if (c < 0) return 33;
+        ::close(c);
+        if (n == 4) corral_worker_count_refused(w);  // the last one: closed unserved
+        corral_worker_done(w);
+      }
+      return 0;
+    });
+    REQUIRE(worker > 0);
+    std::vector<int> clients;
+    for (int i = 0; i < 3; i++) clients.push_back(connect_to(l1));
+    for (int i = 0; i < 2; i++) clients.push_back(connect_to(l0));
+    REQUIRE(exited_with(children.wait_exit(worker), 0));
+    CHECK(__atomic_load_n(&sb.slot(1)->requests, __ATOMIC_ACQUIRE) == 5);
+    CHECK(__atomic_load_n(&sb.ext(1)->accepted[0], __ATOMIC_ACQUIRE) == 2);
+    CHECK(__atomic_load_n(&sb.ext(1)->accepted[1], __ATOMIC_ACQUIRE) == 3);
+    CHECK(__atomic_load_n(&sb.ext(1)->accepted[2], __ATOMIC_ACQUIRE) == 0);
+    CHECK(__atomic_load_n(&sb.ext(1)->refused, __ATOMIC_ACQUIRE) == 1);
+    CHECK((__atomic_load_n(&sb.ext(1)->reports, __ATOMIC_ACQUIRE) & CORRAL_SB_REPORTS_LISTENERS) !=
+          0);
+    CHECK(__atomic_load_n(&sb.ext(0)->accepted[0], __ATOMIC_ACQUIRE) == 77);
+    CHECK(__atomic_load_n(&sb.ext(0)->reports, __ATOMIC_ACQUIRE) == 0);
+    for (int c : clients) ::close(c);
+    ::close(l0);
+    ::close(l1);
+    ::close(lock);
+  }
+
+  TEST_CASE("first-layout slots: the library writes none of the grown fields") {
+    TempDir dir;
+    int l = listen_tcp();
+    Scoreboard sb;
+    make_scoreboard(dir, 2, sb);  // 64-byte slots: slot 0's bytes 64.. are slot 1
+    WorkerEnv env;
+    env.listeners = {l};
+    env.scoreboard_fd = sb.fd;
+    env.slot = 0;
+    ChildGuard children;
+    pid_t worker = fork_worker(children, env, [](corral_worker* w, int) {
+      int c = corral_worker_accept(w, nullptr, nullptr, nullptr);
+      if (c < 0) return 33;
+      ::close(c);
+      corral_worker_count_refused(w);  // nowhere to count: harmless
+      corral_worker_done(w);
+      return 0;
+    });
+    REQUIRE(worker > 0);
+    int c = connect_to(l);
+    REQUIRE(exited_with(children.wait_exit(worker), 0));
+    CHECK(__atomic_load_n(&sb.slot(0)->requests, __ATOMIC_ACQUIRE) == 1);
+    // Slot 1 is exactly as the supervisor left it.
+    CHECK(sb.state(1) == CORRAL_SLOT_STARTING);
+    CHECK(__atomic_load_n(&sb.slot(1)->requests, __ATOMIC_ACQUIRE) == 0);
+    CHECK(__atomic_load_n(&sb.slot(1)->pid, __ATOMIC_ACQUIRE) == 0);
+    CHECK(sb.lock(1) == CORRAL_LOCK_NONE);
+    ::close(c);
+    ::close(l);
   }
 
   TEST_CASE("SIGTERM to an idle worker waiting for the pipe token: exit 0, no token taken") {

@@ -57,12 +57,16 @@ SB_MAGIC = b"CORRALSB"
 SB_VERSION = 1
 SB_HEADER_SIZE = 1024
 SB_SLOT_SIZE = 64
+SB_EXT_SLOT_SIZE = 256  # the grown layout (docs/PROTOCOL.md 5.2): per-listener counters
+SB_LISTENER_COUNTERS = 16
+REPORTS_LISTENERS = 1
 SB_MAX_SLOTS = 65536
 SLOT_IDLE, SLOT_BUSY, SLOT_STOPPING = 2, 3, 4
 LOCK_NONE, LOCK_WAITING, LOCK_HELD = 0, 1, 2
 # Slot fields as indexes into the slot viewed as uint32 ('I') or uint64 ('Q').
 I_STATE, I_LOCK = 0, 3                        # offsets 0 and 12
 Q_REQUESTS, Q_STATE_SINCE, Q_LOCK_SINCE = 2, 3, 4  # offsets 16, 24, 32
+Q_REFUSED, I_REPORTS, Q_ACCEPTED = 8, 20, 16  # grown slots: offsets 64, 80, 128 (+ 8 * i)
 
 PHASE_OTHER, PHASE_WAIT_LOCK, PHASE_HOLD_POLL = 0, 1, 2
 TOKEN = b"T"
@@ -97,6 +101,9 @@ class Slot:
     def __init__(self):
         self.map = None
         self.u32 = self.u64 = None
+        self.grown = False
+        self.accepted = [0] * SB_LISTENER_COUNTERS
+        self.refused = 0
 
     @classmethod
     def from_env(cls):
@@ -137,11 +144,19 @@ class Slot:
         # Map only the page holding our slot, as the C library does.
         slot_off = header_size + index * slot_size
         map_off = slot_off - slot_off % mmap.ALLOCATIONGRANULARITY
-        self.map = mmap.mmap(fd, slot_off - map_off + SB_SLOT_SIZE, mmap.MAP_SHARED,
+        # A grown slot (256 bytes) also holds per-listener counters; a first-layout one
+        # (64 bytes) does not, and we must not write past it: it is the next slot.
+        length = SB_EXT_SLOT_SIZE if slot_size >= SB_EXT_SLOT_SIZE else SB_SLOT_SIZE
+        self.map = mmap.mmap(fd, slot_off - map_off + length, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE, offset=map_off)
-        view = memoryview(self.map)[slot_off - map_off:slot_off - map_off + SB_SLOT_SIZE]
+        view = memoryview(self.map)[slot_off - map_off:slot_off - map_off + length]
         self.u32 = view.cast("I")
         self.u64 = view.cast("Q")
+        self.grown = length == SB_EXT_SLOT_SIZE
+        if self.grown:
+            # We are the only writer of these fields (the supervisor zeroed them before
+            # we ran): plain aligned stores of our own counts, as for `requests`.
+            self.u32[I_REPORTS] = self.u32[I_REPORTS] | REPORTS_LISTENERS
         os.set_inheritable(fd, False)
 
     def stopping(self):
@@ -167,6 +182,18 @@ class Slot:
     def set_requests(self, n):
         if self.u64 is not None:
             self.u64[Q_REQUESTS] = n
+
+    def count_accept(self, index):
+        """One more connection on listener `index` (grown slots, listeners 0..15)."""
+        if self.grown and index < SB_LISTENER_COUNTERS:
+            self.accepted[index] += 1
+            self.u64[Q_ACCEPTED + index] = self.accepted[index]
+
+    def count_refused(self):
+        """One more connection taken and closed unserved (grown slots)."""
+        if self.grown:
+            self.refused += 1
+            self.u64[Q_REFUSED] = self.refused
 
 
 class Worker:
@@ -342,6 +369,7 @@ class Worker:
                     conn.setblocking(True)
                     self.requests += 1
                     self.slot.set_requests(self.requests)
+                    self.slot.count_accept(i)
                     self.slot.set_state(SLOT_BUSY)
                     return conn, addr, i
                 if pause:  # out of fds or memory: let another worker accept
@@ -352,6 +380,11 @@ class Worker:
     def done(self):
         """Marks the slot idle again after the connection was closed."""
         self.slot.set_state(SLOT_IDLE)
+
+    def count_refused(self):
+        """Counts a connection from accept() that was closed without serving it (a
+        refusal: status "refused", corral_pool_connections_refused_total). Then done()."""
+        self.slot.count_refused()
 
 
 def serve(handler, name="corral_worker"):

@@ -26,8 +26,20 @@ extern "C" {
 /* ---- scoreboard file -------------------------------------------------- */
 #define CORRAL_SB_MAGIC "CORRALSB" /* 8 bytes, no terminator */
 #define CORRAL_SB_VERSION 1u
+/* The first layout's sizes, which are also the smallest a reader accepts: a file may
+ * have a larger header_size and slot_size (both multiples of 64), and the offsets of
+ * the first layout stay. Readers take the sizes from the header, never from here. */
 #define CORRAL_SB_HEADER_SIZE 1024u
 #define CORRAL_SB_SLOT_SIZE 64u
+/* The grown layout: every file corral creates has header_size 2048 (the
+ * counters of struct corral_sb_header_ext at 1024) and slot_size 256 (struct
+ * corral_sb_slot_ext at 64). The version stays 1: every worker written for the first
+ * layout works unchanged on it. A field of the grown layout exists only when the
+ * file's header_size / slot_size is at least CORRAL_SB_EXT_*_SIZE. */
+#define CORRAL_SB_EXT_HEADER_SIZE 2048u
+#define CORRAL_SB_EXT_SLOT_SIZE 256u
+#define CORRAL_SB_LISTENER_COUNTERS 16u /* per-listener counters: listeners 0..15 */
+#define CORRAL_SB_EXIT_REASONS 16u      /* room for exit reasons (11 are defined) */
 #define CORRAL_SB_MAX_SLOTS 65536u
 #define CORRAL_SB_JOB_NAME_SIZE 64u
 #define CORRAL_SB_LISTENERS_SIZE 768u
@@ -122,13 +134,81 @@ struct corral_sb_slot {
   uint8_t reserved[16];    /* 48 .. 63 */
 };
 
+/* ---- the grown layout ------------------------------------------------- */
+
+/* Exit reasons, the index into corral_sb_header_ext.exits (the `reason` label of
+ * corral_worker_exits_total and the keys of the status JSON's "exits"). */
+enum corral_exit_reason {
+  CORRAL_EXIT_REASON_NORMAL = 0,
+  CORRAL_EXIT_REASON_MAX_REQUESTS = 1,
+  CORRAL_EXIT_REASON_MAX_LIFETIME = 2,
+  CORRAL_EXIT_REASON_BUSY_TIMEOUT = 3,
+  CORRAL_EXIT_REASON_START_TIMEOUT = 4,
+  CORRAL_EXIT_REASON_MEMORY = 5,
+  CORRAL_EXIT_REASON_OOM = 6,
+  CORRAL_EXIT_REASON_SIGNAL = 7,
+  CORRAL_EXIT_REASON_CRASH = 8,
+  CORRAL_EXIT_REASON_FAILED_START = 9,
+  CORRAL_EXIT_REASON_STUCK_LOCK = 10,
+};
+
+/* Header bytes 1024 .. 2047 (header_size >= 2048): the job's counters since the
+ * supervisor started (they survive reloads and SIGUSR2), for `corral status`. Written
+ * by the supervisor only, republished at least every 100 ms (a worker that scribbles
+ * here is corrected then); a worker never reads or writes them. */
+struct corral_sb_header_ext {
+  uint64_t exits[CORRAL_SB_EXIT_REASONS]; /* 1024: workers that left, by corral_exit_reason */
+  uint64_t refused;                       /* 1152: connections refused (inetd), every slot */
+  uint64_t accepted;                      /* 1160: connections accepted, every slot */
+  uint32_t listeners_reported;            /* 1168: bit i: listener_accepted[i] is reported */
+  uint32_t reserved0;                     /* 1172 */
+  uint64_t published_mono_ns;             /* 1176: CLOCK_MONOTONIC of the last publication */
+  uint8_t reserved1[96];                  /* 1184 .. 1279 */
+  /* 1280: per listener of the current generation (the order of `listeners` at 144,
+   * which is LISTEN_FDS order), accepted connections, folded by listener address */
+  uint64_t listener_accepted[CORRAL_SB_LISTENER_COUNTERS];
+  uint8_t reserved[640]; /* 1408 .. 2047 */
+};
+
+/* Slot bits a worker sets in corral_sb_slot_ext.reports. */
+#define CORRAL_SB_REPORTS_LISTENERS 1u /* it counts accepted[] (and refused) */
+
+/* Slot bytes 64 .. 255 (slot_size >= 256). The supervisor zeroes the worker's fields
+ * when it claims the slot for a new worker. */
+struct corral_sb_slot_ext {
+  uint64_t refused;      /*  64 (w): connections taken and closed unserved (inetd: max_per_source
+                          *       and peer rules), counted with an atomic add */
+  uint64_t oom_kills;    /*  72 (s): workers of this slot the kernel's OOM killer ended, since the
+                          *       supervisor started (kept across the slot's workers) */
+  uint32_t reports;      /*  80 (w): CORRAL_SB_REPORTS_* bits, set once at start */
+  uint32_t reserved0;    /*  84 */
+  uint8_t reserved1[40]; /* 88 .. 127 */
+  /* 128 (w): connections accepted per listener (index as LISTEN_FDS), atomic add;
+   * connections on listener 16 and up are counted in `requests` only */
+  uint64_t accepted[CORRAL_SB_LISTENER_COUNTERS];
+};
+
+/* A slot of the grown layout. */
+struct corral_sb_slot_v2 {
+  struct corral_sb_slot base;    /*  0 .. 63 */
+  struct corral_sb_slot_ext ext; /* 64 .. 255 */
+};
+
 #ifdef __cplusplus
 }
 static_assert(sizeof(struct corral_sb_header) == CORRAL_SB_HEADER_SIZE, "header size");
 static_assert(sizeof(struct corral_sb_slot) == CORRAL_SB_SLOT_SIZE, "slot size");
+static_assert(CORRAL_SB_HEADER_SIZE + sizeof(struct corral_sb_header_ext) ==
+                  CORRAL_SB_EXT_HEADER_SIZE,
+              "grown header size");
+static_assert(sizeof(struct corral_sb_slot_v2) == CORRAL_SB_EXT_SLOT_SIZE, "grown slot size");
 #else
 _Static_assert(sizeof(struct corral_sb_header) == CORRAL_SB_HEADER_SIZE, "header size");
 _Static_assert(sizeof(struct corral_sb_slot) == CORRAL_SB_SLOT_SIZE, "slot size");
+_Static_assert(CORRAL_SB_HEADER_SIZE + sizeof(struct corral_sb_header_ext) ==
+                   CORRAL_SB_EXT_HEADER_SIZE,
+               "grown header size");
+_Static_assert(sizeof(struct corral_sb_slot_v2) == CORRAL_SB_EXT_SLOT_SIZE, "grown slot size");
 #endif
 
 #endif /* CORRAL_PROTOCOL_H */

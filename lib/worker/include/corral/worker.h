@@ -91,6 +91,14 @@ int corral_worker_init(corral_worker** out);
 int corral_worker_accept(corral_worker* w, struct sockaddr* addr, socklen_t* addrlen,
                          unsigned* listener_index);
 
+/// Counts one connection that the program took from corral_worker_accept() and
+/// closed without serving it (a refusal: an access rule, a per-source limit) in
+/// the slot's `refused` counter (docs/PROTOCOL.md 5.2; shown by `corral status` as
+/// "refused" and in corral_pool_connections_refused_total). Call it, then
+/// corral_worker_done(). Harmless with w NULL or without a grown scoreboard slot.
+/// Async-signal-safe.
+void corral_worker_count_refused(corral_worker* w);
+
 /// Marks the slot idle again after the program closed the connection returned
 /// by corral_worker_accept(). Calling it twice, or with w NULL, is harmless.
 void corral_worker_done(corral_worker* w);

@@ -129,6 +129,8 @@ class Worker {
   }
   corral_lock_kind lock_kind() const noexcept { return corral_worker_lock_kind(worker_); }
   int slot() const noexcept { return corral_worker_slot(worker_); }
+  /// Counts a connection closed without serving it (corral_worker_count_refused).
+  void count_refused() noexcept { corral_worker_count_refused(worker_); }
 
   /// The C handle, for the rest of the C API. Still owned by *this.
   corral_worker* get() const noexcept { return worker_; }
