@@ -57,7 +57,8 @@ static int install_filter(void) {
   };
   struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
-  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                      &prog);
 }
 
 static void send_fd(int sock, int fd) {
@@ -67,8 +68,8 @@ static void send_fd(int sock, int fd) {
     char buf[CMSG_SPACE(sizeof(int))];
     struct cmsghdr align;
   } u;
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                     .msg_controllen = sizeof u.buf};
+  struct msghdr m = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
   struct cmsghdr* h = CMSG_FIRSTHDR(&m);
   h->cmsg_level = SOL_SOCKET;
   h->cmsg_type = SCM_RIGHTS;
@@ -84,8 +85,8 @@ static int recv_fd(int sock) {
     char buf[CMSG_SPACE(sizeof(int))];
     struct cmsghdr align;
   } u;
-  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                     .msg_controllen = sizeof u.buf};
+  struct msghdr m = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
   if (recvmsg(sock, &m, MSG_CMSG_CLOEXEC) != 1) return -1;
   struct cmsghdr* h = CMSG_FIRSTHDR(&m);
   if (!h || h->cmsg_type != SCM_RIGHTS) return -1;
@@ -156,7 +157,8 @@ int main(int argc, char** argv) {
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port),
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((unsigned short)port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (bind(ls, (struct sockaddr*)&sa, sizeof sa) != 0 || listen(ls, 128) != 0) die("listen");
   long traps = 0;
@@ -201,6 +203,7 @@ int main(int argc, char** argv) {
     waitpid(r.pid, &st, 0);
     if (n + 1 < count && start_program(argv + 3, &r) != 0) die("start_program");
   }
-  printf("connections=%ld\ntraps=%ld\ncpu_us=%ld\njoin_cpu_us=%ld\n", count, traps, cpu_us(), join_cpu);
+  printf("connections=%ld\ntraps=%ld\ncpu_us=%ld\njoin_cpu_us=%ld\n", count, traps, cpu_us(),
+         join_cpu);
   return 0;
 }

@@ -305,6 +305,20 @@ exec {LEGACY}
         for p in waiting:
             self.assertFalse(pid_alive(p))
 
+    def test_busy_timeout_ends_a_joined_program(self):
+        c = self.start(extra="    busy_timeout: 1s\n")
+        port = c.port(self.sbdir, "legacy")
+        with connect(port, timeout=15) as s:
+            s.sendall(b"stuck\n")
+            report = json.loads(recv_until(s))  # then the program waits for more, forever
+            t0 = time.monotonic()
+            self.assertEqual(recv_all(s), b"")  # ended by corral, not by the client
+            self.assertLess(time.monotonic() - t0, 10)
+        wait_until(lambda: not pid_alive(report["pid"]), log=c)
+        report2, rest = ask(port, body=b"next")
+        self.assertEqual(rest, b"next")
+        self.assertEqual(c.stop(), 0)
+
     def test_sigusr2_upgrade_with_warm_programs(self):
         binary = os.path.join(self.tmp, "corral-copy")
         shutil.copy(CORRAL, binary)
