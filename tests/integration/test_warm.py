@@ -165,6 +165,38 @@ jobs:
         self.assertNotEqual(report["pid"], victim)
         self.assertEqual(c.stop(), 0)
 
+    def test_two_listeners_token_survives_programs_dying_while_waiting(self):
+        # Two listeners: the acceptors share the token pipe; an acceptor that leaves
+        # because its program died must give the token back, or nobody accepts again.
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  legacy:
+    command: ["{LEGACY}"]
+    mode: inetd
+    inetd: {{ warm: true }}
+    listen: ["127.0.0.1:0", "127.0.0.1:0"]
+    workers: {{ start: 3, min_spare: 3, max_spare: 4, max: 8 }}
+    restart: {{ backoff_max: 500ms, max_failures: 0 }}
+"""
+        c = self.corral(["run", "{config}"], config=config)
+        c.wait_idle(self.sbdir, "legacy", 3, timeout=30)
+        ports = [c.port(self.sbdir, "legacy", i) for i in (0, 1)]
+        for _ in range(3):
+            victims = self.waiting_programs(c)
+            for victim in victims:
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            wait_until(lambda: not (victims & self.waiting_programs(c)) and
+                       len(self.waiting_programs(c)) >= 2, timeout=30, log=c)
+        for port in ports:
+            report, rest = ask(port, body=b"token ok")
+            self.assertEqual(rest, b"token ok")
+        self.assertIn("killed by signal 9 while waiting", c.log_text())
+        self.assertEqual(c.stop(), 0)
+
     def test_program_that_cannot_start_backs_off(self):
         # One that cannot even start: the usual failed-start backoff, growing.
         script = self.write("crash.sh", "#!/bin/sh\nexit 4\n", 0o755)
