@@ -403,13 +403,17 @@ static void relay(int conn) {
   set_nonblocking(g_out_r);
   const unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
   while (a_open || b_open) {
+    /* An fd is in the set only while we wait for something on it: POLLHUP and POLLERR
+     * come whatever the events, and one we could not act on yet would spin the loop
+     * (the program's stdout closed while the client is slow to read, the client gone
+     * while the program's stdin is full). */
     struct pollfd p[3];
-    p[0].fd = conn;
     p[0].events = (short)((a_open && !a_full ? POLLIN : 0) | (b_open && b_full ? POLLOUT : 0));
+    p[0].fd = p[0].events != 0 || (!a_open && b_open) ? conn : -1;
     p[1].fd = a_open ? g_in_w : -1;
     p[1].events = a_full ? POLLOUT : 0;
-    p[2].fd = b_open ? g_out_r : -1;
-    p[2].events = b_full ? 0 : POLLIN;
+    p[2].fd = b_open && !b_full ? g_out_r : -1;
+    p[2].events = POLLIN;
     for (int i = 0; i < 3; ++i) p[i].revents = 0;
     if (poll(p, 3, -1) < 0) {
       if (errno == EINTR) continue;
