@@ -239,6 +239,28 @@ exec {LEGACY}
             self.assertEqual(json.loads(data)["request"], "hi")
         self.assertEqual(c.stop(), 0)
 
+    def test_program_that_writes_after_it_waited_is_ended_too(self):
+        # Ready (blocked in select on stdin), then it writes anyway: SIGIO, not the
+        # start-up check, catches this one.
+        marker = os.path.join(self.tmp, "spoke")
+        script = self.write("late.py", f"""#!/usr/bin/python3
+import os, select
+if not os.path.exists({marker!r}):
+    open({marker!r}, "w").close()
+    select.select([0], [], [], 0.5)
+    os.write(1, b"LATE BYTES")
+    select.select([0], [], [], 30)
+os.execv({LEGACY!r}, [{LEGACY!r}])
+""", 0o755)
+        c = self.start(command=f'["{script}"]', workers="{ start: 1, min_spare: 1, max_spare: 1, max: 2 }",
+                       extra="    restart: { backoff_max: 1s }\n", idle=1)
+        c.wait_log(r"warm program \d+ wrote 10 bytes before any client connected", timeout=20)
+        c.wait_log(r"lost its waiting warm program")
+        port = c.port(self.sbdir, "legacy")
+        report, rest = ask(port, b"after\n", b"x")
+        self.assertEqual((report["request"], rest), ("after", b"x"))
+        self.assertEqual(c.stop(), 0)
+
     def test_proxy_v1_header_only_when_asked(self):
         c = self.start(inetd="{ warm: true, warm_header: proxy-v1 }")
         port = c.port(self.sbdir, "legacy")
