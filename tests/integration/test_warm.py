@@ -150,6 +150,23 @@ jobs:
         self.assertIsNone(c.proc.poll())
         self.assertEqual(c.stop(), 0)
 
+    def test_clients_that_connect_and_vanish(self):
+        c = self.start(workers="{ start: 4, min_spare: 4, max_spare: 8, max: 16 }", idle=4)
+        port = c.port(self.sbdir, "legacy")
+        for i in range(40):
+            s = connect(port)
+            if i % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            s.close()  # a FIN or a reset before a byte was sent
+        report, rest = ask(port, body=b"still here")
+        self.assertEqual(rest, b"still here")
+        # Every one of those programs ended: only acceptors and waiting programs remain.
+        wait_until(lambda: all(w["state"] != "busy" for w in c.job(self.sbdir, "legacy")["workers"]),
+                   timeout=20, log=c)
+        self.assertLessEqual(len(descendants(c.pid)), 2 * 16)
+        self.assertIsNone(c.proc.poll())
+        self.assertEqual(c.stop(), 0)
+
     def test_program_that_dies_while_waiting_is_replaced(self):
         c = self.start(workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }", idle=1,
                        extra="    restart: { backoff_max: 1s }\n")
