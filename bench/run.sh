@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [--quick] [--rounds N] [--no-pin] [--no-install] [--no-perf] [--wait-quiet S] [SCENARIO...]
 #
-# SCENARIO: close keepalive herd fairness scale inetd burst churn accept (default: all,
+# SCENARIO: close keepalive herd fairness scale inetd burst churn accept warm (default: all,
 # in that order). --quick runs a short version of everything (a few minutes); the full run
 # takes about half an hour. Results (Markdown tables, CSV/data, PNG plots, logs) go
 # to bench/results/ (git-ignored): results.md is the report of the last run.

@@ -14,7 +14,8 @@
  *       open loop: a connection attempt every 1/RATE s, whatever the previous ones
  *       do; latency from the scheduled start to EOF (so client-side lateness counts
  *       against the server, never for it); a connection still open after
- *       TIMEOUT_MS is closed and enters the percentiles at that time.
+ *       TIMEOUT_MS is closed and enters the percentiles at that time. Also fb_*:
+ *       from the scheduled start to the answer's first byte (answered connections).
  *   bclient hold  -p PORT -n N -H HOLD_MS [-e] [-t TIMEOUT_MS] [-o FILE]
  *       a burst: N connections opened at once, each sends one keep-alive request
  *       (-e: the line "hello\n", for an echo server), waits for the whole answer,
@@ -199,6 +200,7 @@ struct conn {
   int fd, state;
   double start;  /* scheduled start (paced) or burst start (hold) */
   double served; /* complete answer received */
+  double first;  /* first byte of the answer received (0: none yet) */
   size_t have;
   char buf[1024];
 };
@@ -207,6 +209,7 @@ static int start_conn(int ep, struct conn* c, int port) {
   struct sockaddr_in sa = addr_of(port);
   c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   c->have = 0;
+  c->first = 0;
   if (c->fd < 0) return -1;
   int r = connect(c->fd, (struct sockaddr*)&sa, sizeof sa);
   if (r < 0 && errno != EINPROGRESS) {
@@ -272,6 +275,7 @@ static int on_event(int ep, struct conn* c, uint32_t events, int close_mode, int
       size_t room = c->have < sizeof c->buf ? sizeof c->buf - c->have : sizeof tmp;
       ssize_t k = recv(c->fd, dst, room, 0);
       if (k > 0) {
+        if (c->first == 0) c->first = now_s();
         if (dst != tmp) c->have += (size_t)k;
         continue;
       }
@@ -314,13 +318,14 @@ static int run_paced(double rate, double secs, const char* out) {
   if (n < 1) n = 1;
   struct conn* cs = calloc((size_t)n, sizeof *cs);
   double* lat = calloc((size_t)n, sizeof *lat);
+  double* fb = calloc((size_t)n, sizeof *fb);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
   epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
   double t0 = now_s() + 0.05, tmo = (double)timeout_ms / 1e3;
   long next = 0, finished = 0, errors = 0, timeouts = 0, late = 0;
-  size_t m = 0;
+  size_t m = 0, mf = 0;
   set_timer(tfd, t0);
   while (finished < n) {
     struct epoll_event evs[64];
@@ -337,6 +342,7 @@ static int run_paced(double rate, double secs, const char* out) {
       int r = on_event(ep, c, evs[i].events, 1, 0);
       if (r != 0) finished++;
       if (r == 1) lat[m++] = now - c->start;
+      if (r == 1 && c->first > 0) fb[mf++] = c->first - c->start;
       if (r < 0) errors++;
     }
     while (next < n && t0 + (double)next / rate <= now) {
@@ -367,6 +373,7 @@ static int run_paced(double rate, double secs, const char* out) {
          m - (size_t)timeouts, errors, timeouts, late, rate);
   dump(out, lat, m);
   print_lat("lat", lat, m);
+  print_lat("fb", fb, mf);
   return 0;
 }
 

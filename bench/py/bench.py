@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Ctx  # noqa: E402
 import accept_path  # noqa: E402
 import scenarios as sc  # noqa: E402
+import warm  # noqa: E402
 
 SCENARIOS = {
     "close": lambda ctx: sc.throughput(ctx, close=True),
@@ -29,6 +30,7 @@ SCENARIOS = {
     "burst": sc.burst,
     "churn": sc.churn,
     "accept": accept_path.accept_path,
+    "warm": warm.warm,
 }
 
 

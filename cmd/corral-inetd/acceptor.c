@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "spawn/report.h"
+#include "warm.h"
 
 /* Built with musl when Debian's musl-tools is there, which has no kernel headers. */
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -68,6 +69,7 @@ static const char* const kStripped[] = {
     "TCPREMOTEPORT=",
     "TCPLOCALIP=",
     "TCPLOCALPORT=",
+    CORRAL_ENV_INETD_WARM "=",
 };
 #define N_STRIPPED (sizeof kStripped / sizeof kStripped[0])
 
@@ -219,6 +221,21 @@ static char** connection_environment(const struct sockaddr* peer, socklen_t peer
   return envp;
 }
 
+/* The environment of a warm program, started before any connection: ours minus
+ * kStripped, and none of the connection's variables. NULL when out of memory. */
+static char** waiting_environment(void) {
+  size_t n = 0;
+  while (environ[n] != NULL) ++n;
+  char** envp = malloc((n + 1) * sizeof *envp);
+  if (envp == NULL) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!stripped(environ[i])) envp[k++] = environ[i];
+  }
+  envp[k] = NULL;
+  return envp;
+}
+
 static void report(int fd, int step, int err) {
   struct corral_spawn_report r = {step, err};
   ssize_t n = write(fd, &r, sizeof r); /* atomic on a pipe; nothing to do if it fails */
@@ -249,13 +266,33 @@ int main(int argc, char** argv) {
   unsigned sb_fd = 0;
   int have_sb = parse_uint(getenv(CORRAL_ENV_SLOT), &slot) == 0 &&
                 parse_uint(getenv(CORRAL_ENV_SCOREBOARD_FD), &sb_fd) == 0;
+  const char* warm_env = getenv(CORRAL_ENV_INETD_WARM);
+  const int warm = warm_env != NULL && *warm_env != '\0';
+  if (warm) {
+    char** envp = waiting_environment();
+    r = envp == NULL ? -ENOMEM
+                     : warm_start(w, g_job, program, program_argv, envp, (int)report_fd,
+                                  strcmp(warm_env, "proxy-v1") == 0 ? WARM_HEADER_PROXY_V1
+                                                                    : WARM_HEADER_NONE);
+    free(envp);
+    if (r != 0) {
+      fprintf(stderr, "corral: job %s: inetd acceptor: starting the warm program: %s\n", g_job,
+              strerror(-r));
+      return 1;
+    }
+  }
 
   for (;;) {
     struct sockaddr_storage peer;
     socklen_t peer_len = sizeof peer;
     memset(&peer, 0, sizeof peer);
     int conn = corral_worker_accept(w, (struct sockaddr*)&peer, &peer_len, NULL);
-    if (conn < 0) return errno == ESHUTDOWN ? 0 : 1;
+    if (conn < 0) {
+      int e = errno;
+      if (warm && warm_lost()) return CORRAL_WARM_LOST_EXIT;
+      if (warm) warm_abandon();
+      return e == ESHUTDOWN ? 0 : 1;
+    }
     uint8_t key[16];
     unsigned count = 0;
     if (max_per_source != 0 && have_sb && peer_key((struct sockaddr*)&peer, key) &&
@@ -277,6 +314,10 @@ int main(int argc, char** argv) {
     socklen_t local_len = sizeof local;
     memset(&local, 0, sizeof local);
     getsockname(conn, (struct sockaddr*)&local, &local_len);
+    /* Warm: joined to the waiting program (no return), unless it is found gone, when the
+     * connection is served cold below. */
+    if (warm)
+      warm_serve(conn, (struct sockaddr*)&peer, peer_len, (struct sockaddr*)&local, local_len);
     static char env_buf[7][INET6_ADDRSTRLEN + 24];
     char** envp = connection_environment((struct sockaddr*)&peer, peer_len,
                                          (struct sockaddr*)&local, local_len, env_buf);

@@ -55,7 +55,9 @@ const std::vector<std::string> kJobKeys = {"command",
                                            "limits",
                                            "memory",
                                            "env_conventions",
-                                           "fastcgi"};
+                                           "fastcgi",
+                                           "inetd"};
+const std::vector<std::string> kInetdKeys = {"warm", "warm_header"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
 const std::vector<std::string> kWorkersKeys = {
@@ -330,6 +332,24 @@ class Loader {
     }
     if (auto m = node["max_per_source"]) {
       if (auto v = integer(m, "max_per_source", 0, 1000000)) job.max_per_source = unsigned(*v);
+    }
+    if (auto i = node["inetd"]) {
+      job.inetd.mark = mark_of(i);
+      if (!i.IsMap()) {
+        issue(i, "inetd must be a map, e.g. { warm: true }");
+      } else {
+        check_keys(i, kInetdKeys, "inetd");
+        if (auto warm = i["warm"]) {
+          auto on = one_of<bool>(warm, "inetd.warm", {{"true", true}, {"false", false}});
+          if (on) job.inetd.warm = *on;
+        }
+        if (auto h = i["warm_header"]) {
+          auto kind =
+              one_of<WarmHeader>(h, "inetd.warm_header",
+                                 {{"none", WarmHeader::none}, {"proxy-v1", WarmHeader::proxy_v1}});
+          if (kind) job.inetd.warm_header = *kind;
+        }
+      }
     }
     if (auto r = node["restart"]) {
       if (!r.IsMap()) {
@@ -1113,6 +1133,13 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
       add(job.mark, "max_per_source applies to mode inetd only");
     if (job.mode == Mode::inetd && job.accept_mutex == AcceptMutex::epoll)
       add(job.mark, "accept_mutex epoll is not available in inetd mode");
+    if (job.mode != Mode::inetd && job.inetd.mark.line != 0)
+      add(job.inetd.mark, "inetd: applies to mode inetd only (this job is mode " +
+                              std::string(to_string(job.mode)) + ")");
+    if (job.inetd.warm_header != WarmHeader::none && !job.inetd.warm)
+      add(job.inetd.mark,
+          "inetd.warm_header needs inetd.warm: true (a cold inetd program gets REMOTE_ADDR and "
+          "the TCP* variables instead)");
 
     for (auto& l : job.listeners) {
       if (l.name.empty()) l.name = job.name;

@@ -109,6 +109,14 @@ std::vector<std::string> expand_socket_refs(std::vector<std::string> command,
   return command;
 }
 
+/// `inetd:` (mode inetd, docs/INETD.md): warm programs, started before the connection.
+enum class WarmHeader { none, proxy_v1 };
+struct InetdSpec {
+  bool warm = false;                          // start the program ahead, relay the connection to it
+  WarmHeader warm_header = WarmHeader::none;  // proxy-v1: a PROXY v1 line first, on stdin
+  SourceMark mark;                            // of `inetd:`, when present
+};
+
 struct JobConfig {
   std::string name;
   std::vector<std::string> command;  // command[0] resolved to an absolute path when found
@@ -128,6 +136,7 @@ struct JobConfig {
   MemorySpec memory;
   int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
   CompatSpec compat;     // env_conventions, fastcgi, $(corral.sockets.NAME)
+  InetdSpec inetd;
   SourceMark mark;
 };
 

@@ -214,7 +214,15 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   const bool crashed = rec.phase == WorkerPhase::starting &&
                        (job.cfg.mode == Mode::plain ? now - rec.started_ns < kPlainCrashWindow
                                                     : slot.state == CORRAL_SLOT_STARTING);
-  if (crashed) job_event(job, JobEvent::failure, now, "exited before it was ready");
+  // Warm inetd: an acceptor that leaves unasked and not busy with a nonzero status lost
+  // its waiting program (it exited, crashed or wrote with no client; exit 3) or failed.
+  const bool warm_lost = job.cfg.mode == Mode::inetd && job.cfg.inetd.warm && !asked &&
+                         slot.state != CORRAL_SLOT_BUSY && code != 0;
+  if (crashed) {
+    job_event(job, JobEvent::failure, now, "exited before it was ready");
+  } else if (warm_lost) {
+    job_event(job, JobEvent::failure, now, "lost its waiting warm program");
+  }
 }
 
 void Supervisor::Impl::job_event(Job& job, JobEvent event, std::uint64_t now,
@@ -555,6 +563,10 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     pid = conv.error();  // a $(corral.sockets.NAME) that no longer names one socket
   } else if (cfg.mode == Mode::inetd) {
     // The acceptor speaks the worker protocol; the program gets none of it.
+    // Warm (docs/INETD.md): the acceptor starts the program before it accepts.
+    if (cfg.inetd.warm)
+      set_env(plan.env, "CORRAL_INETD_WARM",
+              cfg.inetd.warm_header == WarmHeader::proxy_v1 ? "proxy-v1" : "1");
     if (auto made = make_inetd_plan(plan, cfg.name, cfg.max_per_source); !made) {
       pid = made.error();
     } else {

@@ -203,7 +203,7 @@ int corral_lock_acquire(enum corral_lock_kind kind, int fd) {
 
 /* Leaves from inside the handler: the slot shows what happened, then _exit(0).
  * Everything here is async-signal-safe (lock-free atomics, clock_gettime). */
-static void leave_from_handler(struct corral_worker* w) {
+static void leave_from_handler(struct corral_worker* w, int status) {
   if (w->slot) {
     slot_set_lock(w, CORRAL_LOCK_NONE);
     uint32_t cur = __atomic_load_n(&w->slot->state, __ATOMIC_ACQUIRE);
@@ -218,11 +218,11 @@ static void leave_from_handler(struct corral_worker* w) {
       }
     }
   }
-  _exit(0);
+  _exit(status);
 }
 
-static void on_sigterm(int sig) {
-  (void)sig;
+/* What SIGTERM does, with the exit status of an idle worker that leaves at once. */
+static void stop_from_handler(int status) {
   int saved_errno = errno;
   struct corral_worker* w = &g_worker;
   g_stop = 1;
@@ -234,14 +234,14 @@ static void on_sigterm(int sig) {
        * fcntl lock that was just granted is released by the kernel at exit. */
       if (w->lock_kind == CORRAL_LOCK_KIND_PIPE && *(volatile char*)g_token != 0)
         (void)pipe_release(w->lock_fd);
-      leave_from_handler(w);
+      leave_from_handler(w, status);
       break;
     case PHASE_HOLD_POLL:
       /* Holding the mutex while waiting for a connection: give it back first
        * (write/fcntl are async-signal-safe), then leave. The token is written
        * before the slot says NONE, the same order as a normal release. */
       (void)corral_lock_release(w->lock_kind, w->lock_fd);
-      leave_from_handler(w);
+      leave_from_handler(w, status);
       break;
     case PHASE_ACCEPT:
       /* Blocked in accept4 (or about to be). Leaving from here could lose a
@@ -260,6 +260,16 @@ static void on_sigterm(int sig) {
       break;
   }
   errno = saved_errno;
+}
+
+static void on_sigterm(int sig) {
+  (void)sig;
+  stop_from_handler(0);
+}
+
+void corral_worker_leave_from_signal(corral_worker* w, int status) {
+  if (w != &g_worker || !w->in_use) return;
+  stop_from_handler(status);
 }
 
 static int stop_requested(const struct corral_worker* w) {

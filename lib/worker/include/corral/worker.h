@@ -108,6 +108,16 @@ void corral_worker_done(corral_worker* w);
 /// Async-signal-safe.
 int corral_worker_stopping(const corral_worker* w);
 
+/// Ends the accept cycle from a signal handler the program installed (without
+/// SA_RESTART, every signal blocked while it runs), as SIGTERM does but with `status`:
+/// a worker waiting for the mutex or holding it in poll gives the mutex back and
+/// leaves at once with _exit(status); one blocked in accept4 makes
+/// corral_worker_accept() return ESHUTDOWN (or a connection accepted just before);
+/// a busy one only gets its stop flag set. Async-signal-safe. For a program that
+/// watches something besides the listeners while idle (corral's warm inetd acceptor
+/// watches its waiting program).
+void corral_worker_leave_from_signal(corral_worker* w, int status);
+
 /// Number of listening sockets (LISTEN_FDS).
 unsigned corral_worker_listener_count(const corral_worker* w);
 
