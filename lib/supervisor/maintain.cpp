@@ -537,6 +537,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     pid = conv.error();  // a $(corral.sockets.NAME) that no longer names one socket
   } else if (cfg.mode == Mode::inetd) {
     // The acceptor speaks the worker protocol; the program gets none of it.
+    // allow:/deny: go to the acceptor, which strips them (cmd/corral-inetd).
+    if (auto rules = encode_access_list(res.access); !rules.empty())
+      set_env(plan.env, "CORRAL_ACCESS", rules);
     if (auto made = make_inetd_plan(plan, cfg.name, cfg.max_per_source); !made) {
       pid = made.error();
     } else {
