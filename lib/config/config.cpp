@@ -541,7 +541,8 @@ class Loader {
       given = true;
       auto& into = std::string_view(key) == "allow" ? rules.allow : rules.deny;
       if (!list.IsSequence()) {
-        issue(list, std::string(key) + " must be a list of addresses or networks, e.g. [\"10.0.0.0/8\", \"::1\"]");
+        issue(list, std::string(key) +
+                        " must be a list of addresses or networks, e.g. [\"10.0.0.0/8\", \"::1\"]");
         continue;
       }
       if (list.size() == 0) {
@@ -1060,9 +1061,9 @@ class OverlapChecker {
   void add_unix(const JobConfig& job, const ListenerSpec& l, const UnixAddress& un) {
     const std::string text = to_string(l.address);
     // An abstract name is no file; its namespace is per socket type.
-    const std::string where =
-        un.abstract ? std::string(un.datagram ? "dgram @" : "stream @") + un.path
-                    : normal_path(un.path);
+    const std::string where = un.abstract
+                                  ? std::string(un.datagram ? "dgram @" : "stream @") + un.path
+                                  : normal_path(un.path);
     auto [it, inserted] = unix_.emplace(where, Taken{text, job.name, Kind::v4});
     if (!inserted && it->second.text != text)
       conflict(job, l, text, it->second,

@@ -46,7 +46,9 @@ constexpr std::uint32_t kDrop = 0;
 // Negative offsets address the network header wherever skb->data is (linux/filter.h).
 constexpr std::uint32_t kNet = static_cast<std::uint32_t>(SKF_NET_OFF);
 
-sock_filter stmt(std::uint16_t code, std::uint32_t k) { return sock_filter{code, 0, 0, k}; }
+sock_filter stmt(std::uint16_t code, std::uint32_t k) {
+  return sock_filter{code, 0, 0, k};
+}
 sock_filter jump(std::uint16_t code, std::uint32_t k, std::uint8_t jt, std::uint8_t jf) {
   return sock_filter{code, jt, jf, k};
 }
@@ -182,8 +184,8 @@ std::vector<sock_filter> compile_access_filter(const AccessRules& rules) {
       p.push_back(stmt(BPF_LD | BPF_W | BPF_ABS, kNet + 8 + 4 * w));
       if (bits < 32) p.push_back(stmt(BPF_ALU | BPF_AND | BPF_K, mask_of(bits)));
       const auto skip = static_cast<std::uint8_t>(end - (p.size() + 1));
-      p.push_back(jump(BPF_JMP | BPF_JEQ | BPF_K, word_of(e.cidr.addr, w) & mask_of(bits), 0,
-                       skip));
+      p.push_back(
+          jump(BPF_JMP | BPF_JEQ | BPF_K, word_of(e.cidr.addr, w) & mask_of(bits), 0, skip));
     }
     p.push_back(stmt(BPF_RET | BPF_K, verdict(e)));
   }
