@@ -288,8 +288,8 @@ static int access_allows(unsigned index, const struct sockaddr* peer) {
   return !list->refuse_unmatched;
 }
 
-/* The one place a refusal is counted: the coordinator wires it to the scoreboard's
- * per-slot `refused` counter (status "refused", corral_* metrics) once that exists. */
+/* The one place a refusal (allow:/deny: or max_per_source) is counted: to be wired to the
+ * scoreboard's per-slot `refused` counter (status "refused", the metrics) once it exists. */
 static void count_refused(void) {}
 
 /* A refusal is logged once per source per interval (per acceptor: each keeps its own
@@ -446,6 +446,7 @@ int main(int argc, char** argv) {
               "corral: job %s: refused %s%s%s:%u: %u connections from that address already "
               "(max_per_source %u)\n",
               g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, count, max_per_source);
+      count_refused();
       close(conn);
       corral_worker_done(w);
       continue;

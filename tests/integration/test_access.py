@@ -166,6 +166,44 @@ jobs:
         self.assertTrue(echo_works(port, "127.0.0.1"))
         self.assertEqual(c.stop(), 0)
 
+    def test_a_worker_that_detaches_the_filter_is_undone_by_the_next_reload(self):
+        # The filter is on the shared socket: a worker can remove it (docs/SECURITY.md).
+        # Only the first worker does; a reload puts the rules back.
+        marker = os.path.join(self.tmp, "detached")
+        worker = self.write("detach.py", f"""
+import os, socket, time
+s = socket.socket(fileno=3)
+if not os.path.exists({marker!r}):
+    s.setsockopt(socket.SOL_SOCKET, 27, 0)  # SO_DETACH_FILTER
+    open({marker!r}, "w").close()
+time.sleep(3600)
+""")
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  web:
+    mode: plain
+    command: ["{PYTHON}", "{worker}"]
+    listen: ["127.0.0.1:0"]
+    deny: ["127.0.0.1"]
+    workers: {{ start: 1 }}
+"""
+        c = self.corral(["run", "{config}"], config=config)
+        job = wait_until(lambda: (lambda j: j if j and j["listeners"] else None)(c.job(self.sbdir, "web")), log=c)
+        port = int(job["listeners"][0].rsplit(":", 1)[1])
+        wait_until(lambda: os.path.exists(marker), log=c)
+        # The kernel completes the handshake (nobody accepts; the backlog holds it).
+        dial(port, "127.0.0.1").close()
+        c.signal(signal.SIGHUP)
+        def refused_again():
+            try:
+                dial(port, "127.0.0.1", timeout=0.5).close()
+                return False
+            except socket.timeout:
+                return True
+        wait_until(refused_again, what="the rules back after the reload", log=c)
+        self.assertEqual(c.stop(), 0)
+
     def test_sigusr2_keeps_the_rules_and_a_udp_listener(self):
         binary = os.path.join(self.tmp, "corral-copy")
         shutil.copy(CORRAL, binary)
