@@ -340,11 +340,12 @@ log:;
     split_address((struct sockaddr*)&ls, ls_len, local, &local_port);
   int v6 = strchr(host, ':') != NULL;
   int lv6 = strchr(local, ':') != NULL;
-  fprintf(stderr,
-          "corral: job %s: refused %s%s%s:%u on %s%s%s:%u: not allowed by allow:/deny: (%u more "
-          "refused from that address in the last %ds, not logged)\n",
+  char more[96] = "";
+  if (suppressed > 0)
+    snprintf(more, sizeof more, " (and %u more from that address since, not logged)", suppressed);
+  fprintf(stderr, "corral: job %s: refused %s%s%s:%u on %s%s%s:%u: not allowed by allow:/deny:%s\n",
           g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, lv6 ? "[" : "", local, lv6 ? "]" : "",
-          local_port, suppressed, REFUSAL_LOG_INTERVAL_S);
+          local_port, more);
 }
 
 /* The program's environment: ours minus kStripped, plus the connection's variables
