@@ -259,7 +259,7 @@ jobs:
     listen: ["127.0.0.1:0", {{ address: "127.0.0.1:0", allow: ["127.0.0.1"] }}]
     allow: ["127.0.0.0/8", "::1"]
     deny: ["127.0.0.1/32"]
-    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
+    workers: {{ start: 1, min_spare: 1, max_spare: 1, max: 4 }}
 """
         c = self.corral(["run", "{config}"], config=config)
         c.wait_idle(self.sbdir, "legacy", 1)
@@ -269,7 +269,7 @@ jobs:
             self.assertEqual(recv_all(s), b"hello 127.0.0.2\n")
         # Refused: accepted by the acceptor (inetd mode sees its peers), closed at once
         # without a byte, and the acceptor goes on waiting.
-        for _ in range(3):
+        for _ in range(10):
             with dial(port, "127.0.0.1") as s:
                 self.assertEqual(recv_all(s), b"")
         c.wait_log(r"job legacy: refused 127\.0\.0\.1:\d+ on 127\.0\.0\.1:%d: not allowed" % port)
@@ -279,10 +279,12 @@ jobs:
         with dial(own, "127.0.0.2", "127.0.0.1") as s:
             self.assertEqual(recv_all(s), b"")
         c.wait_log(r"refused 127\.0\.0\.2:\d+ on 127\.0\.0\.1:%d" % own)
-        # Still serving, and three refusals from 127.0.0.1 made one line.
+        # Still serving, and ten refusals from 127.0.0.1 made one line per acceptor that
+        # saw them (each keeps its own table): one idle acceptor, two while a spare starts.
         with dial(port, "127.0.0.2", "127.0.0.1") as s:
             self.assertEqual(recv_all(s), b"hello 127.0.0.2\n")
-        self.assertEqual(len(re.findall(r"refused 127\.0\.0\.1:", c.log_text())), 1, c.log_text())
+        lines = len(re.findall(r"refused 127\.0\.0\.1:", c.log_text()))
+        self.assertTrue(1 <= lines <= 2, c.log_text())
         # The rules never reach the program's environment.
         self.assertEqual(c.stop(), 0)
 
