@@ -88,6 +88,15 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   res.listeners = listeners_.open_for_job(cfg.name, cfg.listeners, &spec_of);
   for (size_t i = 0; i < res.listeners.size(); ++i)
     res.access.push_back(i < spec_of.size() ? cfg.listeners[spec_of[i]].access : AccessRules{});
+  for (const auto& l : res.listeners) {
+    // A systemd:NAME socket may turn out to be one (ListenDatagram=): workers that accept
+    // on it would fail at once, over and over.
+    if (cfg.mode != Mode::plain &&
+        (l->display.starts_with("udp:") || l->display.starts_with("unix-dgram:")))
+      throw SetupError("job " + cfg.name + ": " + l->display +
+                       " is a datagram socket, which only mode plain passes on (" +
+                       to_string(cfg.mode) + " workers accept connections); use mode: plain");
+  }
   // Also on the sockets kept from before (reload, hand-over, systemd): replaced or removed.
   if (auto filtered = apply_access(*job); !filtered)
     throw SetupError("job " + cfg.name + ": " + filtered.error().to_string());

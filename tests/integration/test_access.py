@@ -424,6 +424,26 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
 
+    def test_a_prefork_job_refuses_a_datagram_socket_from_systemd(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  web:
+    command: ["{ECHO}"]
+    listen: ["systemd:dns"]
+"""
+        launcher = [PYTHON, os.path.join(HERE, "sd_launcher.py"), "--fds", str(sock.fileno()),
+                    "--names", "dns", "--"]
+        c = self.corral(["run", "{config}"], config=config, launcher=launcher,
+                        pass_fds=[sock.fileno()])
+        self.assertEqual(c.wait_exit(), 1, c.log_text())
+        self.assertIn(f"udp:127.0.0.1:{sock.getsockname()[1]} is a datagram socket, which only "
+                      "mode plain passes on", c.log_text())
+
+
 class AbstractTest(CorralTest):
     def test_abstract_unix_socket_has_no_file_and_shows_as_at_name(self):
         name = f"corral-test-{uuid.uuid4().hex[:12]}"
