@@ -1497,7 +1497,11 @@ std::string summarize(const Config& config) {
     }
     out << ", listen";
     if (job.listeners.empty()) out << " (none)";
-    for (const auto& l : job.listeners) out << " " << to_string(l.address);
+    for (const auto& l : job.listeners) {
+      out << " " << to_string(l.address);
+      if (!l.access.empty())
+        out << " (allow " << l.access.allow.size() << ", deny " << l.access.deny.size() << ")";
+    }
     out << ", command " << (job.command.empty() ? "?" : job.command[0]);
     if (job.compat.fastcgi) out << ", fastcgi (listener on fd 0)";
     if (job.compat.speaks(EnvConvention::einhorn)) out << ", einhorn variables";
