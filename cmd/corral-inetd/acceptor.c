@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "spawn/report.h"
@@ -70,6 +71,7 @@ static const char* const kStripped[] = {
     "TCPLOCALIP=",
     "TCPLOCALPORT=",
     CORRAL_ENV_INETD_WARM "=",
+    "CORRAL_ACCESS=",
 };
 #define N_STRIPPED (sizeof kStripped / sizeof kStripped[0])
 
@@ -184,6 +186,184 @@ static int within_source_limit(int sb_fd, unsigned slot, unsigned limit, const u
   return ok;
 }
 
+/* ---- allow:/deny: (docs/CONFIGURATION.md). The supervisor passes each listener's rules
+ * in CORRAL_ACCESS, already in decision order (lib/listen/access.cpp encode_access):
+ * one word per listener, separated by ' ', "A" or "D" (an unmatched peer is let in, or
+ * refused) then ",+CIDR" or ",-CIDR" entries; the first entry that matches decides. */
+
+struct access_rule {
+  uint8_t addr[16]; /* IPv4: the first 4 bytes */
+  uint8_t v6;
+  uint8_t deny;
+  uint8_t prefix;
+};
+struct access_list {
+  struct access_rule* rules;
+  unsigned count;
+  int refuse_unmatched;
+};
+
+#define ACCESS_MAX_LISTENERS 256
+static struct access_list g_access[ACCESS_MAX_LISTENERS];
+static unsigned g_access_listeners = 0; /* 0: no rules anywhere */
+
+/* Parses one "+10.0.0.0/8" entry; 0 on success. */
+static int parse_access_rule(const char* s, size_t len, struct access_rule* out) {
+  char buf[INET6_ADDRSTRLEN + 8];
+  if (len < 2 || len >= sizeof buf || (s[0] != '+' && s[0] != '-')) return -1;
+  memcpy(buf, s + 1, len - 1);
+  buf[len - 1] = '\0';
+  char* slash = strchr(buf, '/');
+  if (slash == NULL) return -1;
+  *slash = '\0';
+  unsigned prefix = 0;
+  if (parse_uint(slash + 1, &prefix) != 0) return -1;
+  memset(out, 0, sizeof *out);
+  out->deny = s[0] == '-';
+  if (inet_pton(AF_INET, buf, out->addr) == 1) {
+    if (prefix > 32) return -1;
+  } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+    if (prefix > 128) return -1;
+    out->v6 = 1;
+  } else {
+    return -1;
+  }
+  out->prefix = (uint8_t)prefix;
+  return 0;
+}
+
+/* Reads CORRAL_ACCESS; 0 when absent or well formed, -1 (fatal) otherwise. */
+static int load_access(void) {
+  const char* text = getenv("CORRAL_ACCESS");
+  if (text == NULL || *text == '\0') return 0;
+  size_t entries = 1;
+  for (const char* p = text; *p; ++p) entries += *p == ',';
+  struct access_rule* all = calloc(entries, sizeof *all);
+  if (all == NULL) return -1;
+  unsigned listener = 0;
+  const char* p = text;
+  while (*p != '\0') {
+    if (listener >= ACCESS_MAX_LISTENERS || (*p != 'A' && *p != 'D')) return -1;
+    struct access_list* list = &g_access[listener++];
+    list->refuse_unmatched = *p == 'D';
+    list->rules = all;
+    ++p;
+    while (*p == ',') {
+      const char* start = ++p;
+      while (*p != '\0' && *p != ',' && *p != ' ') ++p;
+      if (parse_access_rule(start, (size_t)(p - start), &list->rules[list->count]) != 0) return -1;
+      ++list->count;
+    }
+    all = list->rules + list->count;
+    if (*p == ' ') {
+      ++p;
+    } else if (*p != '\0') {
+      return -1;
+    }
+  }
+  g_access_listeners = listener;
+  return 0;
+}
+
+static int prefix_matches(const uint8_t* a, const uint8_t* b, unsigned prefix) {
+  unsigned full = prefix / 8;
+  if (memcmp(a, b, full) != 0) return 0;
+  unsigned rest = prefix % 8;
+  if (rest == 0) return 1;
+  uint8_t mask = (uint8_t)(0xffU << (8 - rest));
+  return ((a[full] ^ b[full]) & mask) == 0;
+}
+
+/* Whether the rules of listener `index` let `peer` in (IPv4-mapped IPv6 as IPv4). */
+static int access_allows(unsigned index, const struct sockaddr* peer) {
+  if (index >= g_access_listeners) return 1;
+  const struct access_list* list = &g_access[index];
+  if (list->count == 0 && !list->refuse_unmatched) return 1;
+  uint8_t addr[16];
+  int v6 = 0;
+  if (peer->sa_family == AF_INET) {
+    memcpy(addr, &((const struct sockaddr_in*)peer)->sin_addr, 4);
+  } else if (peer->sa_family == AF_INET6) {
+    const struct in6_addr* a6 = &((const struct sockaddr_in6*)peer)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+      memcpy(addr, &a6->s6_addr[12], 4);
+    } else {
+      memcpy(addr, a6, 16);
+      v6 = 1;
+    }
+  } else {
+    return 1; /* unix: no address to judge */
+  }
+  for (unsigned i = 0; i < list->count; ++i) {
+    const struct access_rule* r = &list->rules[i];
+    if (r->v6 == v6 && prefix_matches(r->addr, addr, r->prefix)) return !r->deny;
+  }
+  return !list->refuse_unmatched;
+}
+
+/* The one place a refusal (allow:/deny: or max_per_source) is counted: the slot's
+ * `refused` counter, which the supervisor folds into status "refused" and
+ * corral_pool_connections_refused_total. */
+static void count_refused(corral_worker* w) {
+  corral_worker_count_refused(w);
+}
+
+/* A refusal is logged once per source per interval (per acceptor: each keeps its own
+ * table), with the number suppressed since. */
+#define REFUSAL_LOG_INTERVAL_S 10
+#define REFUSAL_LOG_SOURCES 32
+static struct {
+  uint8_t key[16];
+  time_t last;
+  unsigned suppressed;
+  int used;
+} g_refusals[REFUSAL_LOG_SOURCES];
+
+static void log_refusal(const struct sockaddr* peer, socklen_t peer_len, int conn) {
+  uint8_t key[16];
+  memset(key, 0, sizeof key);
+  peer_key(peer, key);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  unsigned victim = 0;
+  for (unsigned i = 0; i < REFUSAL_LOG_SOURCES; ++i) {
+    if (g_refusals[i].used && memcmp(g_refusals[i].key, key, 16) == 0) {
+      if (now.tv_sec - g_refusals[i].last < REFUSAL_LOG_INTERVAL_S) {
+        ++g_refusals[i].suppressed;
+        return;
+      }
+      victim = i;
+      goto log;
+    }
+    if (!g_refusals[i].used || g_refusals[i].last < g_refusals[victim].last) victim = i;
+  }
+  g_refusals[victim].suppressed = 0;
+log:;
+  unsigned suppressed = g_refusals[victim].suppressed;
+  memcpy(g_refusals[victim].key, key, 16);
+  g_refusals[victim].last = now.tv_sec;
+  g_refusals[victim].suppressed = 0;
+  g_refusals[victim].used = 1;
+  char host[INET6_ADDRSTRLEN] = "?";
+  char local[INET6_ADDRSTRLEN] = "?";
+  unsigned port = 0;
+  unsigned local_port = 0;
+  split_address(peer, peer_len, host, &port);
+  struct sockaddr_storage ls;
+  socklen_t ls_len = sizeof ls;
+  memset(&ls, 0, sizeof ls);
+  if (getsockname(conn, (struct sockaddr*)&ls, &ls_len) == 0)
+    split_address((struct sockaddr*)&ls, ls_len, local, &local_port);
+  int v6 = strchr(host, ':') != NULL;
+  int lv6 = strchr(local, ':') != NULL;
+  char more[96] = "";
+  if (suppressed > 0)
+    snprintf(more, sizeof more, " (and %u more from that address since, not logged)", suppressed);
+  fprintf(stderr, "corral: job %s: refused %s%s%s:%u on %s%s%s:%u: not allowed by allow:/deny:%s\n",
+          g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, lv6 ? "[" : "", local, lv6 ? "]" : "",
+          local_port, more);
+}
+
 /* The program's environment: ours minus kStripped, plus the connection's variables
  * (PRODUCT.md: REMOTE_ADDR, REMOTE_PORT, PROTO, TCP*; for unix sockets PROTO=UNIX). The
  * strings live in `buf`; returns NULL when the environment is too large to copy. */
@@ -262,6 +442,10 @@ int main(int argc, char** argv) {
     fprintf(stderr, "corral: job %s: inetd acceptor: %s\n", g_job, strerror(-r));
     return CORRAL_EXIT_FATAL;
   }
+  if (load_access() != 0) {
+    fprintf(stderr, "corral: job %s: inetd acceptor: CORRAL_ACCESS is malformed\n", g_job);
+    return CORRAL_EXIT_FATAL;
+  }
   unsigned slot = 0;
   unsigned sb_fd = 0;
   int have_sb = parse_uint(getenv(CORRAL_ENV_SLOT), &slot) == 0 &&
@@ -286,12 +470,21 @@ int main(int argc, char** argv) {
     struct sockaddr_storage peer;
     socklen_t peer_len = sizeof peer;
     memset(&peer, 0, sizeof peer);
-    int conn = corral_worker_accept(w, (struct sockaddr*)&peer, &peer_len, NULL);
+    unsigned listener = 0;
+    int conn = corral_worker_accept(w, (struct sockaddr*)&peer, &peer_len, &listener);
     if (conn < 0) {
       int e = errno;
       if (warm && warm_lost()) return CORRAL_WARM_LOST_EXIT;
       if (warm) warm_abandon();
       return e == ESHUTDOWN ? 0 : 1;
+    }
+    if (!access_allows(listener, (struct sockaddr*)&peer)) {
+      /* Closed without a byte written; nothing was read either. */
+      log_refusal((struct sockaddr*)&peer, peer_len, conn);
+      count_refused(w);
+      close(conn);
+      corral_worker_done(w);
+      continue;
     }
     uint8_t key[16];
     unsigned count = 0;
@@ -305,8 +498,8 @@ int main(int argc, char** argv) {
               "corral: job %s: refused %s%s%s:%u: %u connections from that address already "
               "(max_per_source %u)\n",
               g_job, v6 ? "[" : "", host, v6 ? "]" : "", port, count, max_per_source);
+      count_refused(w);
       close(conn);
-      corral_worker_count_refused(w); /* status "refused", corral_pool_connections_refused_total */
       corral_worker_done(w);
       continue;
     }

@@ -65,7 +65,8 @@ Config config_from_command_line(const RunOptions& o) {
   for (const auto& text : o.listen) {
     ListenerSpec spec;
     spec.address = parse_listen_address(text);
-    if (auto* un = std::get_if<UnixAddress>(&spec.address); un && un->path.front() != '/')
+    if (auto* un = std::get_if<UnixAddress>(&spec.address);
+        un && !un->abstract && un->path.front() != '/')
       un->path = std::filesystem::absolute(un->path).lexically_normal().string();
     if (const auto* un = std::get_if<UnixAddress>(&spec.address); un && un->path.size() >= 108)
       throw ConfigError("--listen " + text + ": unix socket path too long (108 bytes at most)");
@@ -129,7 +130,8 @@ CommandLine parse_command_line(const std::vector<std::string>& argv, std::ostrea
       "       corral run [--listen ADDR]... [--mode prefork|inetd|plain] [--inetd] [--workers N]\n"
       "                  [--min-spare N] [--max-spare N] [--max N] [--scoreboard-dir DIR] -- "
       "PROGRAM [ARG...]\n"
-      "Addresses: 127.0.0.1:8080, [::1]:8080, :8080, unix:/path, systemd:NAME");
+      "Addresses: 127.0.0.1:8080, [::1]:8080, :8080, unix:/path, unix:@name, systemd:NAME; plain "
+      "mode also udp:HOST:PORT, unix-dgram:/path");
   run_cmd->add_option("config", run.config, "YAML configuration file");
   run_cmd->add_option("--listen", run.listen, "Address to listen on (repeatable)");
   run_cmd->add_option("--mode", run.mode, "prefork, inetd or plain");

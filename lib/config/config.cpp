@@ -56,10 +56,12 @@ const std::vector<std::string> kJobKeys = {"command",
                                            "memory",
                                            "env_conventions",
                                            "fastcgi",
-                                           "inetd"};
+                                           "inetd",
+                                           "allow",
+                                           "deny"};
 const std::vector<std::string> kInetdKeys = {"warm", "warm_header"};
-const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
-                                                "owner",   "group", "backlog"};
+const std::vector<std::string> kListenerKeys = {"address", "name",    "mode",  "owner",
+                                                "group",   "backlog", "allow", "deny"};
 const std::vector<std::string> kWorkersKeys = {
     "start",        "min_spare",           "max_spare",
     "max",          "max_requests",        "start_timeout",
@@ -316,6 +318,24 @@ class Loader {
       }
     }
 
+    {
+      // Rules on a listener replace the job's for that listener.
+      AccessRules job_rules;
+      if (load_access(node, job_rules)) {
+        bool any_ip = false;
+        for (const auto& l : job.listeners)
+          any_ip = any_ip || !std::holds_alternative<UnixAddress>(l.address);
+        if (!any_ip)
+          issue(node["allow"] ? node["allow"] : node["deny"],
+                "allow: and deny: apply to IP listeners, and job \"" + job.name +
+                    "\" has none (unix sockets have no peer address)");
+      }
+      for (auto& l : job.listeners) {
+        if (!l.own_access && !std::holds_alternative<UnixAddress>(l.address)) l.access = job_rules;
+        l.kernel_filter = job.mode != Mode::inetd;
+      }
+    }
+
     if (auto w = node["workers"]) load_workers(job, w);
     if (auto sig = node["stop_signal"]) load_stop_signal(job, sig);
     if (auto l = node["limits"]) load_limits(job, l);
@@ -496,6 +516,7 @@ class Loader {
       if (auto b = node["backlog"]) {
         if (auto v = integer(b, "backlog", 1, 65535)) spec.backlog = int(*v);
       }
+      spec.own_access = load_access(node, spec.access);
     }
     auto text = scalar(address_node, "a listen address");
     if (!text) return;
@@ -509,7 +530,13 @@ class Loader {
     if (!is_unix && (spec.unix_mode || !spec.owner.empty() || !spec.group.empty())) {
       issue(node, "mode, owner and group apply to unix: sockets only");
     }
-    if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
+    if (auto* un = std::get_if<UnixAddress>(&spec.address); un && un->abstract) {
+      if (spec.unix_mode || !spec.owner.empty() || !spec.group.empty())
+        issue(node, to_string(spec.address) +
+                        " is an abstract socket: it has no file, hence no mode, owner or group "
+                        "(anyone in the network namespace may connect; use allow:/deny: for IP "
+                        "listeners, or a unix:/path socket with mode: to restrict who connects)");
+    } else if (un != nullptr) {
       un->path = absolute(un->path);
       if (un->path.size() >= 108)
         issue(address_node, "unix socket path too long (108 bytes at most)");
@@ -517,7 +544,51 @@ class Loader {
     if (auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
       if (spec.name.empty()) spec.name = sd->name;
     }
+    if (spec.own_access && is_unix)
+      issue(node, "allow: and deny: apply to IP listeners; " + to_string(spec.address) +
+                      " is a unix socket, whose peers have no address (restrict it with mode:, "
+                      "owner: and group:)");
     job.listeners.push_back(std::move(spec));
+  }
+
+  // `allow:` and `deny:` of a job or a listener map; returns whether either was given.
+  bool load_access(const YAML::Node& node, AccessRules& rules) {
+    bool given = false;
+    for (const char* key : {"allow", "deny"}) {
+      auto list = node[key];
+      if (!list) continue;
+      given = true;
+      auto& into = std::string_view(key) == "allow" ? rules.allow : rules.deny;
+      if (!list.IsSequence()) {
+        issue(list, std::string(key) +
+                        " must be a list of addresses or networks, e.g. [\"10.0.0.0/8\", \"::1\"]");
+        continue;
+      }
+      if (list.size() == 0) {
+        issue(list, std::string(key) + ": [] is empty; remove the key" +
+                        (std::string_view(key) == "allow"
+                             ? std::string(" to let every peer in, or name who may connect")
+                             : std::string(" or name who is refused")));
+        continue;
+      }
+      for (const auto& item : list) {
+        auto text = scalar(item, std::string("each ") + key + " entry");
+        if (!text) continue;
+        try {
+          into.push_back(parse_cidr(*text));
+        } catch (const ConfigError& e) {
+          issue(item, e.issues().front().message);
+        }
+      }
+    }
+    if (given) {
+      try {
+        (void)compile_access_filter(rules);
+      } catch (const ConfigError& e) {
+        issue(node, e.issues().front().message);
+      }
+    }
+    return given;
   }
 
   void load_stop(Config& config, const YAML::Node& node) {
@@ -666,11 +737,11 @@ class Loader {
           spec.name = "metrics";
           spec.backlog = 64;
           spec.mark = mark_of(l);
-          if (std::holds_alternative<SystemdAddress>(spec.address)) {
+          if (std::holds_alternative<SystemdAddress>(spec.address) || is_datagram(spec.address)) {
             issue(l, "metrics.listen must be a host:port or unix: address, not \"" + *text +
-                         "\" (the metrics socket is corral's own)");
+                         "\" (the metrics socket is corral's own, and speaks HTTP over TCP)");
           } else {
-            if (auto* un = std::get_if<UnixAddress>(&spec.address)) {
+            if (auto* un = std::get_if<UnixAddress>(&spec.address); un && !un->abstract) {
               un->path = absolute(un->path);
               if (un->path.size() >= 108) issue(l, "unix socket path too long (108 bytes at most)");
             }
@@ -955,7 +1026,7 @@ class OverlapChecker {
   }
 
   void add_tcp(const JobConfig& job, const ListenerSpec& l, const TcpAddress& tcp) {
-    auto& use = ports_[tcp.port];
+    auto& use = ports_[{tcp.datagram, tcp.port}];  // UDP ports are not TCP ports
     const Kind kind = kind_of(tcp);
     const std::string text = to_string(l.address);
     const std::optional<Taken>* against = nullptr;
@@ -993,13 +1064,19 @@ class OverlapChecker {
 
   void add_unix(const JobConfig& job, const ListenerSpec& l, const UnixAddress& un) {
     const std::string text = to_string(l.address);
-    auto [it, inserted] = unix_.emplace(normal_path(un.path), Taken{text, job.name, Kind::v4});
+    // An abstract name is no file; its namespace is per socket type.
+    const std::string where = un.abstract
+                                  ? std::string(un.datagram ? "dgram @" : "stream @") + un.path
+                                  : normal_path(un.path);
+    auto [it, inserted] = unix_.emplace(where, Taken{text, job.name, Kind::v4});
     if (!inserted && it->second.text != text)
-      conflict(job, l, text, it->second, "both name the socket file " + it->first);
+      conflict(job, l, text, it->second,
+               un.abstract ? "both name the abstract socket " + to_string(l.address)
+                           : "both name the socket file " + it->first);
   }
 
   std::vector<ConfigIssue>& issues_;
-  std::map<std::uint16_t, PortUse> ports_;
+  std::map<std::pair<bool, std::uint16_t>, PortUse> ports_;
   std::map<std::string, Taken> unix_;
 };
 
@@ -1141,6 +1218,13 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
           "inetd.warm_header needs inetd.warm: true (a cold inetd program gets REMOTE_ADDR and "
           "the TCP* variables instead)");
 
+    for (const auto& l : job.listeners) {
+      if (is_datagram(l.address) && job.mode != Mode::plain)
+        add(l.mark.line > 0 ? l.mark : job.mark,
+            to_string(l.address) + " is a datagram socket, which only mode plain passes on (" +
+                std::string(to_string(job.mode)) +
+                " workers accept connections, and a datagram socket has none); use mode: plain");
+    }
     for (auto& l : job.listeners) {
       if (l.name.empty()) l.name = job.name;
       if (const auto* tcp = std::get_if<TcpAddress>(&l.address); tcp && tcp->port == 0) continue;
@@ -1424,7 +1508,11 @@ std::string summarize(const Config& config) {
     }
     out << ", listen";
     if (job.listeners.empty()) out << " (none)";
-    for (const auto& l : job.listeners) out << " " << to_string(l.address);
+    for (const auto& l : job.listeners) {
+      out << " " << to_string(l.address);
+      if (!l.access.empty())
+        out << " (allow " << l.access.allow.size() << ", deny " << l.access.deny.size() << ")";
+    }
     out << ", command " << (job.command.empty() ? "?" : job.command[0]);
     if (job.compat.fastcgi) out << ", fastcgi (listener on fd 0)";
     if (job.compat.speaks(EnvConvention::einhorn)) out << ", einhorn variables";

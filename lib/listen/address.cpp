@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -42,15 +43,39 @@ bool is_ipv6(const std::string& host) {
 
 ListenAddress parse_listen_address(std::string_view text) {
   if (text.empty()) bad_address(text, "empty");
-  if (text.starts_with("unix:")) {
-    std::string path(text.substr(5));
+  if (text.starts_with("unix:") || text.starts_with("unix-dgram:")) {
+    const bool datagram = text.starts_with("unix-dgram:");
+    std::string path(text.substr(datagram ? 11 : 5));
     if (path.empty()) bad_address(text, "the socket path is missing");
     if (path.find('\0') != std::string::npos) bad_address(text, "the path contains a NUL byte");
+    if (path.front() == '@') {
+      // The abstract namespace (unix(7)): sun_path[0] is NUL, the name follows.
+      std::string name = path.substr(1);
+      if (name.empty()) bad_address(text, "the abstract socket name after '@' is missing");
+      if (name.size() > sizeof(sockaddr_un::sun_path) - 1)
+        bad_address(text, "the abstract name is longer than " +
+                              std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes");
+      return UnixAddress{name, true, datagram};
+    }
     if (path.size() >= sizeof(sockaddr_un::sun_path))
       bad_address(text, "the path is longer than " +
                             std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
                             " bytes; choose a shorter one");
-    return UnixAddress{path};
+    return UnixAddress{path, false, datagram};
+  }
+  if (text.starts_with("udp:")) {
+    auto rest = text.substr(4);
+    if (rest.starts_with("unix") || rest.starts_with("udp:") || rest.starts_with("systemd:"))
+      bad_address(text, "write udp:HOST:PORT or udp:[IPv6]:PORT");
+    ListenAddress inner;
+    try {
+      inner = parse_listen_address(rest);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string(e.what()).replace(0, 0, "udp: "));
+    }
+    auto tcp = std::get<TcpAddress>(inner);
+    tcp.datagram = true;
+    return tcp;
   }
   if (text.starts_with("systemd:")) {
     std::string name(text.substr(8));
@@ -88,11 +113,14 @@ ListenAddress parse_listen_address(std::string_view text) {
 
 std::string to_string(const ListenAddress& address) {
   if (const auto* tcp = std::get_if<TcpAddress>(&address)) {
+    const std::string proto = tcp->datagram ? "udp:" : "";
     if (tcp->host.find(':') != std::string::npos)
-      return "[" + tcp->host + "]:" + std::to_string(tcp->port);
-    return tcp->host + ":" + std::to_string(tcp->port);
+      return proto + "[" + tcp->host + "]:" + std::to_string(tcp->port);
+    return proto + tcp->host + ":" + std::to_string(tcp->port);
   }
-  if (const auto* un = std::get_if<UnixAddress>(&address)) return "unix:" + un->path;
+  if (const auto* un = std::get_if<UnixAddress>(&address))
+    return (un->datagram ? "unix-dgram:" : "unix:") + std::string(un->abstract ? "@" : "") +
+           un->path;
   return "systemd:" + std::get<SystemdAddress>(address).name;
 }
 
@@ -120,6 +148,14 @@ SocketAddress to_socket_address(const ListenAddress& address) {
   if (const auto* un = std::get_if<UnixAddress>(&address)) {
     auto* sun = reinterpret_cast<sockaddr_un*>(&out.storage);
     sun->sun_family = AF_UNIX;
+    if (un->abstract) {
+      // No trailing NUL: every byte of the length is part of the name (unix(7)).
+      if (un->path.size() + 1 > sizeof(sun->sun_path))
+        throw ConfigError("abstract unix socket name too long: " + un->path);
+      std::memcpy(sun->sun_path + 1, un->path.data(), un->path.size());
+      out.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + un->path.size());
+      return out;
+    }
     if (un->path.size() >= sizeof(sun->sun_path))
       throw ConfigError("unix socket path too long: " + un->path);
     std::memcpy(sun->sun_path, un->path.data(), un->path.size());
@@ -166,9 +202,24 @@ std::string format_socket_address(const sockaddr* sa, socklen_t length) {
     auto max = static_cast<size_t>(length) > offsetof(sockaddr_un, sun_path)
                    ? static_cast<size_t>(length) - offsetof(sockaddr_un, sun_path)
                    : 0;
+    max = std::min(max, sizeof sun->sun_path);
+    if (max >= 1 && sun->sun_path[0] == '\0') {
+      // Abstract: the name is every byte after the NUL, shown as systemd writes it.
+      std::string name(sun->sun_path + 1, max - 1);
+      for (auto& c : name) {
+        if (c == '\0') c = '@';
+      }
+      return "@" + name;
+    }
     return "unix:" + std::string(sun->sun_path, strnlen(sun->sun_path, max));
   }
   return "unknown";
+}
+
+bool is_datagram(const ListenAddress& address) {
+  if (const auto* tcp = std::get_if<TcpAddress>(&address)) return tcp->datagram;
+  if (const auto* un = std::get_if<UnixAddress>(&address)) return un->datagram;
+  return false;
 }
 
 }  // namespace corral

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -19,16 +20,25 @@
 #include <vector>
 
 #include "common/error.h"
+#include "listen/access.h"
 #include "listen/sock_diag.h"
 
 namespace corral {
 namespace {
 
-bool same_socket_address(const SocketAddress& want, int fd) {
+int socket_type(int fd) {
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
+  return type;
+}
+
+bool same_socket_address(const SocketAddress& want, int want_type, int fd) {
   sockaddr_storage got{};
   socklen_t len = sizeof got;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&got), &len) != 0) return false;
   if (got.ss_family != want.storage.ss_family) return false;
+  if (socket_type(fd) != want_type) return false;  // udp:H:P is not H:P
   if (got.ss_family == AF_INET) {
     const auto* a = reinterpret_cast<const sockaddr_in*>(&got);
     const auto* b = reinterpret_cast<const sockaddr_in*>(&want.storage);
@@ -43,18 +53,33 @@ bool same_socket_address(const SocketAddress& want, int fd) {
   if (got.ss_family == AF_UNIX) {
     const auto* a = reinterpret_cast<const sockaddr_un*>(&got);
     const auto* b = reinterpret_cast<const sockaddr_un*>(&want.storage);
+    const size_t base = offsetof(sockaddr_un, sun_path);
+    if (want.length > base && b->sun_path[0] == '\0') {
+      // Abstract: the name is exactly the bytes the length covers, NULs included.
+      return len == want.length &&
+             std::memcmp(a->sun_path, b->sun_path, static_cast<size_t>(len) - base) == 0;
+    }
+    if (len > base && a->sun_path[0] == '\0') return false;
     return std::strncmp(a->sun_path, b->sun_path, sizeof a->sun_path) == 0;
   }
   return false;
 }
 
 bool is_listening_stream(int fd) {
-  int type = 0;
-  socklen_t len = sizeof type;
-  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) return false;
+  if (socket_type(fd) != SOCK_STREAM) return false;
   int listening = 0;
-  len = sizeof listening;
+  socklen_t len = sizeof listening;
   return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening != 0;
+}
+
+// What systemd's ListenDatagram= passes: a bound SOCK_DGRAM socket (IP or unix).
+bool is_bound_datagram(int fd) {
+  if (socket_type(fd) != SOCK_DGRAM) return false;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  return ss.ss_family == AF_INET || ss.ss_family == AF_INET6 ||
+         (ss.ss_family == AF_UNIX && len > offsetof(sockaddr_un, sun_path));
 }
 
 // "/proc/self/fd/N": a path that resolves to exactly the file an fd (O_PATH too) is
@@ -73,7 +98,7 @@ bool same_file_at(int dir_fd, const std::string& path, const struct stat& want) 
 // listens on (connect() refused): never a regular file, never a live socket, never a
 // link (nor what a link points to). The probe connects to the very inode that was
 // checked, through /proc/self/fd.
-void remove_stale_unix_socket(const std::string& path, const std::string& text) {
+void remove_stale_unix_socket(const std::string& path, const std::string& text, int type) {
   UniqueFd file(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
   if (!file) {
     if (errno == ENOENT) return;
@@ -85,7 +110,9 @@ void remove_stale_unix_socket(const std::string& path, const std::string& text) 
     throw SetupError(text + ": " + path +
                      " exists and is not a socket; refusing to replace it (remove it or choose "
                      "another path)");
-  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // A probe of the socket's own type: a datagram socket refuses a stream connect
+  // (EPROTOTYPE) whether anyone reads it or not.
+  UniqueFd probe(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
   if (!probe) throw SetupError("socket", text, errno);
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
@@ -185,14 +212,35 @@ std::string local_address_of(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "unknown";
-  return format_socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+  auto text = format_socket_address(reinterpret_cast<sockaddr*>(&ss), len);
+  if (socket_type(fd) == SOCK_DGRAM) {
+    if (ss.ss_family == AF_UNIX)
+      return "unix-dgram:" + (text.starts_with("unix:") ? text.substr(5) : text);
+    return "udp:" + text;
+  }
+  return text;
+}
+
+std::string socket_file_of(const std::string& display) {
+  for (std::string_view prefix : {"unix:", "unix-dgram:"}) {
+    if (display.starts_with(prefix) && display.size() > prefix.size() &&
+        display[prefix.size()] == '/')
+      return display.substr(prefix.size());
+  }
+  return "";
 }
 
 UniqueFd bind_listener(const ListenerSpec& spec) {
   const auto text = to_string(spec.address);
   const auto sa = to_socket_address(spec.address);
-  UniqueFd fd(::socket(sa.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int type = is_datagram(spec.address) ? SOCK_DGRAM : SOCK_STREAM;
+  UniqueFd fd(::socket(sa.family(), type | SOCK_CLOEXEC, 0));
   if (!fd) throw SetupError("socket", text, errno);
+  // Before listen(): no SYN from a refused peer is ever queued, not even in between.
+  if (spec.kernel_filter && sa.family() != AF_UNIX) {
+    if (auto attached = apply_access_filter(fd.get(), spec.access); !attached)
+      throw SetupError(text + ": " + attached.error().to_string());
+  }
   int one = 1;
   int zero = 0;
   if (sa.family() != AF_UNIX) {
@@ -206,7 +254,7 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
       throw SetupError("setsockopt IPV6_V6ONLY", text, errno);
   }
   const auto* un = std::get_if<UnixAddress>(&spec.address);
-  if (un == nullptr) {
+  if (un == nullptr || un->abstract) {
     if (::bind(fd.get(), sa.get(), sa.length) != 0) throw SetupError("bind", text, errno);
   } else {
     // Nothing is done by path after bind() but through a checked O_PATH fd: whoever can
@@ -214,7 +262,7 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
     const mode_t mode = spec.unix_mode.value_or(0666);
     const uid_t uid = spec.owner.empty() ? static_cast<uid_t>(-1) : lookup_uid(spec.owner);
     const gid_t gid = spec.group.empty() ? static_cast<gid_t>(-1) : lookup_gid(spec.group);
-    remove_stale_unix_socket(un->path, text);
+    remove_stale_unix_socket(un->path, text, type);
     // Linux's unix_bind gives the new file the socket inode's mode minus the umask: set
     // the mode there, and the umask to 0 for the call (corral has one thread).
     if (::fchmod(fd.get(), mode) != 0) throw SetupError("fchmod", text, errno);
@@ -237,7 +285,8 @@ UniqueFd bind_listener(const ListenerSpec& spec) {
         throw SetupError("chown", un->path, errno);
     }
   }
-  if (::listen(fd.get(), spec.backlog) != 0) throw SetupError("listen", text, errno);
+  if (type == SOCK_STREAM && ::listen(fd.get(), spec.backlog) != 0)
+    throw SetupError("listen", text, errno);
   return fd;
 }
 
@@ -337,8 +386,11 @@ int ListenerSet::adopt_systemd_listeners() {
       continue;
     }
     ::close(raw);
-    if (!is_listening_stream(fd)) {
-      spdlog::warn("inherited fd {} ({}) is not a listening stream socket; ignored", raw, name);
+    if (!is_listening_stream(fd) && !is_bound_datagram(fd)) {
+      spdlog::warn(
+          "inherited fd {} ({}) is neither a listening stream socket nor a bound datagram "
+          "socket; ignored",
+          raw, name);
       ::close(fd);
       continue;
     }
@@ -366,8 +418,12 @@ void ListenerSet::begin_generation() {
 }
 
 std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(
-    const std::string& job, const std::vector<ListenerSpec>& specs) {
+    const std::string& job, const std::vector<ListenerSpec>& specs, std::vector<size_t>* spec_of) {
   std::vector<std::shared_ptr<Listener>> out;
+  if (spec_of != nullptr) spec_of->clear();
+  auto note = [&](size_t index) {
+    if (spec_of != nullptr) spec_of->resize(out.size(), index);
+  };
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
     if (const auto* sd = std::get_if<SystemdAddress>(&spec.address)) {
@@ -380,6 +436,7 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(
                          "\" was passed by systemd (LISTEN_FDNAMES); check FileDescriptorName= "
                          "in the .socket unit");
       for (size_t k = before; k < out.size(); ++k) out[k]->used = true;
+      note(i);
       continue;
     }
     auto key = key_of(job, specs, i);
@@ -391,9 +448,10 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(
       // A host:port listener adopts an inherited socket bound to the same address, or
       // one of its own back from the fd store.
       auto sa = to_socket_address(spec.address);
+      const int type = is_datagram(spec.address) ? SOCK_DGRAM : SOCK_STREAM;
       for (size_t k = 0; k < listeners_.size(); ++k) {
         if ((listeners_[k]->inherited || listeners_[k]->stored) && !listeners_[k]->used &&
-            same_socket_address(sa, listeners_[k]->fd.get())) {
+            same_socket_address(sa, type, listeners_[k]->fd.get())) {
           found = k;
           listeners_[k]->key = key;
           spdlog::info("job {}: {} uses the socket systemd passed", job, to_string(spec.address));
@@ -412,6 +470,7 @@ std::vector<std::shared_ptr<Listener>> ListenerSet::open_for_job(
     listeners_[found]->name = spec.name.empty() ? job : spec.name;
     listeners_[found]->used = true;
     out.push_back(listeners_[found]);
+    note(i);
   }
   return out;
 }

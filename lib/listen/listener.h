@@ -44,8 +44,10 @@ class ListenerSet {
   /// for as long as it holds them, even after the set dropped them. Sockets already open under the
   /// same key are reused untouched, so a reload keeps their backlog. Throws SetupError naming the
   /// address (e.g. "bind 127.0.0.1:80: Address already in use").
+  /// `spec_of`, when given, receives for each returned socket the index of its spec.
   std::vector<std::shared_ptr<Listener>> open_for_job(const std::string& job,
-                                                      const std::vector<ListenerSpec>& specs);
+                                                      const std::vector<ListenerSpec>& specs,
+                                                      std::vector<size_t>* spec_of = nullptr);
 
   /// Marks every socket unused; open_for_job marks the ones it returns.
   void begin_generation();
@@ -68,9 +70,11 @@ class ListenerSet {
   std::vector<std::string> removed_from_store_;
 };
 
-/// Binds and listens on one TCP or unix address. Sets IPV6_V6ONLY off for ":port",
-/// SO_REUSEADDR for TCP; replaces a stale unix socket file but never another kind of
-/// file; applies unix mode/owner/group. Throws SetupError.
+/// Binds and listens on one TCP or unix address (binds a datagram one: udp:, unix-dgram:;
+/// an abstract unix:@name has no file). Sets IPV6_V6ONLY off for ":port", SO_REUSEADDR for
+/// IP; replaces a stale unix socket file but never another kind of file; applies unix
+/// mode/owner/group; attaches the access filter (spec.kernel_filter) before listen().
+/// Throws SetupError.
 UniqueFd bind_listener(const ListenerSpec& spec);
 
 /// Removes the unix socket file at `path` if, and only if, it is still the file `sock`
@@ -78,7 +82,11 @@ UniqueFd bind_listener(const ListenerSpec& spec);
 /// removed it.
 bool unlink_own_socket_file(int sock, const std::string& path);
 
-/// The address a listening socket is bound to, formatted for users.
+/// The address a listening socket is bound to, formatted for users ("127.0.0.1:8080",
+/// "udp:127.0.0.1:5353", "unix:/run/a.sock", "unix-dgram:/run/a.dgram", "@name").
 std::string local_address_of(int fd);
+
+/// The socket file of a display ("unix:/p" and "unix-dgram:/p" give "/p"), "" when none.
+std::string socket_file_of(const std::string& display);
 
 }  // namespace corral

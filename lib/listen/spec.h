@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "listen/access.h"
 #include "listen/address.h"
 
 namespace corral {
@@ -19,6 +20,9 @@ struct ListenerSpec {
   std::string owner;                // unix sockets: user name, "" = the supervisor's
   std::string group;
   int backlog = 1024;
+  AccessRules access;          // allow:/deny: in force here (the listener's own, else the job's)
+  bool own_access = false;     // the listener had allow: or deny: of its own
+  bool kernel_filter = false;  // prefork/plain: enforced by a socket filter (SO_ATTACH_FILTER)
   SourceMark mark;
 };
 

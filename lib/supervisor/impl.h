@@ -135,6 +135,7 @@ unsigned queued_connections(const std::vector<std::shared_ptr<Listener>>& listen
 // What a job holds open: sockets, scoreboard, lock, notify pipe, spawn reports.
 struct JobResources {
   std::vector<std::shared_ptr<Listener>> listeners;
+  std::vector<AccessRules> access;  // allow:/deny: of each listener (same index)
   std::string listeners_text;
   Scoreboard sb;
   AcceptLock lock;
@@ -235,6 +236,8 @@ class Supervisor::Impl {
   void begin_stop(StopMode mode) noexcept;
   void begin_drain() noexcept;
   void roll_back_listeners(const std::vector<std::shared_ptr<Listener>>& before) noexcept;
+  // Puts the socket filters of `job` (prefork/plain: its allow:/deny:) on its sockets.
+  static Status apply_access(const Job& job);
   void reload() noexcept;
   std::uint64_t next_deadline(std::uint64_t now) const noexcept;
   void store_bound_listeners() noexcept;

@@ -567,6 +567,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     if (cfg.inetd.warm)
       set_env(plan.env, "CORRAL_INETD_WARM",
               cfg.inetd.warm_header == WarmHeader::proxy_v1 ? "proxy-v1" : "1");
+    // allow:/deny: go to the acceptor, which strips them (cmd/corral-inetd).
+    if (auto rules = encode_access_list(res.access); !rules.empty())
+      set_env(plan.env, "CORRAL_ACCESS", rules);
     if (auto made = make_inetd_plan(plan, cfg.name, cfg.max_per_source); !made) {
       pid = made.error();
     } else {

@@ -85,7 +85,22 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   for (const auto& l : listeners_.all()) {
     if (l->used) taken.push_back(l.get());
   }
-  res.listeners = listeners_.open_for_job(cfg.name, cfg.listeners);
+  std::vector<size_t> spec_of;
+  res.listeners = listeners_.open_for_job(cfg.name, cfg.listeners, &spec_of);
+  for (size_t i = 0; i < res.listeners.size(); ++i)
+    res.access.push_back(i < spec_of.size() ? cfg.listeners[spec_of[i]].access : AccessRules{});
+  for (const auto& l : res.listeners) {
+    // A systemd:NAME socket may turn out to be one (ListenDatagram=): workers that accept
+    // on it would fail at once, over and over.
+    if (cfg.mode != Mode::plain &&
+        (l->display.starts_with("udp:") || l->display.starts_with("unix-dgram:")))
+      throw SetupError("job " + cfg.name + ": " + l->display +
+                       " is a datagram socket, which only mode plain passes on (" +
+                       to_string(cfg.mode) + " workers accept connections); use mode: plain");
+  }
+  // Also on the sockets kept from before (reload, hand-over, systemd): replaced or removed.
+  if (auto filtered = apply_access(*job); !filtered)
+    throw SetupError("job " + cfg.name + ": " + filtered.error().to_string());
   const AcceptMutex kind = resolve_accept_mutex(cfg, res.listeners.size());
   // O_NONBLOCK lives on the open file description that every worker, every generation
   // and the supervisor share: only the supervisor sets it, explicitly, whatever the
@@ -136,6 +151,20 @@ std::unique_ptr<Job> Supervisor::Impl::build_job(const JobConfig& cfg, bool reus
   return job;
 }
 
+Status Supervisor::Impl::apply_access(const Job& job) {
+  // inetd: the acceptor decides, so that a refusal is logged and counted.
+  const bool kernel = job.cfg.mode != Mode::inetd;
+  for (size_t i = 0; i < job.res.listeners.size(); ++i) {
+    const auto& l = job.res.listeners[i];
+    if (l->display.starts_with("unix") || l->display.starts_with("@")) continue;
+    const AccessRules none;
+    const auto& rules = kernel && i < job.res.access.size() ? job.res.access[i] : none;
+    if (auto applied = apply_access_filter(l->fd.get(), rules); !applied)
+      return Error{applied.error().code, "listener " + l->display + ": " + applied.error().what};
+  }
+  return Ok{};
+}
+
 void Supervisor::Impl::roll_back_listeners(
     const std::vector<std::shared_ptr<Listener>>& before) noexcept {
   // Back to the marks of the running configuration: what it uses stays, what the
@@ -151,8 +180,10 @@ void Supervisor::Impl::roll_back_listeners(
       if (!l->inherited && !l->used) l->used = true;  // kept as the running set had it
       continue;
     }
-    if (!l->inherited && l->display.starts_with("unix:"))
-      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
+    if (!l->inherited) {
+      if (auto file = socket_file_of(l->display); !file.empty())
+        unlink_own_socket_file(l->fd.get(), file);
+    }
   }
   for (const auto& closed : listeners_.close_unused())
     spdlog::info("closed listener {} (the rejected configuration had opened it)", closed);
@@ -192,6 +223,9 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
           listeners_blocking(job->cfg, job->res.lock.kind, job->res.listeners.size());
       for (const auto& l : job->res.listeners)
         (void)set_listener_blocking(l->fd.get(), blocking, "listener " + l->display);
+      // ... and their filters for the new rules: the running ones go back on.
+      if (auto filtered = apply_access(*job); !filtered)
+        spdlog::error("job {}: {}", job->cfg.name, filtered.error().to_string());
     }
     throw;
   }
@@ -369,8 +403,10 @@ int Supervisor::Impl::run() {
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
     // (A stored one stays: its socket lives on in the fd store.)
-    if (!l->inherited && !l->stored && l->display.starts_with("unix:"))
-      unlink_own_socket_file(l->fd.get(), l->display.substr(5));
+    if (!l->inherited && !l->stored) {
+      if (auto file = socket_file_of(l->display); !file.empty())
+        unlink_own_socket_file(l->fd.get(), file);
+    }
   }
   spdlog::info("corral stopped");
   return failed_exit_ ? 1 : 0;

@@ -266,3 +266,28 @@ TEST_CASE("a truncated IP socket address is not read past its length") {
   CHECK_FALSE(corral::split_socket_address(sa, sizeof(sockaddr_in), host, port));
   CHECK(corral::format_socket_address(sa, sizeof(sockaddr_in)) == "unknown");
 }
+
+TEST_CASE("datagram and abstract addresses: parsing, canonical text, socket address") {
+  using corral::parse_listen_address;
+  using corral::to_string;
+  for (const char* text : {"udp:127.0.0.1:5353", "udp:[::1]:5353", "udp::5353", "unix:@corral",
+                           "unix-dgram:/run/app.dgram", "unix-dgram:@corral"}) {
+    INFO(text);
+    CHECK(to_string(parse_listen_address(text)) == text);
+  }
+  CHECK(corral::is_datagram(parse_listen_address("udp:127.0.0.1:53")));
+  CHECK(corral::is_datagram(parse_listen_address("unix-dgram:/x")));
+  CHECK_FALSE(corral::is_datagram(parse_listen_address("unix:@x")));
+  CHECK(error_of("udp:").find("invalid listen address") != std::string::npos);
+  CHECK(error_of("udp:unix:/x").find("udp:HOST:PORT") != std::string::npos);
+  CHECK(error_of("udp:example.com:53").find("not a numeric") != std::string::npos);
+  CHECK(error_of("unix:@").find("name after '@' is missing") != std::string::npos);
+  CHECK(error_of("unix:@" + std::string(108, 'a')).find("longer than 107") != std::string::npos);
+  // The abstract name: a leading NUL, then exactly the name's bytes (no trailing NUL).
+  auto sa = corral::to_socket_address(parse_listen_address("unix:@corral-x"));
+  const auto* sun = reinterpret_cast<const sockaddr_un*>(&sa.storage);
+  CHECK(sa.length == offsetof(sockaddr_un, sun_path) + 1 + 8);
+  CHECK(sun->sun_path[0] == '\0');
+  CHECK(std::string(sun->sun_path + 1, 8) == "corral-x");
+  CHECK(corral::format_socket_address(sa.get(), sa.length) == "@corral-x");
+}
