@@ -285,6 +285,11 @@ jobs:
             self.assertEqual(recv_all(s), b"hello 127.0.0.2\n")
         lines = len(re.findall(r"refused 127\.0\.0\.1:", c.log_text()))
         self.assertTrue(1 <= lines <= 2, c.log_text())
+        # Every refusal is counted (status "refused"): ten on the first listener, one on
+        # the second, whether the acceptor that refused is still alive or was reaped.
+        job = wait_until(lambda: (lambda j: j if j and j.get("refused") == 11 else None)(
+            c.job(self.sbdir, "legacy")), 10, what="refused == 11 in status")
+        self.assertEqual(job["refused"], 11)
         # The rules never reach the program's environment.
         self.assertEqual(c.stop(), 0)
 
