@@ -110,12 +110,18 @@ std::string encode_handover(const Handover& s) {
                          {"report_fd", w.report_fd},
                          {"requests_limit", w.requests_limit},
                          {"retire_at", w.retire_at}});
+      // Version 5 (the limits issue).
+      if (w.cgroup) workers.back()["cgroup"] = {{"oom_base", w.cgroup_oom_base}};
     }
     j["workers"] = workers;
     j["counters"] = {{"spawns", job.spawns},
                      {"exits", job.exits},
                      {"max_reached", job.max_reached},
                      {"accepted", job.accepted}};
+    // Version 5 (the limits issue).
+    j["limits"] = {{"cgroup_off", job.cgroup_off},
+                   {"budget_limited", job.budget_limited},
+                   {"budget_median", job.budget_median}};
     jobs.push_back(j);
   }
   state["jobs"] = jobs;
@@ -199,6 +205,11 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(w, "report_fd", hw.report_fd);
         get_opt(w, "requests_limit", hw.requests_limit);
         get_opt(w, "retire_at", hw.retire_at);
+        // Version 5 (the limits issue).
+        if (auto cg = w.find("cgroup"); cg != w.end() && cg->is_object()) {
+          hw.cgroup = true;
+          get_opt(*cg, "oom_base", hw.cgroup_oom_base);
+        }
         job.workers.push_back(hw);
       }
       if (auto c = j.find("counters"); c != j.end() && c->is_object()) {
@@ -206,6 +217,12 @@ Result<Handover> decode_handover(const std::string& text) {
         get_opt(*c, "exits", job.exits);
         get_opt(*c, "max_reached", job.max_reached);
         get_opt(*c, "accepted", job.accepted);
+      }
+      // Version 5 (the limits issue).
+      if (auto l = j.find("limits"); l != j.end() && l->is_object()) {
+        get_opt(*l, "cgroup_off", job.cgroup_off);
+        get_opt(*l, "budget_limited", job.budget_limited);
+        get_opt(*l, "budget_median", job.budget_median);
       }
       s.jobs.push_back(std::move(job));
     }

@@ -19,7 +19,10 @@ namespace corral {
 /// Version 1: the first release (no "version" key; worker flags as bools).
 /// Version 2: "version", worker and job phases as names, the job's pacing and audit.
 /// Version 3: metrics: per-job counters, reload and upgrade results, the metrics socket.
-inline constexpr int kHandoverVersion = 3;
+/// Version 5 (the limits issue; 4 is the metrics issue's): per-worker cgroups (a
+/// worker's slot cgroup and its OOM baseline, a job's cgroups off) and memory.budget
+/// (the job's last median and whether it held starts back).
+inline constexpr int kHandoverVersion = 5;
 
 struct HandoverListener {
   int fd = -1;
@@ -41,6 +44,9 @@ struct HandoverWorker {
   // Optional (added with the limits issue; absent in older hand-overs: 0).
   std::uint64_t requests_limit = 0;  // its own max_requests draw
   std::uint64_t retire_at = 0;       // its own end of life (CLOCK_MONOTONIC)
+  // ---- Version 5, the limits issue (absent before: no cgroup) ----
+  bool cgroup = false;                // it runs in its slot's cgroups (cgroup:)
+  std::uint64_t cgroup_oom_base = 0;  // the slot cgroup's oom_kill count when it started
 };
 
 struct HandoverJob {
@@ -65,6 +71,10 @@ struct HandoverJob {
   std::map<std::string, std::uint64_t> exits;  // reason -> count
   std::uint64_t max_reached = 0;
   std::uint64_t accepted = 0;  // requests of reaped workers
+  // ---- Version 5, the limits issue (absent before: false, 0) ----
+  bool cgroup_off = false;          // cgroup: could not be made (said once already)
+  bool budget_limited = false;      // memory.budget held starts back (said once already)
+  std::uint64_t budget_median = 0;  // memory.budget: the last median RSS of its workers
 };
 
 struct Handover {

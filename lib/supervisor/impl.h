@@ -22,6 +22,7 @@
 #include "common/duration.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "container/cgroup.h"
 #include "listen/listener.h"
 #include "metrics/render.h"
 #include "metrics/server.h"
@@ -121,6 +122,11 @@ struct JobResources {
   std::map<pid_t, UniqueFd> spawn_reports;  // per worker: what failed before/at exec, if anything
   std::vector<std::string> base_env;
   std::optional<Credentials> credentials;
+  // cgroup: (the limits issue): each slot's cgroups while a worker uses the slot, and
+  // whether they could not be made (then said once, and memory_max falls back to RSS
+  // sampling as a hard bound).
+  std::map<unsigned, SlotCgroup> slot_cgroups;
+  bool cgroup_off = false;
 };
 
 // The job's phase and failure accounting.
@@ -130,6 +136,8 @@ struct JobHealth {
   std::uint64_t backoff_ns = 0;
   std::uint64_t retry_at = 0;
   bool sb_gone_logged = false;
+  bool budget_limited = false;  // memory.budget held starts back at the last look (logged once)
+  std::uint64_t pool_bytes = 0;  // memory.budget: the pool's total at the last look
 };
 
 // When the job wants to be looked at again.
@@ -260,6 +268,17 @@ class Supervisor::Impl {
   void write_textfile_if_due(std::uint64_t now) noexcept;
   void count_exit(Job& job, ExitReason reason) noexcept;
 
+  // per-worker cgroups (maintain.cpp)
+  /// The worker in slot `rec.slot` was killed by the kernel's OOM killer (its slot
+  /// cgroup's count, or the supervisor's cgroup's without one): its exit reason becomes
+  /// `oom`. The one place that learns it, for per-slot OOM counts.
+  void on_oom_kill(Job& job, WorkerRec& rec) noexcept;
+  /// Opens (or, adopting an upgrade's workers, re-opens) the cgroups of `slot`.
+  SlotCgroup* slot_cgroup(Job& job, unsigned slot, bool adopt) noexcept;
+  /// The slot's cgroups after its worker is reaped: removed, or kept for a later try.
+  void release_slot_cgroup(Job& job, unsigned slot) noexcept;
+  void retry_cgroup_leftovers() noexcept;
+
   SupervisorOptions options_;
   ListenerSet listeners_;
   std::vector<std::unique_ptr<Job>> jobs_;
@@ -280,6 +299,7 @@ class Supervisor::Impl {
   std::uint64_t next_audit_ = 0;
   std::vector<Leftover> leftovers_;
   std::uint64_t oom_kills_seen_ = 0;  // the memory cgroup's oom_kill count, last seen
+  std::vector<SlotCgroup> cgroup_leftovers_;  // slot cgroups still holding processes
   UpgradeCheck upgrade_;
   bool reload_pending_ = false;                           // a SIGHUP came during an upgrade check
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed

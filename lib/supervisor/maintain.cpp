@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/duration.h"
+#include "container/cgroup.h"
 #include "container/limits.h"
 #include "log/log.h"
 #include "scoreboard/scoreboard.h"
@@ -132,6 +133,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   }
   request_decision(job, now);  // an exit can lower the idle count: look again now
   if (failure) {
+    release_slot_cgroup(job, rec.slot);
     count_exit(job, ExitReason::failed_start);
     // One clear line per failure; the child exited 127 right after reporting.
     if (job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY) {
@@ -152,15 +154,28 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   // A SIGKILL corral did not send: the kernel's OOM killer (when the memory cgroup's
   // counter moved), or someone else. Named, never silent; counted as a failure only for
   // a worker that had not become ready (a failed start), as any crash.
+  // With its own cgroup the count is that worker's alone (cgroup:).
+  SlotCgroup* own = nullptr;
+  if (auto it = job.res.slot_cgroups.find(rec.slot); it != job.res.slot_cgroups.end())
+    own = &it->second;
+  const auto kills = oom_kills(container_limits());
+  const bool oom_here = own != nullptr ? own->oom_kills() > own->oom_base : kills > oom_kills_seen_;
+  oom_kills_seen_ = kills;
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && rec.phase != WorkerPhase::killing) {
-    const auto kills = oom_kills(container_limits());
-    const bool oom = kills > oom_kills_seen_;
-    oom_kills_seen_ = kills;
+    const std::string why =
+        !oom_here         ? ""
+        : own != nullptr ? fmt::format(" (an OOM kill in its own cgroup {}{})", own->describe(),
+                                       job.cfg.cgroup.memory_max != 0
+                                           ? fmt::format(", cgroup.memory_max {}",
+                                                         job.cfg.cgroup.memory_max)
+                                           : "")
+                         : std::string(" (an OOM kill: the memory cgroup's oom_kill count rose)");
     spdlog::warn("job {}: worker {} (slot {}) was killed by a SIGKILL corral did not send{}", name,
-                 rec.pid, rec.slot,
-                 oom ? " (an OOM kill: the memory cgroup's oom_kill count rose)" : "");
-    rec.exit_reason = oom ? ExitReason::oom : ExitReason::signal;
+                 rec.pid, rec.slot, why);
+    rec.exit_reason = ExitReason::signal;
+    if (oom_here) on_oom_kill(job, rec);
   }
+  release_slot_cgroup(job, rec.slot);
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
   const auto quota = job.cfg.workers.max_requests;
@@ -320,7 +335,13 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.busy_timeout = job.cfg.busy_timeout;
   snap.graceful_timeout = job.cfg.graceful_timeout;
   snap.memory = job.cfg.memory;
-  const bool memory_bounded = job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0;
+  // cgroup: that could not be made: memory_max falls back to RSS sampling, as a hard bound.
+  if (job.res.cgroup_off && job.cfg.cgroup.memory_max != 0 &&
+      (snap.memory.hard_max_rss == 0 || job.cfg.cgroup.memory_max < snap.memory.hard_max_rss))
+    snap.memory.hard_max_rss = job.cfg.cgroup.memory_max;
+  const bool budget = job.cfg.memory.budget != 0 && job.cfg.mode != Mode::plain;
+  const bool memory_bounded =
+      snap.memory.max_rss != 0 || snap.memory.hard_max_rss != 0 || budget;
   snap.phase = job.health.phase;
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
@@ -338,7 +359,9 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
     v.kill_at = w.kill_at;
     v.requests_limit = w.requests_limit;
     v.retire_at = w.retire_at;
-    if (memory_bounded && v.current && now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
+    // The budget covers every live worker of the job (an old generation's too).
+    if (memory_bounded && (v.current || budget) &&
+        now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
       w.rss_bytes = sample_memory(pid, job.cfg.memory.pss);
       w.rss_sampled_at = now;
     }
@@ -371,7 +394,9 @@ void Supervisor::Impl::decide_job(Job& job, std::uint64_t now) noexcept {
   const PoolSnapshot snap = observe(job, now);
   const Decision d = decide(snap, job.pacing, now);
   act(job, d, now);
-  if (job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0) {
+  if (job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0 ||
+      (job.cfg.memory.budget != 0 && job.cfg.mode != Mode::plain) ||
+      (job.res.cgroup_off && job.cfg.cgroup.memory_max != 0)) {
     const auto sample_at = now + to_ns(job.cfg.memory.interval);
     if (job.wake.wake_at == 0 || sample_at < job.wake.wake_at) job.wake.wake_at = sample_at;
   }
@@ -407,6 +432,12 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
           "job {}: worker {} (slot {}) uses {} bytes of memory, above max_rss {}; "
           "retiring it",
           name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.max_rss);
+      w.exit_reason = ExitReason::memory;
+    } else if (reason == StopReason::budget) {
+      spdlog::warn(
+          "job {}: the pool uses {} bytes of memory, above memory.budget {}; retiring its "
+          "largest idle worker {} (slot {}, {} bytes)",
+          name, d.pool_bytes, job.cfg.memory.budget, w.pid, w.slot, w.rss_bytes);
       w.exit_reason = ExitReason::memory;
     } else {
       spdlog::info("job {}: idle workers above max_spare {}; retiring worker {} (slot {})", name,
@@ -463,6 +494,23 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     worker_event(job, w,
                  reason == KillReason::graceful_timeout ? WorkerEvent::deadline : WorkerEvent::kill,
                  now);
+  }
+  job.health.pool_bytes = d.pool_bytes;
+  if (d.budget_limited != job.health.budget_limited && job.cfg.memory.budget != 0) {
+    // Once each way, not at every look.
+    if (d.budget_limited) {
+      spdlog::warn(
+          "job {}: memory.budget {} holds no more workers (the pool uses {} bytes; a new one "
+          "is assumed to need {}, the median): starting {} of the {} wanted{}",
+          name, job.cfg.memory.budget, d.pool_bytes, d.median_bytes, d.spawn, d.budget_wanted,
+          d.idle < job.cfg.workers.min_spare
+              ? fmt::format(", below min_spare {}", job.cfg.workers.min_spare)
+              : "");
+    } else {
+      spdlog::info("job {}: memory.budget {} has room again (the pool uses {} bytes)", name,
+                   job.cfg.memory.budget, d.pool_bytes);
+    }
+    job.health.budget_limited = d.budget_limited;
   }
   const bool was_at_max = job.at_max;
   job.at_max = d.at_max;
@@ -529,6 +577,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     set_env(plan.env, CORRAL_ENV_SLOT, std::to_string(slot));
     set_env(plan.env, CORRAL_ENV_GENERATION, std::to_string(job.generation));
   }
+  if (cfg.cgroup.any() && !res.cgroup_off) {
+    if (SlotCgroup* cg = slot_cgroup(job, slot, false)) plan.cgroup_procs = cg->procs_fds();
+  }
   // Claim the slot before the fork so the worker never sees it EMPTY.
   res.sb.claim_slot(slot, 0, job.generation, now);
   Result<pid_t> pid = Error{};
@@ -548,6 +599,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   if (!pid) {
     LogContext slot_ctx{cfg.name, slot};
     res.sb.free_slot(slot, now);
+    release_slot_cgroup(job, slot);
     spdlog::error("job {}: spawn worker (slot {}): {}", cfg.name, slot, pid.error().to_string());
     // fork() short of processes or memory (RLIMIT_NPROC, pids.max) is the machine's
     // state, not the job's fault: back off, but do not count it toward max_failures.
@@ -590,6 +642,7 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     for (auto& job : jobs_) request_decision(*job, now);
     adopt_orphans(now);
     sample_queues(now);
+    retry_cgroup_leftovers();
   }
   run_due_decisions(now);
   signal_leftovers(now);
@@ -655,6 +708,62 @@ void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
     notifier_.status(text, now);
     notifier_.flush_status(now);
   }
+}
+
+// ---------------------------------------------------------------------------
+// Per-worker cgroups.
+
+void Supervisor::Impl::on_oom_kill(Job& job, WorkerRec& rec) noexcept {
+  (void)job;
+  rec.exit_reason = ExitReason::oom;
+}
+
+SlotCgroup* Supervisor::Impl::slot_cgroup(Job& job, unsigned slot, bool adopt) noexcept {
+  auto& res = job.res;
+  if (auto it = res.slot_cgroups.find(slot); it != res.slot_cgroups.end()) {
+    // A slot reused before its cgroup was removed: same directory, a new baseline.
+    it->second.oom_base = it->second.oom_kills();
+    return &it->second;
+  }
+  const auto& g = job.cfg.cgroup;
+  try {
+    auto made = SlotCgroup::open(cgroup_places(),
+                                 CgroupValues{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight},
+                                 job.cfg.name, slot, adopt);
+    if (made) return &res.slot_cgroups.emplace(slot, std::move(*made)).first->second;
+    // Once per job: a cgroupfs corral cannot write (not root, read-only, not delegated)
+    // will not become writable at the next spawn.
+    res.cgroup_off = true;
+    spdlog::error(
+        "job {}: cgroup: {}; the job runs without per-worker cgroups{}", job.cfg.name,
+        made.error().to_string(),
+        g.memory_max != 0 ? fmt::format(", and memory_max {} is enforced by RSS sampling instead "
+                                        "(killed above it, as hard_max_rss)",
+                                        g.memory_max)
+                          : "");
+  } catch (const std::exception& e) {
+    res.cgroup_off = true;
+    spdlog::error("job {}: cgroup: {}", job.cfg.name, e.what());
+  }
+  return nullptr;
+}
+
+void Supervisor::Impl::release_slot_cgroup(Job& job, unsigned slot) noexcept {
+  auto it = job.res.slot_cgroups.find(slot);
+  if (it == job.res.slot_cgroups.end()) return;
+  SlotCgroup cg = std::move(it->second);
+  job.res.slot_cgroups.erase(it);
+  // What the worker left in its process group may still be in there: a later try.
+  if (!cg.remove()) {
+    try {
+      cgroup_leftovers_.push_back(std::move(cg));
+    } catch (...) {
+    }
+  }
+}
+
+void Supervisor::Impl::retry_cgroup_leftovers() noexcept {
+  std::erase_if(cgroup_leftovers_, [](SlotCgroup& cg) { return cg.remove(); });
 }
 
 void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {

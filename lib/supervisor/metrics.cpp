@@ -113,6 +113,11 @@ SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64
       p.max_workers = job->cfg.workers.max;
       p.backoff_active = job->health.phase == JobPhase::backing_off && job->health.retry_at > now;
       p.counters = job->counters;
+      if (job->cfg.memory.budget != 0 && job->cfg.mode != Mode::plain) {
+        p.memory_budget = job->cfg.memory.budget;
+        p.memory_bytes = job->health.pool_bytes;
+        p.budget_limited = job->health.budget_limited;
+      }
       for (auto& [pid, w] : job->workers) {
         const bool current = w.generation == job->generation;
         SlotView slot = job->res.sb.read_slot(w.slot);

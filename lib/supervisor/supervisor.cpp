@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/unique_fd.h"
+#include "container/cgroup.h"
 #include "container/limits.h"
 #include "listen/listener.h"
 #include "log/log.h"
@@ -209,6 +210,8 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     job->workers = std::move(old->workers);
     job->counters = old->counters;
     res.spawn_reports = std::move(old->res.spawn_reports);
+    res.slot_cgroups = std::move(old->res.slot_cgroups);  // the workers' slot cgroups
+    res.cgroup_off = old->res.cgroup_off;
     if (!res.notify_read && old->res.notify_read) {
       res.notify_read = std::move(old->res.notify_read);
       res.notify_write = std::move(old->res.notify_write);
@@ -234,6 +237,11 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
   }
   jobs_ = std::move(next);
   options_.config = std::move(config);
+  if (initial) {
+    // Slot cgroups a previous corral left (killed before it could remove them).
+    for (const auto& job : jobs_)
+      if (job->cfg.cgroup.any()) remove_stale_slot_cgroups(cgroup_places(), job->cfg.name, {});
+  }
   for (auto& job : jobs_) {
     if (job->res.notify_read && !job->wake.notify_armed && !job->removed()) arm_notify(*job);
   }
@@ -364,6 +372,13 @@ int Supervisor::Impl::run() {
     periodic(after);
   }
   kill_all_leftovers();
+  // Every worker is reaped: their slot cgroups go, then each job's own directory.
+  retry_cgroup_leftovers();
+  for (const auto& job : jobs_) {
+    for (auto& [slot, cg] : job->res.slot_cgroups) cg.remove();
+    if (job->cfg.cgroup.any() || !job->res.slot_cgroups.empty())
+      remove_stale_slot_cgroups(cgroup_places(), job->cfg.name, {});
+  }
   stop_metrics();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
