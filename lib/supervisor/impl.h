@@ -278,6 +278,8 @@ class Supervisor::Impl {
   /// The slot's cgroups after its worker is reaped: removed, or kept for a later try.
   void release_slot_cgroup(Job& job, unsigned slot) noexcept;
   void retry_cgroup_leftovers() noexcept;
+  /// A job forgotten (removed, or corral stopping): its slot and job cgroup directories.
+  void remove_job_cgroups(Job& job) noexcept;
 
   SupervisorOptions options_;
   ListenerSet listeners_;

@@ -658,12 +658,13 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     ::kill(upgrade_.check_pid, SIGKILL);  // our own child, not yet reaped
     finish_upgrade(0, true);
   }
-  // Forget removed jobs whose workers are all gone.
-  std::erase_if(jobs_,
-                [](const std::unique_ptr<Job>& j) { return j->removed() && j->workers.empty(); });
-  if (stopping()) {
-    std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return j->workers.empty(); });
-  }
+  // Forget removed jobs whose workers are all gone (and their cgroup directories).
+  auto gone = [this](const std::unique_ptr<Job>& j) {
+    return j->workers.empty() && (j->removed() || stopping());
+  };
+  for (auto& job : jobs_)
+    if (gone(job)) remove_job_cgroups(*job);
+  std::erase_if(jobs_, gone);
   write_headers(now);
   notify_manager(now);
   if (metrics_) metrics_->expire(now);
@@ -759,6 +760,23 @@ void Supervisor::Impl::release_slot_cgroup(Job& job, unsigned slot) noexcept {
       cgroup_leftovers_.push_back(std::move(cg));
     } catch (...) {
     }
+  }
+}
+
+void Supervisor::Impl::remove_job_cgroups(Job& job) noexcept {
+  for (auto& [slot, cg] : job.res.slot_cgroups) cg.remove();
+  if (!job.cfg.cgroup.any() && job.res.slot_cgroups.empty()) return;
+  // A job of the same name may live on (a reload's new Job): only its unused slots go.
+  std::vector<unsigned> keep;
+  for (const auto& other : jobs_) {
+    if (!other || other.get() == &job || other->cfg.name != job.cfg.name) continue;
+    for (const auto& [slot, cg] : other->res.slot_cgroups) keep.push_back(slot);
+    keep.push_back(~0U);  // not empty: the job directory stays
+  }
+  retry_cgroup_leftovers();
+  try {
+    remove_stale_slot_cgroups(cgroup_places(), job.cfg.name, keep);
+  } catch (...) {
   }
 }
 

@@ -374,11 +374,7 @@ int Supervisor::Impl::run() {
   kill_all_leftovers();
   // Every worker is reaped: their slot cgroups go, then each job's own directory.
   retry_cgroup_leftovers();
-  for (const auto& job : jobs_) {
-    for (auto& [slot, cg] : job->res.slot_cgroups) cg.remove();
-    if (job->cfg.cgroup.any() || !job->res.slot_cgroups.empty())
-      remove_stale_slot_cgroups(cgroup_places(), job->cfg.name, {});
-  }
+  for (const auto& job : jobs_) remove_job_cgroups(*job);
   stop_metrics();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
