@@ -162,10 +162,15 @@ CgroupPlaces find_cgroup_places(const std::string& proc_self_cgroup,
     } else if (auto it = v1.find(name); it != v1.end()) {
       const auto& [mount_name, path] = it->second;
       for (const std::string& mount : {cgroup_root + "/" + mount_name, cgroup_root + "/" + name}) {
-        if (!exists(mount + "/cgroup.procs")) continue;
         // Inside a container without a cgroup namespace the path may not exist under the
         // mount (the mount's root is the container's own cgroup): then the root.
-        place.dir = path != "/" && exists(mount + path + "/cgroup.procs") ? mount + path : mount;
+        if (path != "/" && exists(mount + path + "/cgroup.procs")) {
+          place.dir = mount + path;
+        } else if (exists(mount + "/cgroup.procs")) {
+          place.dir = mount;
+        } else {
+          continue;
+        }
         break;
       }
     }

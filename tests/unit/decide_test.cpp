@@ -543,3 +543,120 @@ TEST_CASE("each worker's own max_requests draw decides its recycling") {
   REQUIRE(d.stops.size() == 1);
   CHECK(d.stops[0].first == 2);
 }
+
+// ---------------------------------------------------------------------------
+// memory.budget
+
+namespace {
+
+WorkerView sized(pid_t pid, corral_slot_state state, std::uint64_t rss,
+                 WorkerPhase phase = WorkerPhase::up) {
+  auto w = worker(pid, state, phase);
+  w.rss_bytes = rss;
+  return w;
+}
+
+std::vector<pid_t> budget_stops(const Decision& d) {
+  std::vector<pid_t> out;
+  for (const auto& [pid, why] : d.stops)
+    if (why == StopReason::budget) out.push_back(pid);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("budget: over it, the largest idle workers go first until the rest fit") {
+  auto s = snapshot(4, 1, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 200), sized(2, CORRAL_SLOT_IDLE, 400),
+               sized(3, CORRAL_SLOT_BUSY, 500), sized(4, CORRAL_SLOT_IDLE, 300)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  // 1400 in all: the 400 goes (1000 left, which fits); the busy 500 is never cut.
+  CHECK(budget_stops(d) == std::vector<pid_t>{2});
+  CHECK(d.pool_bytes == 1400);
+  CHECK(d.spawn == 0);
+  CHECK(d.kills.empty());
+}
+
+TEST_CASE("budget: no start that would cross it, a new worker counted at the median") {
+  auto s = snapshot(2, 4, 8, 8);  // min_spare 4 wants two more
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 300), sized(2, CORRAL_SLOT_IDLE, 300)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.median_bytes == 300);
+  CHECK(d.spawn == 1);  // 600 + 300 fits, 600 + 600 does not
+  CHECK(d.budget_limited);
+  CHECK(d.budget_wanted == 2);
+  // Room for both: nothing held back.
+  s.memory.budget = 1200;
+  Pacing q = running_pacing();
+  d = corral::decide(s, q, kT0);
+  CHECK(d.spawn == 2);
+  CHECK_FALSE(d.budget_limited);
+}
+
+TEST_CASE("budget: a stopping worker's memory counts until it is reaped") {
+  auto s = snapshot(2, 2, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400),
+               sized(2, CORRAL_SLOT_STOPPING, 500, WorkerPhase::stopping)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 0);  // 900 + a median of 450 would cross 1000
+  CHECK(d.budget_limited);
+  CHECK(budget_stops(d).empty());  // the staying one alone fits
+}
+
+TEST_CASE("budget: an unsampled worker counts at the median; all gone, the last median") {
+  auto s = snapshot(2, 2, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400), sized(2, CORRAL_SLOT_STARTING, 0,
+                                                      WorkerPhase::starting)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.pool_bytes == 800);
+  CHECK(p.budget_median == 400);
+  // Every worker exits at once: a pool with none may start one whatever the budget, and
+  // the rest are held to the last median.
+  s.workers.clear();
+  s.memory.budget = 100;
+  d = corral::decide(s, p, kT0 + 10 * kMs);
+  CHECK(d.spawn == 1);
+  CHECK(d.budget_limited);
+}
+
+TEST_CASE("budget: the last staying worker is never retired for it; no spin when it is full") {
+  auto s = snapshot(1, 2, 8, 8);
+  s.memory.budget = 100;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 500)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(budget_stops(d).empty());
+  CHECK(d.spawn == 0);
+  CHECK(d.budget_limited);
+  CHECK_FALSE(p.start_pending);
+  // It asks for no early wake-up of its own: the memory sampling paces the next look.
+  CHECK(d.wake_at == 0);
+  // Twice too big: still one stays; the busy one is not cut, the idle one goes.
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 500), sized(2, CORRAL_SLOT_BUSY, 500)};
+  d = corral::decide(s, p, kT0 + kMs);
+  CHECK(budget_stops(d) == std::vector<pid_t>{1});
+}
+
+TEST_CASE("budget: not applied to plain mode, nor without one") {
+  auto s = snapshot(3, 0, 8, 8, corral::Mode::plain);
+  s.memory.budget = 10;
+  s.workers = {sized(1, CORRAL_SLOT_RUNNING, 500)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 2);
+  CHECK_FALSE(d.budget_limited);
+  auto t = snapshot(4, 0, 8, 8);
+  t.workers = {sized(1, CORRAL_SLOT_IDLE, 1ULL << 40)};
+  Pacing q;
+  d = corral::decide(t, q, kT0);
+  CHECK(d.spawn == 3);
+  CHECK(d.pool_bytes == 0);
+}
