@@ -40,25 +40,11 @@ constexpr unsigned kMaxWorkers = 16384;
 const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "metrics", "jobs"};
 const std::vector<std::string> kStopKeys = {"drain"};
 const std::vector<std::string> kMetricsKeys = {"listen", "textfile", "interval"};
-const std::vector<std::string> kJobKeys = {"command",
-                                           "mode",
-                                           "listen",
-                                           "workers",
-                                           "accept_mutex",
-                                           "max_per_source",
-                                           "restart",
-                                           "user",
-                                           "group",
-                                           "env",
-                                           "cwd",
-                                           "graceful_timeout",
-                                           "busy_timeout",
-                                           "stop_signal",
-                                           "limits",
-                                           "memory",
-                                           "cgroup",
-                                           "env_conventions",
-                                           "fastcgi"};
+const std::vector<std::string> kJobKeys = {
+    "command",      "mode",        "listen", "workers", "accept_mutex", "max_per_source",
+    "restart",      "user",        "group",  "env",     "cwd",          "graceful_timeout",
+    "busy_timeout", "stop_signal", "limits", "memory",  "cgroup",       "env_conventions",
+    "fastcgi"};
 const std::vector<std::string> kListenerKeys = {"address", "name",  "mode",
                                                 "owner",   "group", "backlog"};
 const std::vector<std::string> kWorkersKeys = {
@@ -641,8 +627,8 @@ class Loader {
       std::string_view digits(text->data(), text->size() - 1);
       unsigned pct = 0;
       auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), pct);
-      if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty() ||
-          pct < 1 || pct > 100) {
+      if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty() || pct < 1 ||
+          pct > 100) {
         issue(node, "memory.budget: \"" + *text +
                         "\" must be a whole percentage from 1% to 100% (of the cgroup memory "
                         "limit), or a size such as 2GiB");
@@ -700,7 +686,8 @@ class Loader {
     if (auto n = node["pids_max"])
       if (auto v = integer(n, "cgroup.pids_max", 1, 4194304)) g.pids_max = *v;
     if (auto n = node["cpu_weight"])
-      if (auto v = integer(n, "cgroup.cpu_weight", 1, 10000)) g.cpu_weight = static_cast<unsigned>(*v);
+      if (auto v = integer(n, "cgroup.cpu_weight", 1, 10000))
+        g.cpu_weight = static_cast<unsigned>(*v);
     if (!g.any() && node.IsMap() && node.size() == 0)
       issue(node, "cgroup is empty; set memory_max, memory_high, pids_max or cpu_weight");
   }
@@ -1215,9 +1202,10 @@ void validate_resources(Config& config, JobConfig& job, const CheckOptions& opti
             " is not delegated to it (run the unit with Delegate=yes)";
     }
     if (!why.empty()) {
-      const std::string msg = "cgroup: needs root or a delegated cgroup v2 subtree, and this "
-                              "corral runs as uid " +
-                              std::to_string(::geteuid()) + ": " + why;
+      const std::string msg =
+          "cgroup: needs root or a delegated cgroup v2 subtree, and this "
+          "corral runs as uid " +
+          std::to_string(::geteuid()) + ": " + why;
       if (options.for_run)
         add(g.mark, msg);
       else

@@ -38,7 +38,9 @@ const char* name_of(CgroupController c) {
   return "?";
 }
 
-Error sys_error(const std::string& what) { return Error{errno, what}; }
+Error sys_error(const std::string& what) {
+  return Error{errno, what};
+}
 
 // mkdir (an existing directory is adopted), then opened without following a link, and
 // checked: a directory owned by this process's user.
@@ -148,7 +150,7 @@ CgroupPlaces find_cgroup_places(const std::string& proc_self_cgroup,
     for (const std::string& mount : {cgroup_root, cgroup_root + "/unified"}) {
       if (!exists(mount + "/cgroup.controllers")) continue;
       v2_dir = v2_path != "/" && exists(mount + v2_path + "/cgroup.controllers") ? mount + v2_path
-                                                                                  : mount;
+                                                                                 : mount;
       std::istringstream words(slurp(v2_dir + "/cgroup.controllers"));
       for (std::string w; words >> w;) v2_controllers.push_back(w);
       break;
@@ -182,7 +184,8 @@ CgroupPlaces find_cgroup_places(const std::string& proc_self_cgroup,
 }
 
 const CgroupPlaces& cgroup_places() {
-  static const CgroupPlaces places = find_cgroup_places(slurp("/proc/self/cgroup"), "/sys/fs/cgroup");
+  static const CgroupPlaces places =
+      find_cgroup_places(slurp("/proc/self/cgroup"), "/sys/fs/cgroup");
   return places;
 }
 
@@ -224,10 +227,10 @@ Result<SlotCgroup> SlotCgroup::open(const CgroupPlaces& places, const CgroupValu
   for (auto c : controllers) {
     const auto& place = places.of(c);
     if (!place.found())
-      return Error{ENOENT, std::string("no cgroup hierarchy has the ") + name_of(c) +
-                               " controller"};
-    auto it = std::find_if(dirs.begin(), dirs.end(),
-                           [&](const auto& d) { return d.first == place.dir; });
+      return Error{ENOENT,
+                   std::string("no cgroup hierarchy has the ") + name_of(c) + " controller"};
+    auto it =
+        std::find_if(dirs.begin(), dirs.end(), [&](const auto& d) { return d.first == place.dir; });
     if (it == dirs.end()) {
       dirs.emplace_back(place.dir, std::vector<CgroupController>{c});
     } else {
@@ -335,8 +338,8 @@ unsigned remove_stale_slot_cgroups(const CgroupPlaces& places, const std::string
     ::closedir(d);
     for (const auto& n : names)
       if (::unlinkat(job_fd.get(), n.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) ++left;
-    if (keep.empty() && left == 0 &&
-        ::unlinkat(base.get(), job_name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    if (keep.empty() && left == 0 && ::unlinkat(base.get(), job_name.c_str(), AT_REMOVEDIR) != 0 &&
+        errno != ENOENT)
       ++left;
   }
   return left;

@@ -45,7 +45,7 @@ struct SpawnPlan {
   /// cgroup.procs files (fds the parent opened, close-on-exec) the child writes its pid
   /// to first thing, so that it runs in its slot's cgroups before anything else.
   std::vector<int> cgroup_procs;
-  int exec_fd = -1;                             // >= 0: exec this file (execveat) instead of `path`
+  int exec_fd = -1;          // >= 0: exec this file (execveat) instead of `path`
   bool pass_report = false;  // the report pipe is inherited too, after `inherit`, so
                              // that the program can report a later exec of its own
 };

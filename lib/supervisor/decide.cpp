@@ -198,8 +198,10 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
   bool budget_floor = false;      // no worker stays: one may start whatever the budget
   if (budget != 0) {
     auto leaving = [&](pid_t pid) {
-      return std::any_of(d.stops.begin(), d.stops.end(), [&](const auto& s) { return s.first == pid; }) ||
-             std::any_of(d.kills.begin(), d.kills.end(), [&](const auto& k) { return k.first == pid; });
+      return std::any_of(d.stops.begin(), d.stops.end(),
+                         [&](const auto& s) { return s.first == pid; }) ||
+             std::any_of(d.kills.begin(), d.kills.end(),
+                         [&](const auto& k) { return k.first == pid; });
     };
     std::vector<std::uint64_t> sizes;
     for (const auto& w : snap.workers)
@@ -236,7 +238,8 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
       --staying;
       --counts.idle;
     }
-    idle_current.erase(idle_current.begin(), idle_current.begin() + static_cast<std::ptrdiff_t>(taken));
+    idle_current.erase(idle_current.begin(),
+                       idle_current.begin() + static_cast<std::ptrdiff_t>(taken));
     budget_room = budget > all ? budget - all : 0;
     budget_floor = staying == 0;
     d.pool_bytes = all;

@@ -136,7 +136,7 @@ struct JobHealth {
   std::uint64_t backoff_ns = 0;
   std::uint64_t retry_at = 0;
   bool sb_gone_logged = false;
-  bool budget_limited = false;  // memory.budget held starts back at the last look (logged once)
+  bool budget_limited = false;   // memory.budget held starts back at the last look (logged once)
   std::uint64_t pool_bytes = 0;  // memory.budget: the pool's total at the last look
 };
 
@@ -300,7 +300,7 @@ class Supervisor::Impl {
   bool failed_exit_ = false;  // the exit code: every job failed
   std::uint64_t next_audit_ = 0;
   std::vector<Leftover> leftovers_;
-  std::uint64_t oom_kills_seen_ = 0;  // the memory cgroup's oom_kill count, last seen
+  std::uint64_t oom_kills_seen_ = 0;          // the memory cgroup's oom_kill count, last seen
   std::vector<SlotCgroup> cgroup_leftovers_;  // slot cgroups still holding processes
   UpgradeCheck upgrade_;
   bool reload_pending_ = false;                           // a SIGHUP came during an upgrade check

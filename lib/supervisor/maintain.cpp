@@ -163,13 +163,13 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   oom_kills_seen_ = kills;
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && rec.phase != WorkerPhase::killing) {
     const std::string why =
-        !oom_here         ? ""
-        : own != nullptr ? fmt::format(" (an OOM kill in its own cgroup {}{})", own->describe(),
-                                       job.cfg.cgroup.memory_max != 0
-                                           ? fmt::format(", cgroup.memory_max {}",
-                                                         job.cfg.cgroup.memory_max)
-                                           : "")
-                         : std::string(" (an OOM kill: the memory cgroup's oom_kill count rose)");
+        !oom_here ? ""
+        : own != nullptr
+            ? fmt::format(" (an OOM kill in its own cgroup {}{})", own->describe(),
+                          job.cfg.cgroup.memory_max != 0
+                              ? fmt::format(", cgroup.memory_max {}", job.cfg.cgroup.memory_max)
+                              : "")
+            : std::string(" (an OOM kill: the memory cgroup's oom_kill count rose)");
     spdlog::warn("job {}: worker {} (slot {}) was killed by a SIGKILL corral did not send{}", name,
                  rec.pid, rec.slot, why);
     rec.exit_reason = ExitReason::signal;
@@ -340,8 +340,7 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
       (snap.memory.hard_max_rss == 0 || job.cfg.cgroup.memory_max < snap.memory.hard_max_rss))
     snap.memory.hard_max_rss = job.cfg.cgroup.memory_max;
   const bool budget = job.cfg.memory.budget != 0 && job.cfg.mode != Mode::plain;
-  const bool memory_bounded =
-      snap.memory.max_rss != 0 || snap.memory.hard_max_rss != 0 || budget;
+  const bool memory_bounded = snap.memory.max_rss != 0 || snap.memory.hard_max_rss != 0 || budget;
   snap.phase = job.health.phase;
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
@@ -728,20 +727,20 @@ SlotCgroup* Supervisor::Impl::slot_cgroup(Job& job, unsigned slot, bool adopt) n
   }
   const auto& g = job.cfg.cgroup;
   try {
-    auto made = SlotCgroup::open(cgroup_places(),
-                                 CgroupValues{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight},
-                                 job.cfg.name, slot, adopt);
+    auto made = SlotCgroup::open(
+        cgroup_places(), CgroupValues{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight},
+        job.cfg.name, slot, adopt);
     if (made) return &res.slot_cgroups.emplace(slot, std::move(*made)).first->second;
     // Once per job: a cgroupfs corral cannot write (not root, read-only, not delegated)
     // will not become writable at the next spawn.
     res.cgroup_off = true;
-    spdlog::error(
-        "job {}: cgroup: {}; the job runs without per-worker cgroups{}", job.cfg.name,
-        made.error().to_string(),
-        g.memory_max != 0 ? fmt::format(", and memory_max {} is enforced by RSS sampling instead "
-                                        "(killed above it, as hard_max_rss)",
-                                        g.memory_max)
-                          : "");
+    spdlog::error("job {}: cgroup: {}; the job runs without per-worker cgroups{}", job.cfg.name,
+                  made.error().to_string(),
+                  g.memory_max != 0
+                      ? fmt::format(", and memory_max {} is enforced by RSS sampling instead "
+                                    "(killed above it, as hard_max_rss)",
+                                    g.memory_max)
+                      : "");
   } catch (const std::exception& e) {
     res.cgroup_off = true;
     spdlog::error("job {}: cgroup: {}", job.cfg.name, e.what());

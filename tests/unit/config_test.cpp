@@ -1159,12 +1159,14 @@ TEST_CASE("memory.budget: a size as it is, a percentage of the cgroup limit or o
            "    memory: { budget: " +
            budget + " }\n    cgroup: { memory_max: 64MiB, pids_max: 16, cpu_weight: 50 }\n";
   };
-  auto sized = corral::load_config_text(job("2GiB"), "/tmp/b.yaml", corral::CheckOptions{false, false});
+  auto sized =
+      corral::load_config_text(job("2GiB"), "/tmp/b.yaml", corral::CheckOptions{false, false});
   CHECK(sized.jobs.at(0).memory.budget == 2ULL << 30);
   CHECK(sized.jobs.at(0).cgroup.memory_max == 64ULL << 20);
   CHECK(sized.jobs.at(0).cgroup.pids_max == 16);
   CHECK(sized.jobs.at(0).cgroup.cpu_weight == 50);
-  auto pct = corral::load_config_text(job("90%"), "/tmp/b.yaml", corral::CheckOptions{false, false});
+  auto pct =
+      corral::load_config_text(job("90%"), "/tmp/b.yaml", corral::CheckOptions{false, false});
   const auto limit = corral::container_limits().memory_bytes;
   CHECK(pct.jobs.at(0).memory.budget_percent == 90);
   if (limit) {
@@ -1173,8 +1175,9 @@ TEST_CASE("memory.budget: a size as it is, a percentage of the cgroup limit or o
     CHECK(pct.jobs.at(0).memory.budget == 0);
     bool warned = false;
     for (const auto& w : pct.warnings)
-      warned = warned || w.to_string().find("/tmp/b.yaml:5:23: warning: job \"web\": memory.budget "
-                                            "90% is of the cgroup memory limit") == 0;
+      warned = warned || w.to_string().find(
+                             "/tmp/b.yaml:5:23: warning: job \"web\": memory.budget "
+                             "90% is of the cgroup memory limit") == 0;
     CHECK(warned);
   }
 }

@@ -612,8 +612,8 @@ TEST_CASE("budget: a stopping worker's memory counts until it is reaped") {
 TEST_CASE("budget: an unsampled worker counts at the median; all gone, the last median") {
   auto s = snapshot(2, 2, 8, 8);
   s.memory.budget = 1000;
-  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400), sized(2, CORRAL_SLOT_STARTING, 0,
-                                                      WorkerPhase::starting)};
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400),
+               sized(2, CORRAL_SLOT_STARTING, 0, WorkerPhase::starting)};
   Pacing p = running_pacing();
   auto d = corral::decide(s, p, kT0);
   CHECK(d.pool_bytes == 800);
