@@ -127,6 +127,7 @@ struct JobResources {
   // sampling as a hard bound).
   std::map<unsigned, SlotCgroup> slot_cgroups;
   bool cgroup_off = false;
+  bool cgroup_used = false;  // a slot cgroup was made (its job directory is to be removed)
 };
 
 // The job's phase and failure accounting.

@@ -477,12 +477,23 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
             "graceful_timeout; killing it",
             name, w.pid, w.slot);
         break;
-      case KillReason::memory:
-        spdlog::warn(
-            "job {}: worker {} (slot {}) uses {} bytes of memory, above "
-            "hard_max_rss {}; killing it",
-            name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.hard_max_rss);
+      case KillReason::memory: {
+        // hard_max_rss, or cgroup.memory_max enforced by sampling (no cgroup could be made).
+        const auto hard = job.cfg.memory.hard_max_rss;
+        const auto cg_max = job.res.cgroup_off ? job.cfg.cgroup.memory_max : 0;
+        if (cg_max != 0 && (hard == 0 || cg_max < hard)) {
+          spdlog::warn(
+              "job {}: worker {} (slot {}) uses {} bytes of memory, above cgroup.memory_max {} "
+              "(enforced by sampling: no cgroup); killing it",
+              name, w.pid, w.slot, w.rss_bytes, cg_max);
+        } else {
+          spdlog::warn(
+              "job {}: worker {} (slot {}) uses {} bytes of memory, above "
+              "hard_max_rss {}; killing it",
+              name, w.pid, w.slot, w.rss_bytes, hard);
+        }
         break;
+      }
       case KillReason::stuck_lock:
         spdlog::warn(
             "job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
@@ -730,7 +741,10 @@ SlotCgroup* Supervisor::Impl::slot_cgroup(Job& job, unsigned slot, bool adopt) n
     auto made = SlotCgroup::open(
         cgroup_places(), CgroupValues{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight},
         job.cfg.name, slot, adopt);
-    if (made) return &res.slot_cgroups.emplace(slot, std::move(*made)).first->second;
+    if (made) {
+      res.cgroup_used = true;
+      return &res.slot_cgroups.emplace(slot, std::move(*made)).first->second;
+    }
     // Once per job: a cgroupfs corral cannot write (not root, read-only, not delegated)
     // will not become writable at the next spawn.
     res.cgroup_off = true;
@@ -764,7 +778,7 @@ void Supervisor::Impl::release_slot_cgroup(Job& job, unsigned slot) noexcept {
 
 void Supervisor::Impl::remove_job_cgroups(Job& job) noexcept {
   for (auto& [slot, cg] : job.res.slot_cgroups) cg.remove();
-  if (!job.cfg.cgroup.any() && job.res.slot_cgroups.empty()) return;
+  if (!job.cfg.cgroup.any() && !job.res.cgroup_used) return;
   // A job of the same name may live on (a reload's new Job): only its unused slots go.
   std::vector<unsigned> keep;
   for (const auto& other : jobs_) {

@@ -212,6 +212,7 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     res.spawn_reports = std::move(old->res.spawn_reports);
     res.slot_cgroups = std::move(old->res.slot_cgroups);  // the workers' slot cgroups
     res.cgroup_off = old->res.cgroup_off;
+    res.cgroup_used = old->res.cgroup_used;
     if (!res.notify_read && old->res.notify_read) {
       res.notify_read = std::move(old->res.notify_read);
       res.notify_write = std::move(old->res.notify_write);

@@ -180,6 +180,34 @@ jobs:
         self.assertEqual(c.stop(), 0)
         self.assertFalse(os.path.exists(f"{self.cg['memory']}/corral-app"))
 
+    @unittest.skipUnless(shutil.which("unshare"), "needs unshare")
+    def test_a_read_only_cgroupfs_is_said_once_and_memory_max_falls_back_to_sampling(self):
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  app:
+    command: ["{PYTHON}", "{os.path.join(HERE, 'grow_worker.py')}"]
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 2, min_spare: 1, max_spare: 4, max: 4 }}
+    memory: {{ interval: 100ms }}
+    cgroup: {{ memory_max: 48MiB, pids_max: 64 }}
+    env: {{ ECHO_PY: "{ECHO_PY}", GROW_AFTER_MS: "300", GROW_STEP_MIB: "8", GROW_MAX_MIB: "200" }}
+"""
+        # corral in its own mount namespace, where the cgroup hierarchies are read-only.
+        script = "".join(f"echo $$ > {d}/cgroup.procs && " for d in self.cg.values())
+        script += "".join(f"mount -o remount,bind,ro {CG}/{ctl} && " for ctl in CONTROLLERS)
+        c = self.corral(["run", "{config}"], config=config,
+                        launcher=("unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                                  script + 'exec "$0" "$@"'))
+        c.wait_log(r"above cgroup.memory_max 50331648 \(enforced by sampling: no cgroup\); "
+                   r"killing it", timeout=30, count=2)
+        self.assertEqual(len(re.findall(r"job app: cgroup: create cgroup .*Read-only file system; "
+                                        r"the job runs without per-worker cgroups, and memory_max "
+                                        r"50331648 is enforced by RSS sampling", c.log_text())), 1,
+                         c.log_text())
+        self.assertEqual(c.stop(), 0)
+        self.assertFalse(os.path.exists(f"{self.cg['memory']}/corral-app"))
+
     def test_slot_cgroups_are_adopted_across_an_upgrade(self):
         binary = os.path.join(self.tmp, "corral-copy")
         shutil.copy(CORRAL, binary)
