@@ -315,6 +315,8 @@ struct Sim {
     s.busy_timeout =
         rng() % 2 == 0 ? corral::Duration(std::chrono::seconds(2)) : corral::Duration(0);
     s.stuck_checks = rng() % 2 == 0;
+    // memory.budget: sometimes, with workers of random sizes (some not sampled yet).
+    if (rng() % 3 == 0) s.memory.budget = (rng() % 20 + 1) * 100;
     start_allowance = start;
   }
 
@@ -331,6 +333,29 @@ struct Sim {
     for (pid_t pid : d.became_ready) REQUIRE(known.count(pid) == 1);
     for (const auto& [pid, why] : d.stops) REQUIRE(known.count(pid) == 1);
     for (const auto& [pid, why] : d.kills) REQUIRE(known.count(pid) == 1);
+    if (s.memory.budget != 0 && d.spawn > 0) {
+      // No start crosses the budget (a new worker at the median), but for the floor: a
+      // pool with no staying worker may start one.
+      unsigned staying = 0;
+      for (const auto& w : s.workers) {
+        const bool leaving =
+            std::any_of(d.stops.begin(), d.stops.end(),
+                        [&](auto& x) { return x.first == w.pid; }) ||
+            std::any_of(d.kills.begin(), d.kills.end(), [&](auto& x) { return x.first == w.pid; });
+        staying += w.current && w.phase != WorkerPhase::stopping &&
+                   w.phase != WorkerPhase::killing && !leaving;
+      }
+      const std::uint64_t need = std::max<std::uint64_t>(d.median_bytes, 1);
+      if (staying > 0 || d.spawn > 1) REQUIRE(d.pool_bytes + d.spawn * need <= s.memory.budget);
+    }
+    for (const auto& [pid, why] : d.stops) {
+      if (why != StopReason::budget) continue;
+      // Never the last one staying.
+      REQUIRE(std::count_if(s.workers.begin(), s.workers.end(), [](const WorkerView& w) {
+                return w.current && w.phase != WorkerPhase::stopping &&
+                       w.phase != WorkerPhase::killing;
+              }) > 1);
+    }
     for (pid_t pid : d.became_ready) table[pid].v.phase = WorkerPhase::up;
     for (const auto& [pid, why] : d.stops) {
       auto& w = table[pid].v;
@@ -347,6 +372,7 @@ struct Sim {
       w.v.phase = WorkerPhase::starting;
       w.v.state = CORRAL_SLOT_STARTING;
       w.v.started = now;
+      w.v.rss_bytes = s.memory.budget != 0 && rng() % 4 != 0 ? rng() % 100 + 10 : 0;
       w.ready_at = now + (rng() % 40) * kMs;
       w.crashes = rng() % 20 == 0;
       table[w.v.pid] = w;
@@ -450,7 +476,8 @@ TEST_CASE("simulation: thousands of random event sequences keep the pool's invar
         sim.now += 100 * kMs;  // nothing asked: time passes, as the periodic tick would
     }
     const auto& spec = sim.s.spec;
-    CHECK(last.idle >= std::min(spec.min_spare, spec.max));
+    // (A budget may hold fewer than min_spare: then it says so.)
+    CHECK((last.idle >= std::min(spec.min_spare, spec.max) || last.budget_limited));
     CHECK(last.idle <= std::max(spec.max_spare, spec.min_spare));
   }
 }
