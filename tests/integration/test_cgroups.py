@@ -11,7 +11,8 @@ import time
 import unittest
 import uuid
 
-from harness import BUILD, CORRAL, PYTHON, SOURCE, CorralTest, connect, recv_until, wait_until
+from harness import (BUILD, CORRAL, PYTHON, SOURCE, CorralTest, connect, recv_all, recv_until,
+                     wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO_PY = os.path.join(SOURCE, "examples", "echo.py")
@@ -134,6 +135,32 @@ jobs:
         self.assertEqual(c.stop(), 0)
         for ctl in CONTROLLERS:
             self.assertFalse(os.path.exists(f"{self.cg[ctl]}/corral-app"), ctl)
+
+    def test_an_inetd_program_runs_in_its_slot_cgroup_which_goes_with_it(self):
+        config = f"""
+scoreboard_dir: {self.sbdir}
+jobs:
+  app:
+    command: ["/bin/cat", "/proc/self/cgroup"]
+    mode: inetd
+    listen: ["127.0.0.1:0"]
+    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
+    cgroup: {{ pids_max: 16 }}
+"""
+        c = self.start(config)
+        c.wait_idle(self.sbdir, "app", 1)
+        port = c.port(self.sbdir, "app")
+        for _ in range(3):
+            s = connect(port)
+            text = recv_all(s).decode()
+            s.close()
+            self.assertRegex(text, rf"memory:/{self.name}/corral-app/slot-\d+\n")
+            self.assertRegex(text, rf"pids:/{self.name}/corral-app/slot-\d+\n")
+        # Each program's slot cgroup goes when it is reaped: only the acceptors' stay.
+        wait_until(lambda: len(self.slot_dirs("pids", "app")) == len(
+            c.job(self.sbdir, "app")["workers"]), timeout=10, log=c)
+        self.assertEqual(c.stop(), 0)
+        self.assertFalse(os.path.exists(f"{self.cg['pids']}/corral-app"))
 
     def test_a_fork_bomb_is_capped_by_pids_max(self):
         out = os.path.join(self.tmp, "bomb.txt")
