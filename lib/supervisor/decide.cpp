@@ -244,6 +244,7 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     budget_floor = staying == 0;
     d.pool_bytes = all;
     d.median_bytes = median;
+    d.budget_room = budget_floor || budget_room >= std::max<std::uint64_t>(median, 1);
   }
   counts.queued = snap.queued;
   const unsigned total = counts.starting + counts.idle + counts.busy;

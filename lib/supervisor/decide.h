@@ -132,6 +132,7 @@ struct Decision {
   std::uint64_t median_bytes = 0;
   bool budget_limited = false;
   unsigned budget_wanted = 0;  // budget_limited: how many plan_pool wanted to start
+  bool budget_room = true;     // one more worker would fit (whether one is wanted or not)
 };
 
 /// memory.budget (a pool-wide bound, docs/LIMITS.md): while the live workers' total is

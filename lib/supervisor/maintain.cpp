@@ -506,9 +506,11 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
                  now);
   }
   job.health.pool_bytes = d.pool_bytes;
-  if (d.budget_limited != job.health.budget_limited && job.cfg.memory.budget != 0) {
-    // Once each way, not at every look.
-    if (d.budget_limited) {
+  // Held back until one more worker fits again (not merely until none is wanted): said
+  // once each way, not at every look.
+  const bool limited = d.budget_limited || (job.health.budget_limited && !d.budget_room);
+  if (limited != job.health.budget_limited && job.cfg.memory.budget != 0) {
+    if (limited) {
       spdlog::warn(
           "job {}: memory.budget {} holds no more workers (the pool uses {} bytes; a new one "
           "is assumed to need {}, the median): starting {} of the {} wanted{}",
@@ -520,7 +522,7 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
       spdlog::info("job {}: memory.budget {} has room again (the pool uses {} bytes)", name,
                    job.cfg.memory.budget, d.pool_bytes);
     }
-    job.health.budget_limited = d.budget_limited;
+    job.health.budget_limited = limited;
   }
   const bool was_at_max = job.at_max;
   job.at_max = d.at_max;

@@ -622,6 +622,7 @@ TEST_CASE("budget: no start that would cross it, a new worker counted at the med
   d = corral::decide(s, q, kT0);
   CHECK(d.spawn == 2);
   CHECK_FALSE(d.budget_limited);
+  CHECK(d.budget_room);
 }
 
 TEST_CASE("budget: a stopping worker's memory counts until it is reaped") {
@@ -663,6 +664,7 @@ TEST_CASE("budget: the last staying worker is never retired for it; no spin when
   CHECK(budget_stops(d).empty());
   CHECK(d.spawn == 0);
   CHECK(d.budget_limited);
+  CHECK_FALSE(d.budget_room);  // and not even one more would fit (until it shrinks)
   CHECK_FALSE(p.start_pending);
   // It asks for no early wake-up of its own: the memory sampling paces the next look.
   CHECK(d.wake_at == 0);
