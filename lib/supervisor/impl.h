@@ -301,8 +301,9 @@ class Supervisor::Impl {
   bool failed_exit_ = false;  // the exit code: every job failed
   std::uint64_t next_audit_ = 0;
   std::vector<Leftover> leftovers_;
-  std::uint64_t oom_kills_seen_ = 0;          // the memory cgroup's oom_kill count, last seen
-  std::vector<SlotCgroup> cgroup_leftovers_;  // slot cgroups still holding processes
+  std::uint64_t oom_kills_seen_ = 0;              // the memory cgroup's oom_kill count, last seen
+  std::vector<SlotCgroup> cgroup_leftovers_;      // slot cgroups still holding processes
+  std::vector<std::string> cgroup_jobs_pending_;  // job directories to go after them
   UpgradeCheck upgrade_;
   bool reload_pending_ = false;                           // a SIGHUP came during an upgrade check
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed

@@ -790,13 +790,27 @@ void Supervisor::Impl::remove_job_cgroups(Job& job) noexcept {
   }
   retry_cgroup_leftovers();
   try {
-    remove_stale_slot_cgroups(cgroup_places(), job.cfg.name, keep);
+    // A slot still holding what a worker left: the job directory goes after it.
+    if (remove_stale_slot_cgroups(cgroup_places(), job.cfg.name, keep) != 0 && keep.empty() &&
+        std::find(cgroup_jobs_pending_.begin(), cgroup_jobs_pending_.end(), job.cfg.name) ==
+            cgroup_jobs_pending_.end())
+      cgroup_jobs_pending_.push_back(job.cfg.name);
   } catch (...) {
   }
 }
 
 void Supervisor::Impl::retry_cgroup_leftovers() noexcept {
   std::erase_if(cgroup_leftovers_, [](SlotCgroup& cg) { return cg.remove(); });
+  if (!cgroup_leftovers_.empty() || cgroup_jobs_pending_.empty()) return;
+  try {
+    std::erase_if(cgroup_jobs_pending_, [this](const std::string& name) {
+      const bool alive = std::any_of(jobs_.begin(), jobs_.end(), [&](const auto& j) {
+        return j && j->cfg.name == name && !j->workers.empty();
+      });
+      return alive || remove_stale_slot_cgroups(cgroup_places(), name, {}) == 0;
+    });
+  } catch (...) {
+  }
 }
 
 void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {

@@ -373,9 +373,21 @@ int Supervisor::Impl::run() {
     periodic(after);
   }
   kill_all_leftovers();
-  // Every worker is reaped: their slot cgroups go, then each job's own directory.
-  retry_cgroup_leftovers();
+  // Every worker is reaped: their slot cgroups go, then each job's own directory. What a
+  // worker left in its slot cgroup was killed just above; it is reaped here (we are its
+  // subreaper) so that the cgroup can go: 2 s at the most.
   for (const auto& job : jobs_) remove_job_cgroups(*job);
+  const auto cgroups_until = monotonic_ns() + 2 * kSec;
+  while (!cgroup_leftovers_.empty() || !cgroup_jobs_pending_.empty()) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    retry_cgroup_leftovers();
+    if (monotonic_ns() >= cgroups_until) break;
+    if (!cgroup_leftovers_.empty() || !cgroup_jobs_pending_.empty()) {
+      timespec pause{0, 10 * 1000 * 1000};
+      ::nanosleep(&pause, nullptr);
+    }
+  }
   stop_metrics();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.
