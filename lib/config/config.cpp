@@ -26,6 +26,7 @@
 #include "common/environment.h"
 #include "common/size.h"
 #include "common/unique_fd.h"
+#include "container/cgroup.h"
 #include "container/limits.h"
 
 namespace corral {
@@ -38,27 +39,11 @@ constexpr unsigned kMaxWorkers = 16384;
 const std::vector<std::string> kTopKeys = {"scoreboard_dir", "stop", "metrics", "jobs"};
 const std::vector<std::string> kStopKeys = {"drain"};
 const std::vector<std::string> kMetricsKeys = {"listen", "textfile", "interval"};
-const std::vector<std::string> kJobKeys = {"command",
-                                           "mode",
-                                           "listen",
-                                           "workers",
-                                           "accept_mutex",
-                                           "max_per_source",
-                                           "restart",
-                                           "user",
-                                           "group",
-                                           "env",
-                                           "cwd",
-                                           "graceful_timeout",
-                                           "busy_timeout",
-                                           "stop_signal",
-                                           "limits",
-                                           "memory",
-                                           "env_conventions",
-                                           "fastcgi",
-                                           "inetd",
-                                           "allow",
-                                           "deny"};
+const std::vector<std::string> kJobKeys = {
+    "command",      "mode",        "listen", "workers", "accept_mutex", "max_per_source",
+    "restart",      "user",        "group",  "env",     "cwd",          "graceful_timeout",
+    "busy_timeout", "stop_signal", "limits", "memory",  "cgroup",       "env_conventions",
+    "fastcgi",      "inetd",       "allow",  "deny"};
 const std::vector<std::string> kInetdKeys = {"warm", "warm_header"};
 const std::vector<std::string> kListenerKeys = {"address", "name",    "mode",  "owner",
                                                 "group",   "backlog", "allow", "deny"};
@@ -69,6 +54,8 @@ const std::vector<std::string> kWorkersKeys = {
 const std::vector<std::string> kLimitsKeys = {"nofile", "nproc", "core", "as", "cpu", "stack"};
 const std::vector<std::string> kMemoryKeys = {"max_rss", "hard_max_rss", "budget", "measure",
                                               "interval"};
+const std::vector<std::string> kCgroupKeys = {"memory_high", "memory_max", "pids_max",
+                                              "cpu_weight"};
 const std::vector<std::string> kRestartKeys = {"backoff_max", "max_failures"};
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -340,6 +327,7 @@ class Loader {
     if (auto sig = node["stop_signal"]) load_stop_signal(job, sig);
     if (auto l = node["limits"]) load_limits(job, l);
     if (auto m = node["memory"]) load_memory(job, m);
+    if (auto g = node["cgroup"]) load_cgroup(job, g);
 
     if (auto a = node["accept_mutex"]) {
       auto kind = one_of<AcceptMutex>(a, "accept_mutex",
@@ -702,10 +690,7 @@ class Loader {
     if (job.memory.max_rss != 0 && job.memory.hard_max_rss != 0 &&
         job.memory.hard_max_rss < job.memory.max_rss)
       issue(node["hard_max_rss"], "memory.hard_max_rss is below memory.max_rss");
-    if (auto b = node["budget"])
-      issue(b,
-            "memory.budget (a pool-wide memory budget) is not supported yet by this version; "
-            "use max_rss and hard_max_rss per worker");
+    if (auto b = node["budget"]) load_budget(job, b);
     if (auto m = node["measure"]) {
       auto how = one_of<bool>(m, "memory.measure", {{"rss", false}, {"pss", true}});
       if (how) job.memory.pss = *how;
@@ -718,6 +703,80 @@ class Loader {
           job.memory.interval = *d;
       }
     }
+  }
+
+  // `budget: 90%` (of the cgroup memory limit, resolved by validation) or a size.
+  void load_budget(JobConfig& job, const YAML::Node& node) {
+    job.memory.budget_mark = mark_of(node);
+    auto text = scalar(node, "memory.budget");
+    if (!text) return;
+    if (!text->empty() && text->back() == '%') {
+      std::string_view digits(text->data(), text->size() - 1);
+      unsigned pct = 0;
+      auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), pct);
+      if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty() || pct < 1 ||
+          pct > 100) {
+        issue(node, "memory.budget: \"" + *text +
+                        "\" must be a whole percentage from 1% to 100% (of the cgroup memory "
+                        "limit), or a size such as 2GiB");
+        return;
+      }
+      job.memory.budget_percent = pct;
+      return;
+    }
+    try {
+      job.memory.budget = *parse_size(*text, false);
+      if (job.memory.budget < (1ULL << 20))
+        issue(node, "memory.budget: " + *text +
+                        " is below 1MiB, which no pool fits in; give a size such as 2GiB or a "
+                        "percentage such as 90%");
+    } catch (const ConfigError& e) {
+      issue(node, "memory.budget: " + e.issues().front().message +
+                      " (or a percentage of the cgroup memory limit, such as 90%)");
+    }
+  }
+
+  void load_cgroup(JobConfig& job, const YAML::Node& node) {
+    auto& g = job.cgroup;
+    g.mark = mark_of(node);
+    if (!node.IsMap()) {
+      issue(node,
+            "cgroup must be a map, e.g. { memory_max: 512MiB, pids_max: 64, cpu_weight: 100 }");
+      return;
+    }
+    check_keys(node, kCgroupKeys, "cgroup");
+    auto size = [&](const char* key) -> std::uint64_t {
+      auto n = node[key];
+      if (!n) return 0;
+      auto text = scalar(n, std::string("cgroup.") + key);
+      if (!text) return 0;
+      try {
+        const auto v = *parse_size(*text, false);
+        // Below a few MiB, the program is killed by its own exec.
+        if (v < (4ULL << 20)) {
+          issue(n, std::string("cgroup.") + key + ": " + *text +
+                       " is below 4MiB, where no program can even start; give at least 4MiB");
+          return 0;
+        }
+        return v;
+      } catch (const ConfigError& e) {
+        issue(n, std::string("cgroup.") + key + ": " + e.issues().front().message);
+        return 0;
+      }
+    };
+    g.memory_high = size("memory_high");
+    g.memory_high_mark = mark_of(node["memory_high"]);
+    g.memory_max = size("memory_max");
+    if (g.memory_high != 0 && g.memory_max != 0 && g.memory_high > g.memory_max)
+      issue(node["memory_high"], "cgroup.memory_high is above cgroup.memory_max");
+    // pids.max takes up to PID_MAX_LIMIT (4194304); cpu.weight 1..10000 (cgroup-v2.rst).
+    if (auto n = node["pids_max"])
+      if (auto v = integer(n, "cgroup.pids_max", 1, 4194304)) g.pids_max = *v;
+    if (auto n = node["cpu_weight"])
+      if (auto v = integer(n, "cgroup.cpu_weight", 1, 10000))
+        g.cpu_weight = static_cast<unsigned>(*v);
+    if (!g.any() && node.IsMap() && node.size() == 0)
+      issue(node, "cgroup is empty; set memory_max, memory_high, pids_max or cpu_weight");
   }
 
   void load_metrics(MetricsSpec& metrics, const YAML::Node& node) {
@@ -1165,6 +1224,74 @@ void validate_compat(JobConfig& job,
   }
 }
 
+// memory.budget against the cgroup memory limit, and cgroup: against the hierarchies and
+// this process's privileges.
+template <typename Add>
+void validate_resources(Config& config, JobConfig& job, const CheckOptions& options, Add add) {
+  auto warn = [&](const SourceMark& m, const std::string& msg) {
+    config.warnings.push_back(ConfigIssue{m, "warning: job \"" + job.name + "\": " + msg});
+  };
+  auto& mem = job.memory;
+  if (mem.budget_percent != 0) {
+    if (const auto limit = container_limits().memory_bytes) {
+      mem.budget = *limit / 100 * mem.budget_percent;
+    } else {
+      mem.budget = 0;
+      warn(mem.budget_mark, "memory.budget " + std::to_string(mem.budget_percent) +
+                                "% is of the cgroup memory limit, and corral's cgroup has none; "
+                                "the budget is off (give a size, such as 2GiB, to have one)");
+    }
+  }
+  if ((mem.budget != 0 || mem.budget_percent != 0) && job.mode == Mode::plain)
+    add(mem.budget_mark,
+        "memory.budget applies to modes prefork and inetd (a plain job keeps a fixed number "
+        "of copies); bound each copy with max_rss, hard_max_rss or cgroup.memory_max");
+  const auto& g = job.cgroup;
+  if (!g.any()) return;
+  const auto& places = cgroup_places();
+  CgroupValues values{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight};
+  std::vector<std::string> missing, v1;
+  for (auto c : cgroup_controllers(values)) {
+    const char* name = c == CgroupController::memory ? "memory"
+                       : c == CgroupController::pids ? "pids"
+                                                     : "cpu";
+    const auto& place = places.of(c);
+    if (!place.found()) {
+      missing.emplace_back(name);
+    } else if (!place.v2) {
+      v1.emplace_back(name);
+    }
+  }
+  if (!missing.empty())
+    warn(g.mark, "cgroup: no cgroup hierarchy here has the " + join(missing) +
+                     " controller; the job runs without per-worker cgroups, and memory_max "
+                     "falls back to RSS sampling");
+  if (g.memory_high != 0 && places.memory.found() && !places.memory.v2)
+    warn(g.memory_high_mark,
+         "cgroup.memory_high has no cgroup v1 equivalent (memory is a v1 controller here); "
+         "it is ignored: use memory_max, or memory.max_rss to retire a worker gracefully");
+  if (::geteuid() != 0) {
+    std::string why;
+    if (!v1.empty()) {
+      why = "the " + join(v1) + " controller" + (v1.size() > 1 ? "s are" : " is") +
+            " cgroup v1 here, where only root creates cgroups";
+    } else if (places.memory.found() && ::access(places.memory.dir.c_str(), W_OK) != 0) {
+      why = "corral's cgroup " + places.memory.dir +
+            " is not delegated to it (run the unit with Delegate=yes)";
+    }
+    if (!why.empty()) {
+      const std::string msg =
+          "cgroup: needs root or a delegated cgroup v2 subtree, and this "
+          "corral runs as uid " +
+          std::to_string(::geteuid()) + ": " + why;
+      if (options.for_run)
+        add(g.mark, msg);
+      else
+        warn(g.mark, msg + "; \"corral run\" would refuse it");
+    }
+  }
+}
+
 // Checks that need the whole model: ranges between keys, the system (users, files),
 // duplicates across jobs.
 void validate_model(Config& config, const CheckOptions& options, const Marks& marks,
@@ -1239,6 +1366,7 @@ void validate_model(Config& config, const CheckOptions& options, const Marks& ma
       add(m.line > 0 ? m : job.mark, std::move(msg));
     });
     check_exec_size(job, inherited, [&](std::string msg) { add(job.mark, std::move(msg)); });
+    validate_resources(config, job, options, add);
 
     if (!job.command.empty()) {
       auto cmark = lookup(marks.command, job);

@@ -52,6 +52,24 @@ struct MemorySpec {
   std::uint64_t hard_max_rss = 0;  // above: killed at once
   bool pss = false;                // measure PSS (smaps_rollup) instead of RSS (statm)
   Duration interval = std::chrono::seconds(1);
+  /// `budget:` for the whole pool, in bytes (a percentage resolved against the cgroup
+  /// memory limit by validation); 0: none, or a percentage with no limit to take it of.
+  std::uint64_t budget = 0;
+  unsigned budget_percent = 0;  // `budget: N%` as written; 0: an absolute size (or none)
+  SourceMark budget_mark;
+};
+
+/// `cgroup:`: one cgroup per worker slot (docs/LIMITS.md), values per worker; 0: not set.
+struct CgroupSpec {
+  std::uint64_t memory_high = 0;  // v2 memory.high (v1 has none: a check warning)
+  std::uint64_t memory_max = 0;   // v2 memory.max, v1 memory.limit_in_bytes
+  std::uint64_t pids_max = 0;     // pids.max
+  unsigned cpu_weight = 0;        // v2 cpu.weight (1..10000), v1 cpu.shares = w * 1024 / 100
+  SourceMark mark;
+  SourceMark memory_high_mark;
+  [[nodiscard]] bool any() const {
+    return memory_high != 0 || memory_max != 0 || pids_max != 0 || cpu_weight != 0;
+  }
 };
 
 struct RestartSpec {
@@ -134,6 +152,7 @@ struct JobConfig {
   Duration busy_timeout{0};
   std::vector<RlimitSpec> limits;
   MemorySpec memory;
+  CgroupSpec cgroup;
   int stop_signal = 15;  // SIGTERM (15 on Linux); `stop_signal:` TERM|QUIT|INT|HUP|USR1|USR2|WINCH
   CompatSpec compat;     // env_conventions, fastcgi, $(corral.sockets.NAME)
   InetdSpec inetd;

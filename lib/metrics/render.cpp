@@ -117,6 +117,25 @@ std::string render_metrics(const SupervisorSample& s) {
   pool_gauge(e, "corral_pool_backoff_active",
              "1 while the pool backs off after failures (crash loop), else 0.", s.pools,
              [](const PoolSample& p) { return p.backoff_active ? 1U : 0U; });
+  // memory.budget (the limits issue): series only for pools that have one.
+  bool budgets = false;
+  for (const auto& p : s.pools) budgets = budgets || p.memory_budget.has_value();
+  if (budgets) {
+    e.family("corral_pool_memory_budget_bytes", "gauge", "memory.budget of the pool, in bytes.");
+    for (const auto& p : s.pools)
+      if (p.memory_budget)
+        e.sample("corral_pool_memory_budget_bytes", {{"pool", p.pool}}, *p.memory_budget);
+    e.family("corral_pool_memory_bytes", "gauge",
+             "Memory of the pool's live workers at the last look (RSS or PSS, as measured).");
+    for (const auto& p : s.pools)
+      if (p.memory_budget) e.sample("corral_pool_memory_bytes", {{"pool", p.pool}}, p.memory_bytes);
+    e.family("corral_pool_budget_limited", "gauge",
+             "1 while memory.budget holds back workers the pool wants, else 0.");
+    for (const auto& p : s.pools)
+      if (p.memory_budget)
+        e.sample("corral_pool_budget_limited", {{"pool", p.pool}},
+                 std::uint64_t(p.budget_limited ? 1 : 0));
+  }
   pool_counter(e, "corral_pool_connections_accepted_total",
                "Connections accepted by the pool's workers (their scoreboard request counts; "
                "reaped workers folded in).",

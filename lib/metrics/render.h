@@ -80,6 +80,11 @@ struct PoolSample {
   unsigned max_spare = 0;
   unsigned max_workers = 0;
   bool backoff_active = false;
+  // memory.budget (the limits issue): the budget (none: no series), the pool's total at
+  // the last look, and whether the budget holds starts back.
+  std::optional<std::uint64_t> memory_budget;
+  std::uint64_t memory_bytes = 0;
+  bool budget_limited = false;
   PoolCounters counters;
   std::uint64_t accepted_live = 0;                   // requests of the live workers
   std::uint64_t refused_live = 0;                    // refusals of the live workers

@@ -20,6 +20,7 @@ enum corral_spawn_step {
   CORRAL_SPAWN_EXEC = 7,        /* the program's exec */
   CORRAL_SPAWN_EXEC_HELPER = 8, /* the embedded inetd acceptor's exec */
   CORRAL_SPAWN_RLIMIT = 9,      /* the job's limits: (setrlimit) */
+  CORRAL_SPAWN_CGROUP = 10,     /* moving into the slot's cgroup (cgroup:) */
 };
 
 struct corral_spawn_report {

@@ -33,6 +33,7 @@ enum class Step : int {
   exec = CORRAL_SPAWN_EXEC,
   exec_helper = CORRAL_SPAWN_EXEC_HELPER,
   rlimit = CORRAL_SPAWN_RLIMIT,
+  cgroup = CORRAL_SPAWN_CGROUP,
 };
 
 const char* step_name(Step step) {
@@ -47,6 +48,7 @@ const char* step_name(Step step) {
     case Step::exec: return "exec";
     case Step::exec_helper: return "exec the inetd acceptor for";
     case Step::rlimit: return "setrlimit (limits:) for";
+    case Step::cgroup: return "move into the slot's cgroup (cgroup:) for";
   }
   return "spawn";
 }
@@ -97,6 +99,17 @@ void prepare_child(const Prepared& p, int& report_fd, int& exec_fd) {
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 
   if (::setpgid(0, 0) != 0) child_fail(report_fd, Step::setpgid);
+
+  // Into the slot's cgroups before anything else (and before the fds are moved: these
+  // numbers may lie where the inherited ones go). No path lookup: fds the parent opened.
+  if (!plan.cgroup_procs.empty()) {
+    char pid[16];
+    format_pid(pid, ::getpid());
+    const size_t len = std::strlen(pid);
+    for (int fd : plan.cgroup_procs) {
+      if (::write(fd, pid, len) != static_cast<ssize_t>(len)) child_fail(report_fd, Step::cgroup);
+    }
+  }
 
   // Move every source above the target range first, so a dup2 onto 3+i never
   // clobbers a source still to be placed (or the report pipe).

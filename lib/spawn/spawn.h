@@ -42,7 +42,10 @@ struct SpawnPlan {
   pid_t parent = 0;              // the supervisor's pid, for the PDEATHSIG race check
   std::optional<rlimit> nofile;  // RLIMIT_NOFILE to restore (the supervisor raised its own)
   std::vector<std::pair<int, rlimit>> rlimits;  // the job's limits:, applied after `nofile`
-  int exec_fd = -1;                             // >= 0: exec this file (execveat) instead of `path`
+  /// cgroup.procs files (fds the parent opened, close-on-exec) the child writes its pid
+  /// to first thing, so that it runs in its slot's cgroups before anything else.
+  std::vector<int> cgroup_procs;
+  int exec_fd = -1;          // >= 0: exec this file (execveat) instead of `path`
   bool pass_report = false;  // the report pipe is inherited too, after `inherit`, so
                              // that the program can report a later exec of its own
 };

@@ -193,6 +193,59 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     }
   }
   if (snap.stuck_checks) find_stuck_holders(snap, pacing, b);
+  const std::uint64_t budget = snap.mode == Mode::plain ? 0 : snap.memory.budget;
+  std::uint64_t budget_room = 0;  // what the budget leaves for new workers
+  bool budget_floor = false;      // no worker stays: one may start whatever the budget
+  if (budget != 0) {
+    auto leaving = [&](pid_t pid) {
+      return std::any_of(d.stops.begin(), d.stops.end(),
+                         [&](const auto& s) { return s.first == pid; }) ||
+             std::any_of(d.kills.begin(), d.kills.end(),
+                         [&](const auto& k) { return k.first == pid; });
+    };
+    std::vector<std::uint64_t> sizes;
+    for (const auto& w : snap.workers)
+      if (w.rss_bytes != 0) sizes.push_back(w.rss_bytes);
+    if (!sizes.empty()) {
+      std::nth_element(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(sizes.size() / 2),
+                       sizes.end());
+      pacing.budget_median = sizes[sizes.size() / 2];
+    }
+    const std::uint64_t median = pacing.budget_median;
+    // Every live worker holds memory until it is reaped (a stopping one too); one not yet
+    // sampled is counted at the median.
+    std::uint64_t all = 0;
+    std::uint64_t staying_bytes = 0;
+    unsigned staying = 0;
+    for (const auto& w : snap.workers) {
+      const std::uint64_t size = w.rss_bytes != 0 ? w.rss_bytes : median;
+      all += size;
+      const bool stays = w.current && w.phase != WorkerPhase::stopping &&
+                         w.phase != WorkerPhase::killing && !leaving(w.pid);
+      if (!stays) continue;
+      staying_bytes += size;
+      ++staying;
+    }
+    // Over the budget: the largest idle worker first, until the rest fit.
+    std::sort(idle_current.begin(), idle_current.end(),
+              [](const WorkerView* x, const WorkerView* y) { return x->rss_bytes > y->rss_bytes; });
+    std::size_t taken = 0;
+    while (staying_bytes > budget && staying > 1 && taken < idle_current.size()) {
+      const WorkerView* w = idle_current[taken++];
+      d.stops.emplace_back(w->pid, StopReason::budget);
+      const std::uint64_t size = w->rss_bytes != 0 ? w->rss_bytes : median;
+      staying_bytes -= std::min(staying_bytes, size);
+      --staying;
+      --counts.idle;
+    }
+    idle_current.erase(idle_current.begin(),
+                       idle_current.begin() + static_cast<std::ptrdiff_t>(taken));
+    budget_room = budget > all ? budget - all : 0;
+    budget_floor = staying == 0;
+    d.pool_bytes = all;
+    d.median_bytes = median;
+    d.budget_room = budget_floor || budget_room >= std::max<std::uint64_t>(median, 1);
+  }
   counts.queued = snap.queued;
   const unsigned total = counts.starting + counts.idle + counts.busy;
   d.idle = counts.idle;
@@ -234,6 +287,21 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     if (now < pacing.topup_at) {
       spawn = 0;
       b.wake(pacing.topup_at);
+    }
+  }
+  if (budget != 0 && spawn > 0) {
+    // Never start a worker that would take the pool above the budget (a new one is
+    // assumed to need the median); one may start when none stays, whatever the budget.
+    const std::uint64_t need = std::max<std::uint64_t>(d.median_bytes, 1);
+    std::uint64_t fits = budget_room / need;
+    if (budget_floor) fits = std::max<std::uint64_t>(fits, 1);
+    if (fits < spawn) {
+      d.budget_limited = true;
+      d.budget_wanted = spawn;
+      spawn = static_cast<unsigned>(fits);
+      // As far as the budget allows, the start is done: READY= and the top-up rules do not
+      // wait for workers it will not let in.
+      pacing.start_pending = false;
     }
   }
   if (spawn > 0) pacing.topup_at = 0;

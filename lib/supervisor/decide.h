@@ -98,6 +98,9 @@ struct Pacing {
   std::uint64_t stall_since = 0;  // connections have waited since, with no request served
   std::uint64_t stall_requests = 0;
   std::map<pid_t, HolderWatch> holders;
+  /// memory.budget: the last median RSS of the job's live workers (what a new worker is
+  /// assumed to need when none is live to measure); 0: never measured.
+  std::uint64_t budget_median = 0;
 };
 
 enum class KillReason : std::uint8_t {
@@ -110,7 +113,7 @@ enum class KillReason : std::uint8_t {
 };
 const char* to_string(KillReason reason) noexcept;
 
-enum class StopReason : std::uint8_t { retire, max_requests, max_lifetime, memory };
+enum class StopReason : std::uint8_t { retire, max_requests, max_lifetime, memory, budget };
 
 struct Decision {
   unsigned spawn = 0;
@@ -122,8 +125,24 @@ struct Decision {
   unsigned busy = 0;
   unsigned starting = 0;
   std::uint64_t wake_at = 0;  // call decide() again by then at the latest; 0: no need
+  // memory.budget (0s without one): the pool's sampled total (every live worker, an
+  // unsampled one counted at the median), the median, and whether the budget held back
+  // workers the pool wanted (fewer started than plan_pool asked for).
+  std::uint64_t pool_bytes = 0;
+  std::uint64_t median_bytes = 0;
+  bool budget_limited = false;
+  unsigned budget_wanted = 0;  // budget_limited: how many plan_pool wanted to start
+  bool budget_room = true;     // one more worker would fit (whether one is wanted or not)
 };
 
+/// memory.budget (a pool-wide bound, docs/LIMITS.md): while the live workers' total is
+/// above it, the largest idle worker is retired first (gracefully), one after another
+/// until the rest fit; no worker is started that would take the total (its own need
+/// assumed to be the median of the live workers) above it. The budget wins over
+/// workers.start and min_spare, with one floor: a job with no worker left may always
+/// start one, and the last staying worker is never retired for the budget (a single
+/// worker above it is for max_rss and hard_max_rss). Not applied in plain mode.
+///
 /// The pool decision. Pure but for `pacing`, which it updates. Acts only on pids of
 /// `snapshot.workers`. Never plans more current-generation workers than workers.max.
 Decision decide(const PoolSnapshot& snapshot, Pacing& pacing, std::uint64_t now);

@@ -117,6 +117,8 @@ std::string encode_handover(const Handover& s) {
                            {"requests", w.requests_seen},
                            {"refused", w.refused_seen},
                            {"accepted", w.accepted_seen}}}});
+      // Version 5 (the limits issue).
+      if (w.cgroup) workers.back()["cgroup"] = {{"oom_base", w.cgroup_oom_base}};
     }
     j["workers"] = workers;
     json oom = json::array();
@@ -129,6 +131,10 @@ std::string encode_handover(const Handover& s) {
                      {"refused", job.refused},
                      {"listener_accepted", job.listener_accepted},
                      {"slot_oom_kills", oom}};
+    // Version 5 (the limits issue).
+    j["limits"] = {{"cgroup_off", job.cgroup_off},
+                   {"budget_limited", job.budget_limited},
+                   {"budget_median", job.budget_median}};
     jobs.push_back(j);
   }
   state["jobs"] = jobs;
@@ -219,6 +225,11 @@ Result<Handover> decode_handover(const std::string& text) {
           get_opt(*seen, "refused", hw.refused_seen);
           get_opt(*seen, "accepted", hw.accepted_seen);
         }
+        // Version 5 (the limits issue).
+        if (auto cg = w.find("cgroup"); cg != w.end() && cg->is_object()) {
+          hw.cgroup = true;
+          get_opt(*cg, "oom_base", hw.cgroup_oom_base);
+        }
         job.workers.push_back(hw);
       }
       if (auto c = j.find("counters"); c != j.end() && c->is_object()) {
@@ -232,6 +243,12 @@ Result<Handover> decode_handover(const std::string& text) {
           if (pair.is_array() && pair.size() == 2)
             job.slot_oom_kills[pair[0].get<unsigned>()] = pair[1].get<std::uint64_t>();
         }
+      }
+      // Version 5 (the limits issue).
+      if (auto l = j.find("limits"); l != j.end() && l->is_object()) {
+        get_opt(*l, "cgroup_off", job.cgroup_off);
+        get_opt(*l, "budget_limited", job.budget_limited);
+        get_opt(*l, "budget_median", job.budget_median);
       }
       s.jobs.push_back(std::move(job));
     }

@@ -21,7 +21,10 @@ namespace corral {
 /// Version 3: metrics: per-job counters, reload and upgrade results, the metrics socket.
 /// Version 4: the grown scoreboard's counters: per listener, refusals, OOM kills per slot,
 ///            and what each worker's slot has shown (its "seen" values).
-inline constexpr int kHandoverVersion = 4;
+/// Version 5 (the limits issue): per-worker cgroups (a
+/// worker's slot cgroup and its OOM baseline, a job's cgroups off) and memory.budget
+/// (the job's last median and whether it held starts back).
+inline constexpr int kHandoverVersion = 5;
 
 struct HandoverListener {
   int fd = -1;
@@ -49,6 +52,9 @@ struct HandoverWorker {
   std::uint64_t requests_seen = 0;
   std::uint64_t refused_seen = 0;
   std::vector<std::uint64_t> accepted_seen;  // per listener index
+  // ---- Version 5, the limits issue (absent before: no cgroup) ----
+  bool cgroup = false;                // it runs in its slot's cgroups (cgroup:)
+  std::uint64_t cgroup_oom_base = 0;  // the slot cgroup's oom_kill count when it started
 };
 
 struct HandoverJob {
@@ -77,6 +83,10 @@ struct HandoverJob {
   std::uint64_t refused = 0;                               // refusals of reaped workers
   std::map<std::string, std::uint64_t> listener_accepted;  // listener address -> reaped count
   std::map<unsigned, std::uint64_t> slot_oom_kills;        // slot -> OOM kills
+  // ---- Version 5, the limits issue (absent before: false, 0) ----
+  bool cgroup_off = false;          // cgroup: could not be made (said once already)
+  bool budget_limited = false;      // memory.budget held starts back (said once already)
+  std::uint64_t budget_median = 0;  // memory.budget: the last median RSS of its workers
 };
 
 struct Handover {

@@ -23,6 +23,7 @@
 #include "common/duration.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
+#include "container/cgroup.h"
 #include "listen/listener.h"
 #include "metrics/render.h"
 #include "metrics/server.h"
@@ -147,6 +148,12 @@ struct JobResources {
   std::optional<Credentials> credentials;
   // The listener addresses new workers get (listeners' display, LISTEN_FDS order).
   std::shared_ptr<const std::vector<std::string>> listener_names;
+  // cgroup: (the limits issue): each slot's cgroups while a worker uses the slot, and
+  // whether they could not be made (then said once, and memory_max falls back to RSS
+  // sampling as a hard bound).
+  std::map<unsigned, SlotCgroup> slot_cgroups;
+  bool cgroup_off = false;
+  bool cgroup_used = false;  // a slot cgroup was made (its job directory is to be removed)
 };
 
 // The job's phase and failure accounting.
@@ -156,6 +163,8 @@ struct JobHealth {
   std::uint64_t backoff_ns = 0;
   std::uint64_t retry_at = 0;
   bool sb_gone_logged = false;
+  bool budget_limited = false;   // memory.budget held starts back at the last look (logged once)
+  std::uint64_t pool_bytes = 0;  // memory.budget: the pool's total at the last look
 };
 
 // When the job wants to be looked at again.
@@ -293,6 +302,19 @@ class Supervisor::Impl {
   void fold_counters(Job& job, WorkerRec& rec, const SlotView& slot) noexcept;
   void count_oom_kill(Job& job, unsigned slot) noexcept;
 
+  // per-worker cgroups (maintain.cpp)
+  /// The worker in slot `rec.slot` was killed by the kernel's OOM killer (its slot
+  /// cgroup's count, or the supervisor's cgroup's without one): its exit reason becomes
+  /// `oom`. The one place that learns it, for per-slot OOM counts.
+  void on_oom_kill(Job& job, WorkerRec& rec) noexcept;
+  /// Opens (or, adopting an upgrade's workers, re-opens) the cgroups of `slot`.
+  SlotCgroup* slot_cgroup(Job& job, unsigned slot, bool adopt) noexcept;
+  /// The slot's cgroups after its worker is reaped: removed, or kept for a later try.
+  void release_slot_cgroup(Job& job, unsigned slot) noexcept;
+  void retry_cgroup_leftovers() noexcept;
+  /// A job forgotten (removed, or corral stopping): its slot and job cgroup directories.
+  void remove_job_cgroups(Job& job) noexcept;
+
   SupervisorOptions options_;
   ListenerSet listeners_;
   std::vector<std::unique_ptr<Job>> jobs_;
@@ -312,7 +334,9 @@ class Supervisor::Impl {
   bool failed_exit_ = false;  // the exit code: every job failed
   std::uint64_t next_audit_ = 0;
   std::vector<Leftover> leftovers_;
-  std::uint64_t oom_kills_seen_ = 0;  // the memory cgroup's oom_kill count, last seen
+  std::uint64_t oom_kills_seen_ = 0;              // the memory cgroup's oom_kill count, last seen
+  std::vector<SlotCgroup> cgroup_leftovers_;      // slot cgroups still holding processes
+  std::vector<std::string> cgroup_jobs_pending_;  // job directories to go after them
   UpgradeCheck upgrade_;
   bool reload_pending_ = false;                           // a SIGHUP came during an upgrade check
   std::map<std::string, std::uint64_t> upgrade_results_;  // ok | rejected | failed

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/duration.h"
+#include "container/cgroup.h"
 #include "container/limits.h"
 #include "log/log.h"
 #include "scoreboard/scoreboard.h"
@@ -147,6 +148,7 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   }
   request_decision(job, now);  // an exit can lower the idle count: look again now
   if (failure) {
+    release_slot_cgroup(job, rec.slot);
     count_exit(job, ExitReason::failed_start);
     // One clear line per failure; the child exited 127 right after reporting.
     if (job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY) {
@@ -167,16 +169,28 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   // A SIGKILL corral did not send: the kernel's OOM killer (when the memory cgroup's
   // counter moved), or someone else. Named, never silent; counted as a failure only for
   // a worker that had not become ready (a failed start), as any crash.
+  // With its own cgroup the count is that worker's alone (cgroup:).
+  SlotCgroup* own = nullptr;
+  if (auto it = job.res.slot_cgroups.find(rec.slot); it != job.res.slot_cgroups.end())
+    own = &it->second;
+  const auto kills = oom_kills(container_limits());
+  const bool oom_here = own != nullptr ? own->oom_kills() > own->oom_base : kills > oom_kills_seen_;
+  oom_kills_seen_ = kills;
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && rec.phase != WorkerPhase::killing) {
-    const auto kills = oom_kills(container_limits());
-    const bool oom = kills > oom_kills_seen_;
-    oom_kills_seen_ = kills;
+    const std::string why =
+        !oom_here ? ""
+        : own != nullptr
+            ? fmt::format(" (an OOM kill in its own cgroup {}{})", own->describe(),
+                          job.cfg.cgroup.memory_max != 0
+                              ? fmt::format(", cgroup.memory_max {}", job.cfg.cgroup.memory_max)
+                              : "")
+            : std::string(" (an OOM kill: the memory cgroup's oom_kill count rose)");
     spdlog::warn("job {}: worker {} (slot {}) was killed by a SIGKILL corral did not send{}", name,
-                 rec.pid, rec.slot,
-                 oom ? " (an OOM kill: the memory cgroup's oom_kill count rose)" : "");
-    rec.exit_reason = oom ? ExitReason::oom : ExitReason::signal;
-    if (oom) count_oom_kill(job, rec.slot);
+                 rec.pid, rec.slot, why);
+    rec.exit_reason = ExitReason::signal;
+    if (oom_here) on_oom_kill(job, rec);
   }
+  release_slot_cgroup(job, rec.slot);
   // In inetd mode a program ending is the end of a connection, not an event.
   const bool program_done = job.cfg.mode == Mode::inetd && slot.state == CORRAL_SLOT_BUSY;
   const auto quota = job.cfg.workers.max_requests;
@@ -344,7 +358,12 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
   snap.busy_timeout = job.cfg.busy_timeout;
   snap.graceful_timeout = job.cfg.graceful_timeout;
   snap.memory = job.cfg.memory;
-  const bool memory_bounded = job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0;
+  // cgroup: that could not be made: memory_max falls back to RSS sampling, as a hard bound.
+  if (job.res.cgroup_off && job.cfg.cgroup.memory_max != 0 &&
+      (snap.memory.hard_max_rss == 0 || job.cfg.cgroup.memory_max < snap.memory.hard_max_rss))
+    snap.memory.hard_max_rss = job.cfg.cgroup.memory_max;
+  const bool budget = job.cfg.memory.budget != 0 && job.cfg.mode != Mode::plain;
+  const bool memory_bounded = snap.memory.max_rss != 0 || snap.memory.hard_max_rss != 0 || budget;
   snap.phase = job.health.phase;
   snap.retry_at = job.health.retry_at;
   snap.stuck_checks =
@@ -362,7 +381,9 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
     v.kill_at = w.kill_at;
     v.requests_limit = w.requests_limit;
     v.retire_at = w.retire_at;
-    if (memory_bounded && v.current && now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
+    // The budget covers every live worker of the job (an old generation's too).
+    if (memory_bounded && (v.current || budget) &&
+        now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
       w.rss_bytes = sample_memory(pid, job.cfg.memory.pss);
       w.rss_sampled_at = now;
     }
@@ -395,7 +416,9 @@ void Supervisor::Impl::decide_job(Job& job, std::uint64_t now) noexcept {
   const PoolSnapshot snap = observe(job, now);
   const Decision d = decide(snap, job.pacing, now);
   act(job, d, now);
-  if (job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0) {
+  if (job.cfg.memory.max_rss != 0 || job.cfg.memory.hard_max_rss != 0 ||
+      (job.cfg.memory.budget != 0 && job.cfg.mode != Mode::plain) ||
+      (job.res.cgroup_off && job.cfg.cgroup.memory_max != 0)) {
     const auto sample_at = now + to_ns(job.cfg.memory.interval);
     if (job.wake.wake_at == 0 || sample_at < job.wake.wake_at) job.wake.wake_at = sample_at;
   }
@@ -431,6 +454,12 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
           "job {}: worker {} (slot {}) uses {} bytes of memory, above max_rss {}; "
           "retiring it",
           name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.max_rss);
+      w.exit_reason = ExitReason::memory;
+    } else if (reason == StopReason::budget) {
+      spdlog::warn(
+          "job {}: the pool uses {} bytes of memory, above memory.budget {}; retiring its "
+          "largest idle worker {} (slot {}, {} bytes)",
+          name, d.pool_bytes, job.cfg.memory.budget, w.pid, w.slot, w.rss_bytes);
       w.exit_reason = ExitReason::memory;
     } else {
       spdlog::info("job {}: idle workers above max_spare {}; retiring worker {} (slot {})", name,
@@ -471,12 +500,23 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
             "graceful_timeout; killing it",
             name, w.pid, w.slot);
         break;
-      case KillReason::memory:
-        spdlog::warn(
-            "job {}: worker {} (slot {}) uses {} bytes of memory, above "
-            "hard_max_rss {}; killing it",
-            name, w.pid, w.slot, w.rss_bytes, job.cfg.memory.hard_max_rss);
+      case KillReason::memory: {
+        // hard_max_rss, or cgroup.memory_max enforced by sampling (no cgroup could be made).
+        const auto hard = job.cfg.memory.hard_max_rss;
+        const auto cg_max = job.res.cgroup_off ? job.cfg.cgroup.memory_max : 0;
+        if (cg_max != 0 && (hard == 0 || cg_max < hard)) {
+          spdlog::warn(
+              "job {}: worker {} (slot {}) uses {} bytes of memory, above cgroup.memory_max {} "
+              "(enforced by sampling: no cgroup); killing it",
+              name, w.pid, w.slot, w.rss_bytes, cg_max);
+        } else {
+          spdlog::warn(
+              "job {}: worker {} (slot {}) uses {} bytes of memory, above "
+              "hard_max_rss {}; killing it",
+              name, w.pid, w.slot, w.rss_bytes, hard);
+        }
         break;
+      }
       case KillReason::stuck_lock:
         spdlog::warn(
             "job {}: worker {} (slot {}) has held the accept mutex for {} while connections "
@@ -487,6 +527,25 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
     worker_event(job, w,
                  reason == KillReason::graceful_timeout ? WorkerEvent::deadline : WorkerEvent::kill,
                  now);
+  }
+  job.health.pool_bytes = d.pool_bytes;
+  // Held back until one more worker fits again (not merely until none is wanted): said
+  // once each way, not at every look.
+  const bool limited = d.budget_limited || (job.health.budget_limited && !d.budget_room);
+  if (limited != job.health.budget_limited && job.cfg.memory.budget != 0) {
+    if (limited) {
+      spdlog::warn(
+          "job {}: memory.budget {} holds no more workers (the pool uses {} bytes; a new one "
+          "is assumed to need {}, the median): starting {} of the {} wanted{}",
+          name, job.cfg.memory.budget, d.pool_bytes, d.median_bytes, d.spawn, d.budget_wanted,
+          d.idle < job.cfg.workers.min_spare
+              ? fmt::format(", below min_spare {}", job.cfg.workers.min_spare)
+              : "");
+    } else {
+      spdlog::info("job {}: memory.budget {} has room again (the pool uses {} bytes)", name,
+                   job.cfg.memory.budget, d.pool_bytes);
+    }
+    job.health.budget_limited = limited;
   }
   const bool was_at_max = job.at_max;
   job.at_max = d.at_max;
@@ -553,6 +612,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
     set_env(plan.env, CORRAL_ENV_SLOT, std::to_string(slot));
     set_env(plan.env, CORRAL_ENV_GENERATION, std::to_string(job.generation));
   }
+  if (cfg.cgroup.any() && !res.cgroup_off) {
+    if (SlotCgroup* cg = slot_cgroup(job, slot, false)) plan.cgroup_procs = cg->procs_fds();
+  }
   // Claim the slot before the fork so the worker never sees it EMPTY.
   const auto oom_kills = job.counters.slot_oom_kills.find(slot);
   res.sb.claim_slot(slot, 0, job.generation, now,
@@ -581,6 +643,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   if (!pid) {
     LogContext slot_ctx{cfg.name, slot};
     res.sb.free_slot(slot, now);
+    release_slot_cgroup(job, slot);
     spdlog::error("job {}: spawn worker (slot {}): {}", cfg.name, slot, pid.error().to_string());
     // fork() short of processes or memory (RLIMIT_NPROC, pids.max) is the machine's
     // state, not the job's fault: back off, but do not count it toward max_failures.
@@ -624,6 +687,7 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     for (auto& job : jobs_) request_decision(*job, now);
     adopt_orphans(now);
     sample_queues(now);
+    retry_cgroup_leftovers();
   }
   run_due_decisions(now);
   signal_leftovers(now);
@@ -639,12 +703,13 @@ void Supervisor::Impl::periodic(std::uint64_t now) noexcept {
     ::kill(upgrade_.check_pid, SIGKILL);  // our own child, not yet reaped
     finish_upgrade(0, true);
   }
-  // Forget removed jobs whose workers are all gone.
-  std::erase_if(jobs_,
-                [](const std::unique_ptr<Job>& j) { return j->removed() && j->workers.empty(); });
-  if (stopping()) {
-    std::erase_if(jobs_, [](const std::unique_ptr<Job>& j) { return j->workers.empty(); });
-  }
+  // Forget removed jobs whose workers are all gone (and their cgroup directories).
+  auto gone = [this](const std::unique_ptr<Job>& j) {
+    return j->workers.empty() && (j->removed() || stopping());
+  };
+  for (auto& job : jobs_)
+    if (gone(job)) remove_job_cgroups(*job);
+  std::erase_if(jobs_, gone);
   write_headers(now);
   notify_manager(now);
   if (metrics_) metrics_->expire(now);
@@ -688,6 +753,96 @@ void Supervisor::Impl::notify_manager(std::uint64_t now) noexcept {
   } else {
     notifier_.status(text, now);
     notifier_.flush_status(now);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Per-worker cgroups.
+
+void Supervisor::Impl::on_oom_kill(Job& job, WorkerRec& rec) noexcept {
+  rec.exit_reason = ExitReason::oom;
+  count_oom_kill(job, rec.slot);  // the slot's "oom_kills" (status, corral_slot_oom_kills_total)
+}
+
+SlotCgroup* Supervisor::Impl::slot_cgroup(Job& job, unsigned slot, bool adopt) noexcept {
+  auto& res = job.res;
+  if (auto it = res.slot_cgroups.find(slot); it != res.slot_cgroups.end()) {
+    // A slot reused before its cgroup was removed: same directory, a new baseline.
+    it->second.oom_base = it->second.oom_kills();
+    return &it->second;
+  }
+  const auto& g = job.cfg.cgroup;
+  try {
+    auto made = SlotCgroup::open(
+        cgroup_places(), CgroupValues{g.memory_high, g.memory_max, g.pids_max, g.cpu_weight},
+        job.cfg.name, slot, adopt);
+    if (made) {
+      res.cgroup_used = true;
+      return &res.slot_cgroups.emplace(slot, std::move(*made)).first->second;
+    }
+    // Once per job: a cgroupfs corral cannot write (not root, read-only, not delegated)
+    // will not become writable at the next spawn.
+    res.cgroup_off = true;
+    spdlog::error("job {}: cgroup: {}; the job runs without per-worker cgroups{}", job.cfg.name,
+                  made.error().to_string(),
+                  g.memory_max != 0
+                      ? fmt::format(", and memory_max {} is enforced by RSS sampling instead "
+                                    "(killed above it, as hard_max_rss)",
+                                    g.memory_max)
+                      : "");
+  } catch (const std::exception& e) {
+    res.cgroup_off = true;
+    spdlog::error("job {}: cgroup: {}", job.cfg.name, e.what());
+  }
+  return nullptr;
+}
+
+void Supervisor::Impl::release_slot_cgroup(Job& job, unsigned slot) noexcept {
+  auto it = job.res.slot_cgroups.find(slot);
+  if (it == job.res.slot_cgroups.end()) return;
+  SlotCgroup cg = std::move(it->second);
+  job.res.slot_cgroups.erase(it);
+  // What the worker left in its process group may still be in there: a later try.
+  if (!cg.remove()) {
+    try {
+      cgroup_leftovers_.push_back(std::move(cg));
+    } catch (...) {
+    }
+  }
+}
+
+void Supervisor::Impl::remove_job_cgroups(Job& job) noexcept {
+  for (auto& [slot, cg] : job.res.slot_cgroups) cg.remove();
+  if (!job.cfg.cgroup.any() && !job.res.cgroup_used) return;
+  // A job of the same name may live on (a reload's new Job): only its unused slots go.
+  std::vector<unsigned> keep;
+  for (const auto& other : jobs_) {
+    if (!other || other.get() == &job || other->cfg.name != job.cfg.name) continue;
+    for (const auto& [slot, cg] : other->res.slot_cgroups) keep.push_back(slot);
+    keep.push_back(~0U);  // not empty: the job directory stays
+  }
+  retry_cgroup_leftovers();
+  try {
+    // A slot still holding what a worker left: the job directory goes after it.
+    if (remove_stale_slot_cgroups(cgroup_places(), job.cfg.name, keep) != 0 && keep.empty() &&
+        std::find(cgroup_jobs_pending_.begin(), cgroup_jobs_pending_.end(), job.cfg.name) ==
+            cgroup_jobs_pending_.end())
+      cgroup_jobs_pending_.push_back(job.cfg.name);
+  } catch (...) {
+  }
+}
+
+void Supervisor::Impl::retry_cgroup_leftovers() noexcept {
+  std::erase_if(cgroup_leftovers_, [](SlotCgroup& cg) { return cg.remove(); });
+  if (!cgroup_leftovers_.empty() || cgroup_jobs_pending_.empty()) return;
+  try {
+    std::erase_if(cgroup_jobs_pending_, [this](const std::string& name) {
+      const bool alive = std::any_of(jobs_.begin(), jobs_.end(), [&](const auto& j) {
+        return j && j->cfg.name == name && !j->workers.empty();
+      });
+      return alive || remove_stale_slot_cgroups(cgroup_places(), name, {}) == 0;
+    });
+  } catch (...) {
   }
 }
 

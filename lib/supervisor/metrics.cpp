@@ -206,6 +206,11 @@ SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64
       for (const auto& [name, n] : totals.listener_accepted)
         p.listener_accepted.push_back(ListenerAccepted{name, n});
       p.slot_oom_kills = job->counters.slot_oom_kills;
+      if (job->cfg.memory.budget != 0 && job->cfg.mode != Mode::plain) {
+        p.memory_budget = job->cfg.memory.budget;
+        p.memory_bytes = job->health.pool_bytes;
+        p.budget_limited = job->health.budget_limited;
+      }
       for (auto& [pid, w] : job->workers) {
         const bool current = w.generation == job->generation;
         SlotView slot = job->res.sb.read_slot(w.slot);

@@ -19,6 +19,7 @@
 
 #include "common/environment.h"
 #include "common/unique_fd.h"
+#include "container/cgroup.h"
 #include "container/limits.h"
 #include "listen/listener.h"
 #include "log/log.h"
@@ -244,6 +245,9 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
     job->workers = std::move(old->workers);
     job->counters = old->counters;
     res.spawn_reports = std::move(old->res.spawn_reports);
+    res.slot_cgroups = std::move(old->res.slot_cgroups);  // the workers' slot cgroups
+    res.cgroup_off = old->res.cgroup_off;
+    res.cgroup_used = old->res.cgroup_used;
     if (!res.notify_read && old->res.notify_read) {
       res.notify_read = std::move(old->res.notify_read);
       res.notify_write = std::move(old->res.notify_write);
@@ -269,6 +273,11 @@ void Supervisor::Impl::apply_config(Config config, bool initial) {
   }
   jobs_ = std::move(next);
   options_.config = std::move(config);
+  if (initial) {
+    // Slot cgroups a previous corral left (killed before it could remove them).
+    for (const auto& job : jobs_)
+      if (job->cfg.cgroup.any()) remove_stale_slot_cgroups(cgroup_places(), job->cfg.name, {});
+  }
   for (auto& job : jobs_) {
     if (job->res.notify_read && !job->wake.notify_armed && !job->removed()) arm_notify(*job);
   }
@@ -399,6 +408,21 @@ int Supervisor::Impl::run() {
     periodic(after);
   }
   kill_all_leftovers();
+  // Every worker is reaped: their slot cgroups go, then each job's own directory. What a
+  // worker left in its slot cgroup was killed just above; it is reaped here (we are its
+  // subreaper) so that the cgroup can go: 2 s at the most.
+  for (const auto& job : jobs_) remove_job_cgroups(*job);
+  const auto cgroups_until = monotonic_ns() + 2 * kSec;
+  while (!cgroup_leftovers_.empty() || !cgroup_jobs_pending_.empty()) {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    retry_cgroup_leftovers();
+    if (monotonic_ns() >= cgroups_until) break;
+    if (!cgroup_leftovers_.empty() || !cgroup_jobs_pending_.empty()) {
+      timespec pause{0, 10 * 1000 * 1000};
+      ::nanosleep(&pause, nullptr);
+    }
+  }
   stop_metrics();
   for (const auto& l : listeners_.all()) {
     // Unix socket files we bound ourselves go with us.

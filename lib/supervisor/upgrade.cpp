@@ -130,6 +130,10 @@ Handover Supervisor::Impl::collect_handover() const {
     j.refused = job->counters.refused_folded;
     j.listener_accepted = job->counters.listener_accepted_folded;
     j.slot_oom_kills = job->counters.slot_oom_kills;
+    // Version 5 (the limits issue).
+    j.cgroup_off = job->res.cgroup_off;
+    j.budget_limited = job->health.budget_limited;
+    j.budget_median = job->pacing.budget_median;
     for (const auto& [pid, w] : job->workers) {
       auto report = job->res.spawn_reports.find(pid);
       HandoverWorker hw;
@@ -148,6 +152,11 @@ Handover Supervisor::Impl::collect_handover() const {
       hw.refused_seen = w.refused_seen;
       hw.accepted_seen.assign(w.accepted_seen.begin(), w.accepted_seen.end());
       hw.report_fd = report != job->res.spawn_reports.end() ? report->second.get() : -1;
+      // Version 5 (the limits issue): its slot cgroups, re-opened by the next image.
+      if (auto cg = job->res.slot_cgroups.find(w.slot); cg != job->res.slot_cgroups.end()) {
+        hw.cgroup = true;
+        hw.cgroup_oom_base = cg->second.oom_base;
+      }
       j.workers.push_back(hw);
     }
     s.jobs.push_back(std::move(j));
@@ -443,7 +452,22 @@ void Supervisor::Impl::adopt_upgrade_state(const std::string& fd_text) {
         w.accepted_seen[i] = std::min(hw.accepted_seen[i], kMaxSaneCount);
       if (hw.report_fd >= 0) res.spawn_reports.emplace(w.pid, UniqueFd(keep(hw.report_fd)));
       if (w.slot < res.slot_used.size()) res.slot_used[w.slot] = true;
+      // Version 5 (the limits issue): the slot cgroups it runs in, adopted as they are
+      // (not recreated, nothing rewritten), with the OOM baseline it started with.
+      if (hw.cgroup && !res.cgroup_off && res.slot_cgroups.count(w.slot) == 0) {
+        if (SlotCgroup* cg = slot_cgroup(*job, w.slot, true)) cg->oom_base = hw.cgroup_oom_base;
+      }
       job->workers.emplace(w.pid, w);
+    }
+    // Version 5 (the limits issue).
+    job->res.cgroup_off = job->res.cgroup_off || j.cgroup_off;
+    job->health.budget_limited = j.budget_limited;
+    job->pacing.budget_median = j.budget_median;
+    if (job->cfg.cgroup.any()) {
+      // Slot cgroups no adopted worker runs in (an image killed before removing them).
+      std::vector<unsigned> used;
+      for (const auto& [slot, cg] : res.slot_cgroups) used.push_back(slot);
+      remove_stale_slot_cgroups(cgroup_places(), job->cfg.name, used);
     }
     jobs_.push_back(std::move(job));
   }

@@ -1134,11 +1134,52 @@ TEST_CASE("limits and memory: errors name the key and the fix") {
   CHECK(fails_with("    limits: { as: 2G }\n", "did you mean 2GiB?"));
   CHECK(fails_with("    limits: { nofile: \"4096:1024\" }\n", "soft limit is above the hard"));
   CHECK(fails_with("    limits: { fsize: 1 }\n", "unknown key \"fsize\" in limits"));
-  CHECK(fails_with("    memory: { budget: 90% }\n", "memory.budget"));
+  CHECK(fails_with("    memory: { budget: 0% }\n", "whole percentage from 1% to 100%"));
+  CHECK(fails_with("    memory: { budget: 9.5% }\n", "whole percentage"));
+  CHECK(fails_with("    memory: { budget: 2G }\n", "did you mean 2GiB?"));
+  CHECK(fails_with("    memory: { budget: 512KiB }\n", "below 1MiB"));
+  CHECK(fails_with("    mode: plain\n    memory: { budget: 1GiB }\n", "modes prefork and inetd"));
+  CHECK(fails_with("    cgroup: { memory_max: 2MiB }\n", "below 4MiB"));
+  CHECK(fails_with("    cgroup: { memory_high: 1GiB, memory_max: 512MiB }\n",
+                   "memory_high is above cgroup.memory_max"));
+  CHECK(fails_with("    cgroup: { pids_max: 0 }\n", "between 1 and 4194304"));
+  CHECK(fails_with("    cgroup: { cpu_weight: 10001 }\n", "between 1 and 10000"));
+  CHECK(fails_with("    cgroup: { memory: 1GiB }\n", "unknown key \"memory\" in cgroup"));
+  CHECK(fails_with("    cgroup: {}\n", "cgroup is empty"));
+  CHECK(fails_with("    cgroup: 64MiB\n", "cgroup must be a map"));
   CHECK(fails_with("    memory: { max_rss: 512MiB, hard_max_rss: 256MiB }\n",
                    "hard_max_rss is below"));
   CHECK(fails_with("    workers: { max_lifetime_jitter: 5m }\n", "needs workers.max_lifetime"));
   CHECK(fails_with("    workers: { max_requests_jitter: 10 }\n", "needs workers.max_requests"));
+}
+
+TEST_CASE("memory.budget: a size as it is, a percentage of the cgroup limit or off") {
+  auto job = [](const std::string& budget) {
+    return "jobs:\n  web:\n    command: [\"/bin/true\"]\n    listen: [\"127.0.0.1:0\"]\n"
+           "    memory: { budget: " +
+           budget + " }\n    cgroup: { memory_max: 64MiB, pids_max: 16, cpu_weight: 50 }\n";
+  };
+  auto sized =
+      corral::load_config_text(job("2GiB"), "/tmp/b.yaml", corral::CheckOptions{false, false});
+  CHECK(sized.jobs.at(0).memory.budget == 2ULL << 30);
+  CHECK(sized.jobs.at(0).cgroup.memory_max == 64ULL << 20);
+  CHECK(sized.jobs.at(0).cgroup.pids_max == 16);
+  CHECK(sized.jobs.at(0).cgroup.cpu_weight == 50);
+  auto pct =
+      corral::load_config_text(job("90%"), "/tmp/b.yaml", corral::CheckOptions{false, false});
+  const auto limit = corral::container_limits().memory_bytes;
+  CHECK(pct.jobs.at(0).memory.budget_percent == 90);
+  if (limit) {
+    CHECK(pct.jobs.at(0).memory.budget == *limit / 100 * 90);
+  } else {
+    CHECK(pct.jobs.at(0).memory.budget == 0);
+    bool warned = false;
+    for (const auto& w : pct.warnings)
+      warned = warned || w.to_string().find(
+                             "/tmp/b.yaml:5:23: warning: job \"web\": memory.budget "
+                             "90% is of the cgroup memory limit") == 0;
+    CHECK(warned);
+  }
 }
 
 TEST_CASE("metrics: listen (TCP or unix), textfile and interval") {

@@ -315,6 +315,8 @@ struct Sim {
     s.busy_timeout =
         rng() % 2 == 0 ? corral::Duration(std::chrono::seconds(2)) : corral::Duration(0);
     s.stuck_checks = rng() % 2 == 0;
+    // memory.budget: sometimes, with workers of random sizes (some not sampled yet).
+    if (rng() % 3 == 0) s.memory.budget = (rng() % 20 + 1) * 100;
     start_allowance = start;
   }
 
@@ -331,6 +333,29 @@ struct Sim {
     for (pid_t pid : d.became_ready) REQUIRE(known.count(pid) == 1);
     for (const auto& [pid, why] : d.stops) REQUIRE(known.count(pid) == 1);
     for (const auto& [pid, why] : d.kills) REQUIRE(known.count(pid) == 1);
+    if (s.memory.budget != 0 && d.spawn > 0) {
+      // No start crosses the budget (a new worker at the median), but for the floor: a
+      // pool with no staying worker may start one.
+      unsigned staying = 0;
+      for (const auto& w : s.workers) {
+        const bool leaving =
+            std::any_of(d.stops.begin(), d.stops.end(),
+                        [&](auto& x) { return x.first == w.pid; }) ||
+            std::any_of(d.kills.begin(), d.kills.end(), [&](auto& x) { return x.first == w.pid; });
+        staying += w.current && w.phase != WorkerPhase::stopping &&
+                   w.phase != WorkerPhase::killing && !leaving;
+      }
+      const std::uint64_t need = std::max<std::uint64_t>(d.median_bytes, 1);
+      if (staying > 0 || d.spawn > 1) REQUIRE(d.pool_bytes + d.spawn * need <= s.memory.budget);
+    }
+    for (const auto& [pid, why] : d.stops) {
+      if (why != StopReason::budget) continue;
+      // Never the last one staying.
+      REQUIRE(std::count_if(s.workers.begin(), s.workers.end(), [](const WorkerView& w) {
+                return w.current && w.phase != WorkerPhase::stopping &&
+                       w.phase != WorkerPhase::killing;
+              }) > 1);
+    }
     for (pid_t pid : d.became_ready) table[pid].v.phase = WorkerPhase::up;
     for (const auto& [pid, why] : d.stops) {
       auto& w = table[pid].v;
@@ -347,6 +372,7 @@ struct Sim {
       w.v.phase = WorkerPhase::starting;
       w.v.state = CORRAL_SLOT_STARTING;
       w.v.started = now;
+      w.v.rss_bytes = s.memory.budget != 0 && rng() % 4 != 0 ? rng() % 100 + 10 : 0;
       w.ready_at = now + (rng() % 40) * kMs;
       w.crashes = rng() % 20 == 0;
       table[w.v.pid] = w;
@@ -450,7 +476,8 @@ TEST_CASE("simulation: thousands of random event sequences keep the pool's invar
         sim.now += 100 * kMs;  // nothing asked: time passes, as the periodic tick would
     }
     const auto& spec = sim.s.spec;
-    CHECK(last.idle >= std::min(spec.min_spare, spec.max));
+    // (A budget may hold fewer than min_spare: then it says so.)
+    CHECK((last.idle >= std::min(spec.min_spare, spec.max) || last.budget_limited));
     CHECK(last.idle <= std::max(spec.max_spare, spec.min_spare));
   }
 }
@@ -542,4 +569,123 @@ TEST_CASE("each worker's own max_requests draw decides its recycling") {
   auto d = corral::decide(s, p, kT0);
   REQUIRE(d.stops.size() == 1);
   CHECK(d.stops[0].first == 2);
+}
+
+// ---------------------------------------------------------------------------
+// memory.budget
+
+namespace {
+
+WorkerView sized(pid_t pid, corral_slot_state state, std::uint64_t rss,
+                 WorkerPhase phase = WorkerPhase::up) {
+  auto w = worker(pid, state, phase);
+  w.rss_bytes = rss;
+  return w;
+}
+
+std::vector<pid_t> budget_stops(const Decision& d) {
+  std::vector<pid_t> out;
+  for (const auto& [pid, why] : d.stops)
+    if (why == StopReason::budget) out.push_back(pid);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("budget: over it, the largest idle workers go first until the rest fit") {
+  auto s = snapshot(4, 1, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 200), sized(2, CORRAL_SLOT_IDLE, 400),
+               sized(3, CORRAL_SLOT_BUSY, 500), sized(4, CORRAL_SLOT_IDLE, 300)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  // 1400 in all: the 400 goes (1000 left, which fits); the busy 500 is never cut.
+  CHECK(budget_stops(d) == std::vector<pid_t>{2});
+  CHECK(d.pool_bytes == 1400);
+  CHECK(d.spawn == 0);
+  CHECK(d.kills.empty());
+}
+
+TEST_CASE("budget: no start that would cross it, a new worker counted at the median") {
+  auto s = snapshot(2, 4, 8, 8);  // min_spare 4 wants two more
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 300), sized(2, CORRAL_SLOT_IDLE, 300)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.median_bytes == 300);
+  CHECK(d.spawn == 1);  // 600 + 300 fits, 600 + 600 does not
+  CHECK(d.budget_limited);
+  CHECK(d.budget_wanted == 2);
+  // Room for both: nothing held back.
+  s.memory.budget = 1200;
+  Pacing q = running_pacing();
+  d = corral::decide(s, q, kT0);
+  CHECK(d.spawn == 2);
+  CHECK_FALSE(d.budget_limited);
+  CHECK(d.budget_room);
+}
+
+TEST_CASE("budget: a stopping worker's memory counts until it is reaped") {
+  auto s = snapshot(2, 2, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400),
+               sized(2, CORRAL_SLOT_STOPPING, 500, WorkerPhase::stopping)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 0);  // 900 + a median of 450 would cross 1000
+  CHECK(d.budget_limited);
+  CHECK(budget_stops(d).empty());  // the staying one alone fits
+}
+
+TEST_CASE("budget: an unsampled worker counts at the median; all gone, the last median") {
+  auto s = snapshot(2, 2, 8, 8);
+  s.memory.budget = 1000;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 400),
+               sized(2, CORRAL_SLOT_STARTING, 0, WorkerPhase::starting)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.pool_bytes == 800);
+  CHECK(p.budget_median == 400);
+  // Every worker exits at once: a pool with none may start one whatever the budget, and
+  // the rest are held to the last median.
+  s.workers.clear();
+  s.memory.budget = 100;
+  d = corral::decide(s, p, kT0 + 10 * kMs);
+  CHECK(d.spawn == 1);
+  CHECK(d.budget_limited);
+}
+
+TEST_CASE("budget: the last staying worker is never retired for it; no spin when it is full") {
+  auto s = snapshot(1, 2, 8, 8);
+  s.memory.budget = 100;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 500)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(budget_stops(d).empty());
+  CHECK(d.spawn == 0);
+  CHECK(d.budget_limited);
+  CHECK_FALSE(d.budget_room);  // and not even one more would fit (until it shrinks)
+  CHECK_FALSE(p.start_pending);
+  // It asks for no early wake-up of its own: the memory sampling paces the next look.
+  CHECK(d.wake_at == 0);
+  // Twice too big: still one stays; the busy one is not cut, the idle one goes.
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 500), sized(2, CORRAL_SLOT_BUSY, 500)};
+  d = corral::decide(s, p, kT0 + kMs);
+  CHECK(budget_stops(d) == std::vector<pid_t>{1});
+}
+
+TEST_CASE("budget: not applied to plain mode, nor without one") {
+  auto s = snapshot(3, 0, 8, 8, corral::Mode::plain);
+  s.memory.budget = 10;
+  s.workers = {sized(1, CORRAL_SLOT_RUNNING, 500)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 2);
+  CHECK_FALSE(d.budget_limited);
+  auto t = snapshot(4, 0, 8, 8);
+  t.workers = {sized(1, CORRAL_SLOT_IDLE, 1ULL << 40)};
+  Pacing q;
+  d = corral::decide(t, q, kT0);
+  CHECK(d.spawn == 3);
+  CHECK(d.pool_bytes == 0);
 }

@@ -136,7 +136,7 @@ TEST_CASE("version 4 carries the grown scoreboard's counters; version 3 reads as
   s.jobs.push_back(j);
   auto back = corral::decode_handover(corral::encode_handover(s));
   REQUIRE(back.ok());
-  CHECK(back->version == 4);
+  CHECK(back->version >= 4);
   REQUIRE(back->jobs.size() == 1);
   const auto& bj = back->jobs[0];
   CHECK(bj.accepted == 50);
@@ -173,4 +173,45 @@ TEST_CASE("version 4 carries the grown scoreboard's counters; version 3 reads as
       R"({"version":4,"generation":2,"started":1,"jobs":[{"name":"web","mode":0,"generation":2,)"
       R"("sb_fd":6,"counters":{"listener_accepted":[1,2],"slot_oom_kills":[[1,2,3],"x"]}}]})");
   CHECK_FALSE(bad.ok());
+}
+
+TEST_CASE("version 5 (limits) carries slot cgroups and the budget; older versions read as none") {
+  corral::Handover s;
+  corral::HandoverJob j;
+  j.name = "web";
+  j.sb_fd = 6;
+  j.cgroup_off = true;
+  j.budget_limited = true;
+  j.budget_median = 48ULL << 20;
+  corral::HandoverWorker in_cgroup;
+  in_cgroup.pid = 100;
+  in_cgroup.slot = 2;
+  in_cgroup.cgroup = true;
+  in_cgroup.cgroup_oom_base = 3;
+  corral::HandoverWorker plain;
+  plain.pid = 101;
+  plain.slot = 3;
+  j.workers = {in_cgroup, plain};
+  s.jobs.push_back(j);
+  auto back = corral::decode_handover(corral::encode_handover(s));
+  REQUIRE(back.ok());
+  CHECK(back->version == 5);
+  REQUIRE(back->jobs.size() == 1);
+  const auto& bj = back->jobs[0];
+  CHECK(bj.cgroup_off);
+  CHECK(bj.budget_limited);
+  CHECK(bj.budget_median == 48ULL << 20);
+  REQUIRE(bj.workers.size() == 2);
+  CHECK(bj.workers[0].cgroup);
+  CHECK(bj.workers[0].cgroup_oom_base == 3);
+  CHECK_FALSE(bj.workers[1].cgroup);
+
+  auto v3 = corral::decode_handover(
+      R"({"version":3,"generation":4,"started":1,"jobs":[{"name":"web","mode":0,"generation":4,"sb_fd":6,"workers":[{"pid":100,"slot":2}]}]})");
+  REQUIRE(v3.ok());
+  REQUIRE(v3->jobs.size() == 1);
+  CHECK_FALSE(v3->jobs[0].cgroup_off);
+  CHECK(v3->jobs[0].budget_median == 0);
+  REQUIRE(v3->jobs[0].workers.size() == 1);
+  CHECK_FALSE(v3->jobs[0].workers[0].cgroup);
 }
