@@ -102,6 +102,12 @@ class CgroupCase(CorralTest):
                       re.M)
         return int(m.group(1)) if m else 0
 
+    def slot_oom_kills(self, prom):
+        """The sum of corral_slot_oom_kills_total over the job's slots."""
+        text = read(prom) if os.path.exists(prom) else ""
+        return sum(int(n) for n in re.findall(
+            r'^corral_slot_oom_kills_total{pool="app",slot="\d+"} (\d+)', text, re.M))
+
 
 class PerWorkerCgroupTest(CgroupCase):
     def echo_job(self, cgroup, extra=""):
@@ -202,6 +208,12 @@ jobs:
                    rf"{48 << 20}\)", timeout=30)
         wait_until(lambda: self.exits(prom, "oom") >= 1, timeout=10, log=c)
         self.assertEqual(self.exits(prom, "signal"), 0)
+        # Counted per slot too: the metric, and the slot's oom_kills in status for the
+        # worker that took the slot next.
+        wait_until(lambda: self.slot_oom_kills(prom) >= 1, timeout=10, log=c)
+        wait_until(lambda: any(w.get("oom_kills", 0) >= 1
+                               for w in (c.job(self.sbdir, "app") or {}).get("workers", [])),
+                   timeout=10, log=c)
         # The OOM kill was the slot's own: the test's (supervisor's) cgroup was never full.
         self.assertEqual(oom_kills(self.cg["memory"]), 0)
         self.assertEqual(c.stop(), 0)
