@@ -49,6 +49,30 @@ def pid_alive(pid):
         return False
 
 
+def start_time(pid):
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or
+    None when it is gone: with it a test tells a process from a later one that was
+    given the same pid (pid_max is 32768 here, and a parallel suite wraps it fast)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def same_process_alive(pid, started):
+    """Whether the process `pid` that started at `started` is still alive (not a zombie)."""
+    return pid_alive(pid) and start_time(pid) == started
+
+
+def describe_process(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().strip()
+    except OSError as e:
+        return f"{pid}: {e}"
+
+
 def children_of(pid):
     """Pids whose parent is pid (live or zombie), from /proc."""
     out = []

@@ -9,7 +9,7 @@ import threading
 import time
 
 from harness import (CORRAL, SOURCE, CorralTest, children_of, connect, recv_all, recv_until,
-                     wait_until, pid_alive)
+                     wait_until, pid_alive, start_time, same_process_alive, describe_process)
 
 LEGACY = os.path.join(SOURCE, "examples", "legacy-echo.py")
 WORKERS = "{ start: 2, min_spare: 2, max_spare: 4, max: 8 }"
@@ -364,7 +364,7 @@ os.execv({LEGACY!r}, [{LEGACY!r}])
         s = connect(port)
         s.sendall(b"long\n")
         self.assertEqual(json.loads(recv_until(s))["request"], "long")
-        waiting = self.waiting_programs(c)
+        waiting = {p: start_time(p) for p in self.waiting_programs(c)}
         c.signal(signal.SIGTERM)
         # The served client keeps its program until it is done ...
         s.sendall(b"tail")
@@ -373,8 +373,8 @@ os.execv({LEGACY!r}, [{LEGACY!r}])
         s.close()
         self.assertEqual(c.wait_exit(), 0)
         # ... and no program, waiting or not, outlives the supervisor.
-        for p in waiting:
-            self.assertFalse(pid_alive(p))
+        for p, started in waiting.items():
+            self.assertFalse(same_process_alive(p, started), describe_process(p))
 
     def test_busy_timeout_ends_a_joined_program(self):
         c = self.start(extra="    busy_timeout: 1s\n")
