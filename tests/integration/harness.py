@@ -247,6 +247,20 @@ class CorralTest(unittest.TestCase):
     def corral(self, args, config=None, **kw):
         return Corral(self, args, config=config, **kw)
 
+    def upgradable_binary(self):
+        """A private copy of the corral binary, for a test that replaces it under the
+        running supervisor (as a package upgrade does) before SIGUSR2."""
+        binary = os.path.join(self.tmp, "corral-copy")
+        shutil.copy(CORRAL, binary)
+        return binary
+
+    @staticmethod
+    def replace_binary(binary, source=None):
+        """Puts a fresh copy of `source` (the build's corral by default) at `binary` with
+        one rename, as dpkg does: the running image's file is never written."""
+        shutil.copy(source or CORRAL, binary + ".new")
+        os.rename(binary + ".new", binary)
+
     def loopback_listener(self, backlog):
         """A listening TCP socket on 127.0.0.1 (closed at clean-up) and its port."""
         sock = socket.socket()

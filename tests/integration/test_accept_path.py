@@ -4,16 +4,14 @@ explicit kinds are unchanged. The supervisor alone sets O_NONBLOCK. What a user 
 the workers' environment and fds, bytes on sockets, exit codes, timings."""
 import os
 import platform
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import harness
-from harness import (CorralTest, BUILD, CORRAL, HERE, PYTHON, SOURCE, connect, pid_alive,
-                     recv_until, wait_until)
+from harness import (CorralTest, BUILD, HERE, PYTHON, SOURCE, connect, pid_alive, recv_until,
+                     wait_until)
 from test_reload import LoadClient
 
 ECHO = os.path.join(BUILD, "examples", "echo")
@@ -328,8 +326,7 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
     def test_upgrade_under_load_with_a_lock_free_job(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         saved = harness.CORRAL
         harness.CORRAL = binary
         try:
@@ -343,8 +340,7 @@ jobs:
         load = LoadClient(port, b"GET / HTTP/1.0\r\n\r\n", b"hello\n", 3000, threads=4).start()
         for i in range(3):
             wait_until(lambda: load.done >= (i + 1) * 600, timeout=60, log=c)
-            shutil.copy(CORRAL, binary + ".new")
-            os.rename(binary + ".new", binary)
+            self.replace_binary(binary)
             c.signal(signal.SIGUSR2)
             c.wait_log(r"binary upgrade: took over 1 job\(s\) and 1 listener\(s\)", count=i + 1)
         load.join()

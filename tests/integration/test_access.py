@@ -7,11 +7,10 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import uuid
 
 import harness
-from harness import CORRAL, PYTHON, CorralTest, connect, recv_all, recv_until, wait_until
+from harness import PYTHON, CorralTest, connect, recv_all, recv_until, wait_until
 from test_listen import ipv6_loopback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -205,8 +204,7 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
     def test_sigusr2_keeps_the_rules_and_a_udp_listener(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         config = f"""
 scoreboard_dir: {self.sbdir}
 jobs:
@@ -233,8 +231,7 @@ jobs:
         self.assertTrue(udp.startswith("udp:127.0.0.1:"), udp)
         udp_port = int(udp.rsplit(":", 1)[1])
         self.assertTrue(wait_until(lambda: datagram(udp_port, "127.0.0.2", b"a", timeout=1), log=c))
-        shutil.copy(CORRAL, binary + ".new")
-        os.rename(binary + ".new", binary)
+        self.replace_binary(binary)
         c.signal(signal.SIGUSR2)
         c.wait_log(r"binary upgrade: took over 2 job\(s\) and 2 listener\(s\)")
         self.assertTrue(echo_works(port, "127.0.0.2", "127.0.0.1"))

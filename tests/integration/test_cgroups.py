@@ -248,8 +248,7 @@ jobs:
         self.assertFalse(os.path.exists(f"{self.cg['memory']}/corral-app"))
 
     def test_slot_cgroups_are_adopted_across_an_upgrade(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         c = self.start(self.echo_job("{ memory_max: 96MiB, pids_max: 32 }"), binary)
         job = c.wait_idle(self.sbdir, "app", 2)
         before = {d: os.stat(d).st_ino for ctl in ("memory", "pids")
@@ -345,8 +344,7 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
     def test_the_budget_goes_on_across_an_upgrade(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         self.limit_memory(320)
         c = self.start(self.growing_pool("200MiB"), binary)
         c.wait_log(r"above memory.budget 209715200; retiring", timeout=30)

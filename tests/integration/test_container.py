@@ -3,13 +3,12 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 import uuid
 
-from harness import BUILD, CORRAL, PYTHON, CorralTest, connect, recv_until, wait_until, children_of
+from harness import BUILD, CORRAL, PYTHON, CorralTest, connect, wait_until, children_of
 from test_core import LatencyLoad
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -164,8 +163,7 @@ jobs:
         self.assertNotIn("draining for", c.log_text())
 
     def test_drain_and_stop_signal_survive_an_upgrade(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         import harness
         saved = harness.CORRAL
         harness.CORRAL = binary

@@ -151,8 +151,7 @@ class SafeUpgradeTest(CorralTest):
     """SIGUSR2 under load must never take the service down, whatever is on disk."""
 
     def start_copy(self):
-        self.binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, self.binary)
+        self.binary = self.upgradable_binary()
         config = f"""
 scoreboard_dir: {self.sbdir}
 jobs:
@@ -219,8 +218,7 @@ jobs:
                                 r"refused the hand-over \(exited with status 127: it cannot even start\)")
         self.assertNotIn("binary upgrade: took over", c.log_text())
         # Put a good binary back: the next SIGUSR2 upgrades.
-        shutil.copy(CORRAL, self.binary + ".new")
-        os.rename(self.binary + ".new", self.binary)
+        self.replace_binary(self.binary)
         c.signal(signal.SIGUSR2)
         c.wait_log(r"binary upgrade: took over 1 job\(s\)", timeout=20)
         self.assertEqual(c.stop(), 0)
@@ -259,8 +257,7 @@ jobs:
 
 class ChurnTortureTest(CorralTest):
     def test_max_requests_1_under_load_with_a_reload_every_100ms_and_upgrades(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         config = f"""
 scoreboard_dir: {self.sbdir}
 jobs:

@@ -2,10 +2,9 @@
 memory recycling and the hard memory bound, lifetimes with jitter, across an upgrade."""
 import os
 import re
-import shutil
 import signal
 
-from harness import BUILD, CORRAL, PYTHON, SOURCE, CorralTest, connect, recv_until, wait_until
+from harness import BUILD, PYTHON, SOURCE, CorralTest, connect, recv_until, wait_until
 from test_core import LatencyLoad
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -136,8 +135,7 @@ jobs:
         self.assertEqual(c.stop(), 0)
 
     def test_lifetimes_survive_an_upgrade(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         c = self.start(binary)
         c.signal(signal.SIGUSR2)
         c.wait_log(r"binary upgrade: took over 1 job\(s\)", timeout=20)

@@ -1,10 +1,9 @@
 """SIGUSR2 binary upgrade: the supervisor re-executes its (replaced) binary, keeping its
 pid, its sockets and its workers, without losing a connection."""
 import os
-import shutil
 import signal
 
-from harness import CorralTest, CORRAL, BUILD, Corral, children_of, connect, recv_all, wait_until, pid_alive
+from harness import CorralTest, BUILD, children_of, wait_until, pid_alive
 from test_reload import LoadClient
 
 HELLO = os.path.join(BUILD, "examples", "hello-http")
@@ -12,8 +11,7 @@ HELLO = os.path.join(BUILD, "examples", "hello-http")
 
 class UpgradeTest(CorralTest):
     def test_upgrade_under_load_keeps_pid_workers_and_connections(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         config = f"""
 scoreboard_dir: {self.sbdir}
 jobs:
@@ -36,8 +34,7 @@ jobs:
         for i in range(3):
             wait_until(lambda: load.done >= (i + 1) * 800, timeout=60, log=c)
             # A new binary at the same path (a new inode, as a package upgrade makes).
-            shutil.copy(CORRAL, binary + ".new")
-            os.rename(binary + ".new", binary)
+            self.replace_binary(binary)
             c.signal(signal.SIGUSR2)
             c.wait_log(r"binary upgrade: took over 1 job\(s\) and 1 listener\(s\)", count=i + 1)
         load.join()

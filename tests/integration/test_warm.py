@@ -2,14 +2,13 @@
 connection and blocks in its first read; a connection is relayed to it (docs/INETD.md)."""
 import json
 import os
-import shutil
 import signal
 import socket
 import threading
 import time
 
-from harness import (CORRAL, SOURCE, CorralTest, children_of, connect, recv_all, recv_until,
-                     wait_until, pid_alive, start_time, same_process_alive, describe_process)
+from harness import (SOURCE, CorralTest, children_of, connect, recv_all, recv_until, wait_until,
+                     pid_alive, start_time, same_process_alive, describe_process)
 
 LEGACY = os.path.join(SOURCE, "examples", "legacy-echo.py")
 WORKERS = "{ start: 2, min_spare: 2, max_spare: 4, max: 8 }"
@@ -391,14 +390,12 @@ os.execv({LEGACY!r}, [{LEGACY!r}])
         self.assertEqual(c.stop(), 0)
 
     def test_sigusr2_upgrade_with_warm_programs(self):
-        binary = os.path.join(self.tmp, "corral-copy")
-        shutil.copy(CORRAL, binary)
+        binary = self.upgradable_binary()
         c = self.start(binary=binary, workers="{ start: 3, min_spare: 2, max_spare: 4, max: 8 }")
         port = c.port(self.sbdir, "legacy")
         wait_until(lambda: len(self.waiting_programs(c)) >= 2, log=c)
         before = self.waiting_programs(c)
-        shutil.copy(CORRAL, binary + ".new")
-        os.rename(binary + ".new", binary)
+        self.replace_binary(binary)
         c.signal(signal.SIGUSR2)
         c.wait_log(r"binary upgrade: took over 1 job\(s\) and 1 listener\(s\)")
         # The waiting programs are the same ones, and they still serve.
