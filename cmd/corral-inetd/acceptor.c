@@ -308,42 +308,94 @@ static void count_refused(corral_worker* w) {
   corral_worker_count_refused(w);
 }
 
-/* A refusal is logged once per source per interval (per acceptor: each keeps its own
- * table), with the number suppressed since. */
-#define REFUSAL_LOG_INTERVAL_S 10
+/* A refusal is logged once per source per interval, with the number suppressed since.
+ * The record is shared by all of the job's acceptors, in the grown scoreboard header
+ * (refusal_log, under the max_per_source lock); with a first-layout scoreboard or none,
+ * each acceptor keeps its own table instead. */
+#define REFUSAL_LOG_INTERVAL_NS (10ULL * 1000000000ULL)
 #define REFUSAL_LOG_SOURCES 32
-static struct {
-  uint8_t key[16];
-  time_t last;
-  unsigned suppressed;
-  int used;
-} g_refusals[REFUSAL_LOG_SOURCES];
+static int g_sb_fd = -1; /* the scoreboard, when the supervisor passed one */
+
+struct refusal_entry {
+  uint8_t source[16];
+  uint64_t logged_ns; /* 0: unused */
+  uint32_t suppressed;
+};
+static struct refusal_entry g_refusals[REFUSAL_LOG_SOURCES];
+
+/* Whether to log a refusal of `key` now, by a table of `n` entries (the caller holds the
+ * lock for the shared one). `*suppressed`: the refusals not logged since the last line.
+ * The entries may hold anything (another acceptor's bytes): any value is safe. */
+static int refusal_due(struct refusal_entry* table, unsigned n, const uint8_t key[16], uint64_t now,
+                       unsigned* suppressed) {
+  unsigned victim = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    if (table[i].logged_ns != 0 && memcmp(table[i].source, key, 16) == 0) {
+      if (table[i].logged_ns <= now && now - table[i].logged_ns < REFUSAL_LOG_INTERVAL_NS) {
+        if (table[i].suppressed < UINT32_MAX) ++table[i].suppressed;
+        return 0;
+      }
+      *suppressed = table[i].suppressed;
+      table[i].logged_ns = now;
+      table[i].suppressed = 0;
+      return 1;
+    }
+    if (table[i].logged_ns == 0 || table[i].logged_ns < table[victim].logged_ns) victim = i;
+  }
+  *suppressed = 0;
+  memcpy(table[victim].source, key, 16);
+  table[victim].logged_ns = now;
+  table[victim].suppressed = 0;
+  return 1;
+}
+
+/* The shared table of the grown header: 1 and *due set when it was used, 0 when there is
+ * none (no scoreboard, the first layout, a mapping that failed). */
+static int shared_refusal_due(const uint8_t key[16], uint64_t now, unsigned* suppressed, int* due) {
+  struct stat st;
+  if (g_sb_fd < 0 || fstat(g_sb_fd, &st) != 0 || st.st_size < (off_t)CORRAL_SB_EXT_HEADER_SIZE)
+    return 0;
+  void* base =
+      mmap(NULL, CORRAL_SB_EXT_HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, g_sb_fd, 0);
+  if (base == MAP_FAILED) return 0;
+  const struct corral_sb_header* h = base;
+  int used = 0;
+  if (h->header_size >= CORRAL_SB_EXT_HEADER_SIZE) {
+    struct corral_sb_header_ext* x =
+        (struct corral_sb_header_ext*)((char*)base + CORRAL_SB_HEADER_SIZE);
+    struct refusal_entry table[CORRAL_SB_REFUSAL_LOG];
+    region_lock(g_sb_fd, F_WRLCK);
+    for (unsigned i = 0; i < CORRAL_SB_REFUSAL_LOG; ++i) {
+      memcpy(table[i].source, x->refusal_log[i].source, 16);
+      table[i].logged_ns = x->refusal_log[i].logged_ns;
+      table[i].suppressed = x->refusal_log[i].suppressed;
+    }
+    *due = refusal_due(table, CORRAL_SB_REFUSAL_LOG, key, now, suppressed);
+    for (unsigned i = 0; i < CORRAL_SB_REFUSAL_LOG; ++i) {
+      memcpy(x->refusal_log[i].source, table[i].source, 16);
+      x->refusal_log[i].logged_ns = table[i].logged_ns;
+      x->refusal_log[i].suppressed = table[i].suppressed;
+    }
+    region_lock(g_sb_fd, F_UNLCK);
+    used = 1;
+  }
+  munmap(base, CORRAL_SB_EXT_HEADER_SIZE);
+  return used;
+}
 
 static void log_refusal(const struct sockaddr* peer, socklen_t peer_len, int conn) {
   uint8_t key[16];
   memset(key, 0, sizeof key);
   peer_key(peer, key);
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  unsigned victim = 0;
-  for (unsigned i = 0; i < REFUSAL_LOG_SOURCES; ++i) {
-    if (g_refusals[i].used && memcmp(g_refusals[i].key, key, 16) == 0) {
-      if (now.tv_sec - g_refusals[i].last < REFUSAL_LOG_INTERVAL_S) {
-        ++g_refusals[i].suppressed;
-        return;
-      }
-      victim = i;
-      goto log;
-    }
-    if (!g_refusals[i].used || g_refusals[i].last < g_refusals[victim].last) victim = i;
-  }
-  g_refusals[victim].suppressed = 0;
-log:;
-  unsigned suppressed = g_refusals[victim].suppressed;
-  memcpy(g_refusals[victim].key, key, 16);
-  g_refusals[victim].last = now.tv_sec;
-  g_refusals[victim].suppressed = 0;
-  g_refusals[victim].used = 1;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+  if (now == 0) now = 1; /* 0 marks an unused entry */
+  unsigned suppressed = 0;
+  int due = 0;
+  if (!shared_refusal_due(key, now, &suppressed, &due))
+    due = refusal_due(g_refusals, REFUSAL_LOG_SOURCES, key, now, &suppressed);
+  if (!due) return;
   char host[INET6_ADDRSTRLEN] = "?";
   char local[INET6_ADDRSTRLEN] = "?";
   unsigned port = 0;
@@ -450,6 +502,7 @@ int main(int argc, char** argv) {
   unsigned sb_fd = 0;
   int have_sb = parse_uint(getenv(CORRAL_ENV_SLOT), &slot) == 0 &&
                 parse_uint(getenv(CORRAL_ENV_SCOREBOARD_FD), &sb_fd) == 0;
+  if (have_sb && sb_fd <= INT32_MAX) g_sb_fd = (int)sb_fd;
   const char* warm_env = getenv(CORRAL_ENV_INETD_WARM);
   const int warm = warm_env != NULL && *warm_env != '\0';
   if (warm) {

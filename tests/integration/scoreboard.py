@@ -13,6 +13,9 @@ def read_slots(path):
         off = header_size + slot_size * i
         state, pid, gen, lock = struct.unpack_from("=IiII", data, off)
         requests, since, lock_since = struct.unpack_from("=QQQ", data, off + 16)
-        slots.append({"slot": i, "state": STATES.get(state, state), "pid": pid, "generation": gen,
-                      "lock": lock, "requests": requests})
+        slot = {"slot": i, "state": STATES.get(state, state), "pid": pid, "generation": gen,
+                "lock": lock, "requests": requests}
+        if slot_size >= 256:  # the grown layout: the worker's refusals at 64
+            slot["refused"], = struct.unpack_from("=Q", data, off + 64)
+        slots.append(slot)
     return slots

@@ -40,6 +40,7 @@ extern "C" {
 #define CORRAL_SB_EXT_SLOT_SIZE 256u
 #define CORRAL_SB_LISTENER_COUNTERS 16u /* per-listener counters: listeners 0..15 */
 #define CORRAL_SB_EXIT_REASONS 16u      /* room for exit reasons (11 are defined) */
+#define CORRAL_SB_REFUSAL_LOG 16u       /* refused sources the acceptors remember, shared */
 #define CORRAL_SB_MAX_SLOTS 65536u
 #define CORRAL_SB_JOB_NAME_SIZE 64u
 #define CORRAL_SB_LISTENERS_SIZE 768u
@@ -167,7 +168,17 @@ struct corral_sb_header_ext {
   /* 1280: per listener of the current generation (the order of `listeners` at 144,
    * which is LISTEN_FDS order), accepted connections, folded by listener address */
   uint64_t listener_accepted[CORRAL_SB_LISTENER_COUNTERS];
-  uint8_t reserved[640]; /* 1408 .. 2047 */
+  /* 1408: the inetd acceptors' shared record of refused sources, so that a refusal is
+   * logged once per source per interval across all of a job's acceptors (not once per
+   * acceptor). Read and written only by acceptors, under the fcntl lock of header bytes
+   * 1000..1007 (the max_per_source lock); the supervisor never touches it. */
+  struct corral_sb_refusal_log {
+    uint8_t source[16];  /* IPv6, IPv4 mapped */
+    uint64_t logged_ns;  /* CLOCK_MONOTONIC of the last line logged for it; 0: unused */
+    uint32_t suppressed; /* refusals since that line, not logged */
+    uint32_t reserved;
+  } refusal_log[CORRAL_SB_REFUSAL_LOG];
+  uint8_t reserved[128]; /* 1920 .. 2047 */
 };
 
 /* Slot bits a worker sets in corral_sb_slot_ext.reports. */
