@@ -173,10 +173,14 @@ void Supervisor::Impl::on_worker_exit(Job& job, WorkerRec rec, int status) noexc
   SlotCgroup* own = nullptr;
   if (auto it = job.res.slot_cgroups.find(rec.slot); it != job.res.slot_cgroups.end())
     own = &it->second;
-  const auto kills = oom_kills(container_limits());
-  const bool oom_here = own != nullptr ? own->oom_kills() > own->oom_base : kills > oom_kills_seen_;
-  oom_kills_seen_ = kills;
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && rec.phase != WorkerPhase::killing) {
+    // The counters are read here only, not at every exit (churn: thousands a second).
+    // corral's own count is taken either way, so that a slot cgroup's kill (which counts
+    // in its parents too) is not blamed later on another job's unexplained SIGKILL.
+    const auto kills = oom_kills(container_limits());
+    const bool oom_here =
+        own != nullptr ? own->oom_kills() > own->oom_base : kills > oom_kills_seen_;
+    oom_kills_seen_ = kills;
     const std::string why =
         !oom_here ? ""
         : own != nullptr
