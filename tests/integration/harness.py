@@ -41,11 +41,12 @@ def pid_alive(pid):
         return False
     except PermissionError:
         return True
-    # A zombie still answers kill(0): look at its state.
+    # A zombie still answers kill(0): look at its state. A process being reaped between
+    # the two calls makes open() fail with ENOENT, or read() with ESRCH.
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
