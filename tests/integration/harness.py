@@ -50,6 +50,15 @@ def pid_alive(pid):
         return False
 
 
+def read_text(path):
+    """The file's text, or None while it does not exist."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def start_time(pid):
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or
     None when it is gone: with it a test tells a process from a later one that was

@@ -18,6 +18,8 @@ ECHO = os.path.join(BUILD, "examples", "echo")
 HELLO = os.path.join(BUILD, "examples", "hello-http")
 ECHO_PY = os.path.join(SOURCE, "examples", "echo.py")
 OLD_WORKER = os.path.join(HERE, "old_protocol_worker.py")
+LOST_SIGTERM = os.path.join(HERE, "lost_sigterm.py")
+PY_LIB = os.path.join(SOURCE, "lib", "worker", "python")
 GREETER = os.path.join(SOURCE, "examples", "legacy-greeter.sh")
 LAUNCHER = [PYTHON, os.path.join(HERE, "sd_launcher.py")]
 O_NONBLOCK = 0o4000
@@ -310,6 +312,64 @@ jobs:
 
     def test_sigterm_ends_python_workers_blocked_in_accept_promptly(self):
         self.check_prompt_stop(f'["{PYTHON}", "{ECHO_PY}"]')
+
+    # A SIGTERM that lands just before a Python worker's main thread enters accept(),
+    # read() or poll() runs no Python handler until that call returns (lost_sigterm.py
+    # makes that state certain). The worker must still leave at once, not when the next
+    # connection or token comes, nor at graceful_timeout's SIGKILL.
+    def check_missed_sigterm(self, script, extra="", listen=("127.0.0.1:0",)):
+        once = os.path.join(self.tmp, f"lost-sigterm-{time.monotonic_ns()}.pid")
+        c = self.start_job("echo", f'["{PYTHON}", "{LOST_SIGTERM}", "{script}"]', listen,
+                           "{ start: 2, min_spare: 2, max_spare: 4, max: 4 }",
+                           extra=f"    graceful_timeout: 60s\n    env: {{ LOST_SIGTERM_ONCE: {once}, "
+                                 f"PYTHONPATH: {PY_LIB} }}\n" + extra)
+        victim = int(wait_until(lambda: harness.read_text(once), timeout=20,
+                                what="the first worker to claim the missed SIGTERM", log=c))
+        wait_until(lambda: not pid_alive(victim), timeout=5,
+                   what=f"worker {victim} to leave after a SIGTERM its main thread missed", log=c)
+        wait_until(lambda: f"worker {victim} (slot" in c.log_text(), what="its exit logged", log=c)
+        self.assertRegex(c.log_text(), rf"worker {victim} \(slot \d+\) exited with status 0")
+        c.wait_idle(self.sbdir, "echo", 2)
+        port = c.port(self.sbdir, "echo")
+        for i in range(4):
+            self.assertEqual(echo_once(port, b"after %d\n" % i), b"after %d\n" % i)
+        t0 = time.monotonic()
+        self.assertEqual(c.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 5.0, c.log_text())
+
+    def test_echo_py_leaves_after_a_sigterm_missed_before_accept(self):
+        self.check_missed_sigterm(ECHO_PY)
+
+    def test_echo_py_leaves_after_a_sigterm_missed_before_the_pipe_token(self):
+        self.check_missed_sigterm(ECHO_PY, extra="    accept_mutex: pipe\n")
+
+    def _library_worker(self):
+        return self.write("lib_echo.py", """import sys
+import corral_worker
+
+
+def handle(conn, addr, index):
+    while data := conn.recv(4096):
+        conn.sendall(data)
+
+
+sys.exit(corral_worker.serve(handle))
+""")
+
+    def check_library_missed_sigterm(self, kind):
+        self.check_missed_sigterm(self._library_worker(), extra=f"    accept_mutex: {kind}\n")
+
+    def test_python_library_leaves_after_a_missed_sigterm_without_a_mutex(self):
+        self.check_library_missed_sigterm("none")
+
+    def test_python_library_leaves_after_a_missed_sigterm_with_the_pipe_mutex(self):
+        self.check_library_missed_sigterm("pipe")
+
+    def test_python_library_leaves_after_a_missed_sigterm_with_the_fcntl_mutex(self):
+        self.check_library_missed_sigterm("fcntl")
+
+    def test_python_library_leaves_after_a_missed_sigterm_with_epoll(self):
+        self.check_library_missed_sigterm("epoll")
 
     def test_reloads_under_load_lose_no_connection(self):
         c = self.start(f'["{HELLO}"]', name="web", workers="{ start: 4, min_spare: 2, max_spare: 8, max: 16 }",

@@ -26,7 +26,7 @@ or, for control over the loop:
             conn.close()
             worker.done()                # the slot says idle again
 
-Two things Python cannot do exactly like C, and why this is still correct:
+Three things Python cannot do exactly like C, and why this is still correct:
 - Atomics. The slot's fields are written through memoryview casts to 'I' and
   'Q'; CPython copies each element with one memcpy of the field's width, which
   compilers turn into a single aligned load or store on x86-64 and arm64. The
@@ -38,6 +38,9 @@ Two things Python cannot do exactly like C, and why this is still correct:
   cannot know whether os.readv() has returned; it looks at the buffer instead:
   the kernel filled it before the call returned, so a nonzero byte means the
   token was taken and must be given back (the C library does the same).
+  A SIGTERM that arrives just before a blocking call is entered would run no
+  handler until that call returns; watch_for_a_missed_sigterm() below sees it on
+  the wakeup fd and interrupts the call (one extra thread, idle until a signal).
 """
 import errno
 import fcntl
@@ -48,6 +51,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 
 # docs/PROTOCOL.md / lib/worker/include/corral/protocol.h
@@ -76,6 +80,56 @@ TRANSIENT_ACCEPT_ERRORS = {
     errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNRESET, errno.EPERM,
 }
 RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def watch_for_a_missed_sigterm(handled):
+    """Makes sure a SIGTERM reaches the Python handler even when it arrives just before
+    the main thread blocks in accept(), read(), lockf() or poll().
+
+    CPython's C-level handler only notes the signal; the Python handler runs in the
+    main thread between bytecodes. A SIGTERM landing after the interpreter's last check
+    and before the thread enters the system call interrupts nothing, and the handler
+    would wait for the call to return: the next connection or token, or the
+    supervisor's SIGKILL at graceful_timeout. The C handler also writes the signal's
+    number to the wakeup fd (signal.set_wakeup_fd), which no such window can miss: a
+    thread that blocks every signal reads it and, until the handler has run (the
+    `handled` event), sends SIGTERM again to the main thread every 20 ms; each one
+    interrupts the blocked call (EINTR), and Python then runs the handler. It costs
+    nothing while no signal comes. A program that set a wakeup fd of its own (asyncio
+    does) keeps it, and the narrow race with it."""
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread, or out of fds
+        return
+    if previous != -1:
+        signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
+        return
+    main = threading.get_ident()
+
+    def in_child():
+        # A forked child's signals must not reach this process's watcher.
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        os.close(r)
+        os.close(w)
+
+    os.register_at_fork(after_in_child=in_child)
+
+    def watch():
+        # Every signal sent to the process goes to another thread (the main one).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        while data := os.read(r, 512):
+            if signal.SIGTERM in data:
+                while not handled.wait(0.02):  # a bounded retry interval, not a wait for state
+                    signal.pthread_kill(main, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="corral-sigterm", daemon=True).start()
 
 
 class SetupError(Exception):
@@ -218,7 +272,9 @@ class Worker:
         self.slot = Slot.from_env()
         # signal.signal() makes the signal interrupt system calls (no
         # SA_RESTART); Python then runs the handler and retries (PEP 475).
+        self.sigterm_handled = threading.Event()
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        watch_for_a_missed_sigterm(self.sigterm_handled)
 
     @staticmethod
     def _listeners_from_env():
@@ -278,6 +334,7 @@ class Worker:
 
     def _on_sigterm(self, signum, frame):
         self.stop = True
+        self.sigterm_handled.set()
         if self.phase == PHASE_WAIT_LOCK:
             # Idle: leave at once. Give back a token that readv() already took.
             if self.lock_kind == "pipe" and self.token[0] != 0:
