@@ -38,6 +38,7 @@ with open(path + ".tmp", "w") as f:
 os.rename(path + ".tmp", path)
 if os.environ.get("FAMILY_EXIT") == "1":
     os._exit(0)
-signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
-while True:
-    signal.pause()
+# sigwait, not a handler and pause(): a SIGTERM just before pause() would be missed.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+signal.sigwait({signal.SIGTERM})
+os._exit(0)

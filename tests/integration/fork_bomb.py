@@ -33,6 +33,7 @@ def leave(*_):
     os._exit(0)
 
 
-signal.signal(signal.SIGTERM, leave)
-while True:
-    signal.pause()
+# sigwait, not a handler and pause(): a SIGTERM just before pause() would be missed.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+signal.sigwait({signal.SIGTERM})
+leave()
