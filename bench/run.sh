@@ -32,7 +32,7 @@ log() { printf '[run.sh] %s\n' "$*" >&2; }
 
 # --- peers from Debian's packages, without letting their daemons start ---------
 install_peers() {
-  local pkgs=(apache2 apache2-utils wrk ucspi-tcp xinetd systemd gnuplot-nox gcc)
+  local pkgs=(apache2 apache2-utils wrk ucspi-tcp xinetd systemd gnuplot-nox gcc bc)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
