@@ -9,6 +9,7 @@
 #include "warm.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -175,35 +176,34 @@ static long ms_since(const struct timespec* t0) {
   return (long)(t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
-/* Nonzero when the program's main thread is blocked in a read of fd 0, or in a wait
- * for several fds (poll, select, epoll), which is where a program that has done its
- * start-up sits. /proc/PID/syscall: "NR ARG0 ARG1 ...", "running", or "-1 ..." */
-static int blocked_reading(pid_t pid, int* unreadable) {
-  char path[48];
-  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+enum wait_kind { WAIT_OTHER, WAIT_READ_STDIN, WAIT_MANY };
+
+/* Where one thread is blocked, from /proc/PID[/task/TID]/syscall: "NR ARG0 ARG1 ...",
+ * "running", or "-1 ...". Sets *unreadable when the file cannot be read at all. */
+static enum wait_kind thread_wait(const char* path, int* unreadable) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     *unreadable = 1;
-    return 0;
+    return WAIT_OTHER;
   }
   char buf[128];
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (n <= 0) {
     *unreadable = 1;
-    return 0;
+    return WAIT_OTHER;
   }
   buf[n] = '\0';
   char* end = NULL;
   long nr = strtol(buf, &end, 10);
-  if (end == buf) return 0;
+  if (end == buf) return WAIT_OTHER;
   unsigned long long arg0 = strtoull(end, NULL, 16);
   switch (nr) {
     case SYS_read:
     case SYS_readv:
     case SYS_pread64:
     case SYS_recvfrom:
-    case SYS_recvmsg: return arg0 == 0;
+    case SYS_recvmsg: return arg0 == 0 ? WAIT_READ_STDIN : WAIT_OTHER;
 #ifdef SYS_poll
     case SYS_poll:
 #endif
@@ -215,9 +215,41 @@ static int blocked_reading(pid_t pid, int* unreadable) {
 #endif
     case SYS_ppoll:
     case SYS_pselect6:
-    case SYS_epoll_pwait: return 1;
-    default: return 0;
+    case SYS_epoll_pwait: return WAIT_MANY;
+    default: return WAIT_OTHER;
   }
+}
+
+/* At most this many threads are looked at (a JVM has dozens). */
+#define READY_MAX_THREADS 256
+
+/* Nonzero when the program has done its start-up: its main thread is blocked in a read
+ * of fd 0 or in a wait for several fds (poll, select, epoll), or any other thread is
+ * blocked reading fd 0 (a program that reads its input in a thread while the main one
+ * joins it, as JVMs and threaded servers do). A wait for several fds counts on the main
+ * thread only: helper threads (timers, a JIT) idle in them from the start. */
+static int blocked_reading(pid_t pid, int* unreadable) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+  if (thread_wait(path, unreadable) != WAIT_OTHER) return 1;
+  if (*unreadable) return 0;
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR* dir = opendir(path);
+  if (dir == NULL) return 0;
+  int ready = 0;
+  int looked = 0;
+  struct dirent* e;
+  while (!ready && looked < READY_MAX_THREADS && (e = readdir(dir)) != NULL) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    long tid = strtol(e->d_name, NULL, 10);
+    if (tid == (long)pid) continue;
+    ++looked;
+    int gone = 0; /* a thread that ended meanwhile says nothing */
+    snprintf(path, sizeof path, "/proc/%d/task/%ld/syscall", (int)pid, tid);
+    ready = thread_wait(path, &gone) == WAIT_READ_STDIN;
+  }
+  closedir(dir);
+  return ready;
 }
 
 int warm_start(corral_worker* w, const char* job, const char* program, char** argv, char** envp,

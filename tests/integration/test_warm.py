@@ -11,6 +11,7 @@ from harness import (SOURCE, CorralTest, children_of, connect, recv_all, recv_un
                      pid_alive, start_time, same_process_alive, describe_process)
 
 LEGACY = os.path.join(SOURCE, "examples", "legacy-echo.py")
+THREADED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "threaded_reader.py")
 WORKERS = "{ start: 2, min_spare: 2, max_spare: 4, max: 8 }"
 
 
@@ -90,6 +91,29 @@ jobs:
         # It had started before the client connected: it waited for the request.
         self.assertGreater(report["waited_ms"], 0.0, report)
         print(f"\nwarm: start-up {report['startup_ms']} ms, first byte after {ttfb_ms:.1f} ms")
+        self.assertEqual(c.stop(), 0)
+
+    def test_a_program_reading_stdin_in_another_thread_is_ready_at_once(self):
+        # Its main thread waits in futex (a join), not in read: the acceptor must look at
+        # the other threads too, or the program counts as ready only at the 3 s cap, and
+        # the first connections wait that long in the backlog.
+        readers = os.path.join(self.tmp, "readers")
+        os.mkdir(readers)
+        c = self.start(command=f'["{THREADED}"]', idle=1,
+                       workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }",
+                       extra=f"    env: {{ READER_DIR: {readers} }}\n")
+        idle_at = time.monotonic()
+        first = sorted(os.listdir(readers))
+        self.assertTrue(first, "a program is idle before its reader thread started")
+        with open(os.path.join(readers, first[0])) as f:
+            reading_at = float(f.read().split()[1])
+        self.assertLess(idle_at - reading_at, 1.5, c.log_text())
+        port = c.port(self.sbdir, "legacy")
+        with connect(port) as s:
+            s.sendall(b"over a thread")
+            s.shutdown(socket.SHUT_WR)
+            data = recv_all(s)
+        self.assertRegex(data, rb"^threaded \d+\nover a thread$")
         self.assertEqual(c.stop(), 0)
 
     def test_ten_megabytes_round_trip_with_half_closes(self):
