@@ -105,8 +105,14 @@ std::string controllers_line(const std::vector<CgroupController>& cs) {
 // The no-internal-process rule of v2: a cgroup with controllers for its children holds no
 // process itself. corral moves what is in its own cgroup (itself, in a delegated unit)
 // into the leaf DIR/supervisor, then enables the controllers for the children.
+// The root cgroup is exempt from the rule, and holds every process of the machine that is
+// in no other cgroup (a hybrid host, a corral started outside systemd): nothing is moved
+// from it. Only the root has no cgroup.events (the kernel's CFTYPE_NOT_ON_ROOT); the root
+// of a cgroup namespace (a container) has one, and its processes are the container's.
 Result<bool> prepare_v2(int base, const std::string& dir, const std::vector<CgroupController>& cs) {
-  std::string procs = read_at(base, "cgroup.procs");
+  struct stat st {};
+  const bool real_root = ::fstatat(base, "cgroup.events", &st, AT_SYMLINK_NOFOLLOW) != 0;
+  std::string procs = real_root ? "" : read_at(base, "cgroup.procs");
   if (procs.find_first_not_of(" \n") != std::string::npos) {
     auto leaf = make_dir(base, "supervisor", dir + "/supervisor");
     if (!leaf) return leaf.error();

@@ -90,6 +90,7 @@ TEST_CASE("v2 file logic: corral leaves for a leaf, enables the controllers, wri
   t.file("unified/cgroup.controllers", "cpu memory pids\n");
   t.file("unified/svc/cgroup.controllers", "cpu memory pids\n");
   t.file("unified/svc/cgroup.procs", "4242\n4243\n");
+  t.file("unified/svc/cgroup.events", "populated 1\nfrozen 0\n");  // not the root
   auto p = corral::find_cgroup_places("0::/svc\n", t.root.string());
   REQUIRE(p.memory.v2);
   auto cg = corral::SlotCgroup::open(p, CgroupValues{32 << 20, 64 << 20, 32, 200}, "app", 3, false);
@@ -109,6 +110,21 @@ TEST_CASE("v2 file logic: corral leaves for a leaf, enables the controllers, wri
   t.file(slot + "memory.events", "low 0\nhigh 3\nmax 9\noom 2\noom_kill 2\noom_group_kill 0\n");
   CHECK(cg->oom_kills() == 2);
   CHECK(cg->describe() == (t.root / "unified/svc/corral-app/slot-3").string());
+}
+
+TEST_CASE("v2 at the root cgroup: no process of the machine is moved, controllers enabled") {
+  Tree t;
+  // The root (no cgroup.events) holds every process that is in no other cgroup.
+  t.file("unified/cgroup.controllers", "cpu memory pids\n");
+  t.file("unified/cgroup.procs", "1\n4242\n");
+  auto p = corral::find_cgroup_places("0::/\n", t.root.string());
+  REQUIRE(p.pids.v2);
+  CHECK(p.pids.dir == (t.root / "unified").string());
+  auto cg = corral::SlotCgroup::open(p, CgroupValues{0, 0, 32, 0}, "app", 0, false);
+  REQUIRE(cg);
+  CHECK_FALSE(fs::exists(t.root / "unified/supervisor"));
+  CHECK(t.read("unified/cgroup.subtree_control") == "+memory +pids\n");
+  CHECK(t.read("unified/corral-app/slot-0/pids.max") == "32\n");
 }
 
 TEST_CASE("adopting a slot (an upgrade) rewrites nothing and keeps the directory") {
