@@ -194,8 +194,9 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
   }
   if (snap.stuck_checks) find_stuck_holders(snap, pacing, b);
   const std::uint64_t budget = snap.mode == Mode::plain ? 0 : snap.memory.budget;
-  std::uint64_t budget_room = 0;  // what the budget leaves for new workers
-  bool budget_floor = false;      // no worker stays: one may start whatever the budget
+  std::uint64_t budget_room = 0;   // what the budget leaves for new workers
+  bool budget_floor = false;       // no worker stays: one may start whatever the budget
+  bool budget_unmeasured = false;  // workers live, but none ready yet: no size to go by
   if (budget != 0) {
     auto leaving = [&](pid_t pid) {
       return std::any_of(d.stops.begin(), d.stops.end(),
@@ -203,9 +204,13 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
              std::any_of(d.kills.begin(), d.kills.end(),
                          [&](const auto& k) { return k.first == pid; });
     };
+    // The median is taken over workers that have become ready: one still starting is
+    // loading its code and data, and its size says nothing yet of what a worker needs
+    // (a pool that took it at its word started a worker per retirement, and retired one
+    // per start: a spin, seen with a Python worker of 60 MiB).
     std::vector<std::uint64_t> sizes;
     for (const auto& w : snap.workers)
-      if (w.rss_bytes != 0) sizes.push_back(w.rss_bytes);
+      if (w.rss_bytes != 0 && w.phase != WorkerPhase::starting) sizes.push_back(w.rss_bytes);
     if (!sizes.empty()) {
       std::nth_element(sizes.begin(), sizes.begin() + static_cast<std::ptrdiff_t>(sizes.size() / 2),
                        sizes.end());
@@ -213,12 +218,15 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
     }
     const std::uint64_t median = pacing.budget_median;
     // Every live worker holds memory until it is reaped (a stopping one too); one not yet
-    // sampled is counted at the median.
+    // sampled is counted at the median, and one still starting at least at the median
+    // (it is on its way there).
     std::uint64_t all = 0;
     std::uint64_t staying_bytes = 0;
     unsigned staying = 0;
     for (const auto& w : snap.workers) {
-      const std::uint64_t size = w.rss_bytes != 0 ? w.rss_bytes : median;
+      const std::uint64_t size = w.phase == WorkerPhase::starting
+                                     ? std::max(w.rss_bytes, median)
+                                     : (w.rss_bytes != 0 ? w.rss_bytes : median);
       all += size;
       const bool stays = w.current && w.phase != WorkerPhase::stopping &&
                          w.phase != WorkerPhase::killing && !leaving(w.pid);
@@ -242,6 +250,7 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
                        idle_current.begin() + static_cast<std::ptrdiff_t>(taken));
     budget_room = budget > all ? budget - all : 0;
     budget_floor = staying == 0;
+    budget_unmeasured = median == 0 && staying > 0;
     d.pool_bytes = all;
     d.median_bytes = median;
     d.budget_room = budget_floor || budget_room >= std::max<std::uint64_t>(median, 1);
@@ -288,6 +297,12 @@ Decision decide(const PoolSnapshot& snap, Pacing& pacing, std::uint64_t now) {
       spawn = 0;
       b.wake(pacing.topup_at);
     }
+  }
+  if (budget != 0 && spawn > 0 && budget_unmeasured && !pacing.start_pending) {
+    // What a worker needs is not known until one is ready: the configured workers.start
+    // goes, spare-driven growth waits for that first measurement (the memory sampling
+    // wakes the next look).
+    spawn = 0;
   }
   if (budget != 0 && spawn > 0) {
     // Never start a worker that would take the pool above the budget (a new one is

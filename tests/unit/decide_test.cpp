@@ -655,6 +655,53 @@ TEST_CASE("budget: an unsampled worker counts at the median; all gone, the last 
   CHECK(d.budget_limited);
 }
 
+TEST_CASE("budget: a worker still starting counts at the median of the ready ones") {
+  // A worker loading 60 MiB was sampled at 43 while a ready one had 64: the starting
+  // one's size is not what a worker needs. Taken at its word, the pool retired the ready
+  // one, found room for another at 43, started it, and so on (a spin, in test_cgroups).
+  auto s = snapshot(1, 2, 4, 4);
+  s.memory.budget = 100;
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 64),
+               sized(2, CORRAL_SLOT_STARTING, 43, WorkerPhase::starting)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.median_bytes == 64);
+  CHECK(d.pool_bytes == 128);                       // the starting one at 64
+  CHECK(budget_stops(d) == std::vector<pid_t>{1});  // over: the idle one goes
+  CHECK(d.spawn == 0);
+  // The retired one is gone, the other still starting: still no room for a third.
+  s.workers = {sized(2, CORRAL_SLOT_STARTING, 50, WorkerPhase::starting)};
+  d = corral::decide(s, p, kT0 + 100 * kMs);
+  CHECK(d.pool_bytes == 64);
+  CHECK(d.spawn == 0);
+  CHECK(d.budget_limited);
+  // Ready at its full size: one worker, and it stays one.
+  s.workers = {sized(2, CORRAL_SLOT_IDLE, 76)};
+  d = corral::decide(s, p, kT0 + 200 * kMs);
+  CHECK(d.median_bytes == 76);
+  CHECK(d.spawn == 0);
+  CHECK(budget_stops(d).empty());
+}
+
+TEST_CASE("budget: spare-driven starts wait for the first ready worker's size") {
+  auto s = snapshot(1, 2, 4, 4);
+  s.memory.budget = 100;
+  s.workers = {sized(1, CORRAL_SLOT_STARTING, 5, WorkerPhase::starting)};
+  Pacing p = running_pacing();
+  auto d = corral::decide(s, p, kT0);
+  CHECK(d.spawn == 0);            // min_spare wants one more; its size is not known yet
+  CHECK_FALSE(d.budget_limited);  // not a limit: a wait for a measurement
+  s.workers = {sized(1, CORRAL_SLOT_IDLE, 30)};
+  d = corral::decide(s, p, kT0 + 100 * kMs);
+  CHECK(d.spawn == 1);  // 30 + 30 fits in 100
+  // The configured workers.start is not held back.
+  Pacing q;
+  auto t = snapshot(3, 0, 8, 8);
+  t.memory.budget = 1000;
+  d = corral::decide(t, q, kT0);
+  CHECK(d.spawn == 3);
+}
+
 TEST_CASE("budget: the last staying worker is never retired for it; no spin when it is full") {
   auto s = snapshot(1, 2, 8, 8);
   s.memory.budget = 100;
