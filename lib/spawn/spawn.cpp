@@ -39,7 +39,7 @@ enum class Step : int {
 const char* step_name(Step step) {
   switch (step) {
     case Step::dup: return "place fds for";
-    case Step::setpgid: return "setpgid for";
+    case Step::setpgid: return "setpgid/setsid for";
     case Step::chdir: return "chdir for";
     case Step::setgroups: return "setgroups for";
     case Step::setgid: return "setgid for";
@@ -98,7 +98,9 @@ void prepare_child(const Prepared& p, int& report_fd, int& exec_fd) {
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 
-  if (::setpgid(0, 0) != 0) child_fail(report_fd, Step::setpgid);
+  // A new process group led by the child (its pid), in a new session when asked.
+  if (plan.new_session ? ::setsid() < 0 : ::setpgid(0, 0) != 0)
+    child_fail(report_fd, Step::setpgid);
 
   // Into the slot's cgroups before anything else (and before the fds are moved: these
   // numbers may lie where the inherited ones go). No path lookup: fds the parent opened.

@@ -48,9 +48,14 @@ struct SpawnPlan {
   int exec_fd = -1;          // >= 0: exec this file (execveat) instead of `path`
   bool pass_report = false;  // the report pipe is inherited too, after `inherit`, so
                              // that the program can report a later exec of its own
+  /// setsid() instead of setpgid(0, 0): a session of its own (and so, with
+  /// kernel.sched_autogroup_enabled, a CPU autogroup of its own), as xinetd's children
+  /// and systemd's Accept=yes instances have. Its process group is its pid either way.
+  bool new_session = false;
 };
 
-/// Forks and execs `plan`. The child leaves the supervisor's process group, resets
+/// Forks and execs `plan`. The child leaves the supervisor's process group (and with
+/// `new_session` its session), resets
 /// signals, dies with the supervisor (PR_SET_PDEATHSIG), and closes every fd but
 /// 0, 1, 2 and the inherited ones. A failed exec (or chdir, setuid...) is reported
 /// through a CLOEXEC pipe; EOF means success. With `report` null, waits for that

@@ -588,6 +588,9 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   plan.credentials = res.credentials;
   plan.parent = self_;
   plan.nofile = original_nofile_;
+  // An inetd program leads its own session, as under xinetd and systemd's Accept=yes
+  // (a CPU autogroup of its own on a busy machine: docs/BENCHMARKS.md section 13).
+  plan.new_session = cfg.mode == Mode::inetd;
   for (const auto& l : cfg.limits)
     plan.rlimits.emplace_back(l.resource,
                               rlimit{static_cast<rlim_t>(l.soft), static_cast<rlim_t>(l.hard)});

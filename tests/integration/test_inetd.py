@@ -3,7 +3,8 @@ import os
 import socket
 import threading
 
-from harness import CorralTest, children_of, connect, recv_all, recv_until, wait_until, pid_alive
+from harness import (CorralTest, children_of, connect, read_text, recv_all, recv_until, wait_until,
+                     pid_alive)
 from test_listen import ipv6_loopback
 
 ENV_SCRIPT = """#!/bin/sh
@@ -72,6 +73,37 @@ class InetdTest(CorralTest):
             self.assertEqual(env["PROTO"], "TCP")
             self.assertEqual(env["REMOTE_ADDR"], "::1")
             self.assertEqual(env["TCPLOCALIP"], "::1")
+        self.assertEqual(c.stop(), 0)
+
+    def test_each_program_leads_its_own_session_as_under_xinetd(self):
+        # xinetd's children and systemd's Accept=yes instances each start a session; so
+        # does corral's inetd program. With kernel.sched_autogroup_enabled (Debian's
+        # default) a session is also its own CPU autogroup: programs sharing corral's
+        # session would share one CPU share against the rest of a busy machine (3.8x
+        # fewer connections/s than xinetd, docs/BENCHMARKS.md section 13).
+        script = self.write("session.sh", """#!/bin/sh
+read -r _ <&0
+set -- $(sed 's/^.*) //' /proc/$$/stat)
+echo "pid $$ pgid $3 sid $4 autogroup $(cat /proc/$$/autogroup 2>/dev/null | cut -d' ' -f1)"
+""", 0o755)
+        c = self.start(f'["{script}"]')
+        port = c.port(self.sbdir, "legacy")
+        with open(f"/proc/{c.pid}/stat") as f:
+            corral_sid = int(f.read().rsplit(")", 1)[1].split()[3])
+        corral_group = read_text(f"/proc/{c.pid}/autogroup")
+        seen = set()
+        for _ in range(3):
+            with connect(port) as s:
+                s.sendall(b"go\n")
+                line = recv_all(s).decode()
+            fields = line.split()
+            pid, pgid, sid = int(fields[1]), int(fields[3]), int(fields[5])
+            self.assertEqual((pgid, sid), (pid, pid), line)
+            self.assertNotEqual(sid, corral_sid, line)
+            if corral_group is not None and len(fields) > 7:
+                self.assertNotEqual(fields[7], corral_group.split()[0], line)
+            seen.add(sid)
+        self.assertEqual(len(seen), 3)
         self.assertEqual(c.stop(), 0)
 
     def test_program_that_exits_without_reading(self):
