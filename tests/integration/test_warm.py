@@ -469,7 +469,7 @@ class WarmMemoryTest(CorralTest):
     """memory: limits, status and metrics see a warm worker as its acceptor plus the
     program it started (docs/LIMITS.md), not the acceptor alone."""
 
-    def start(self, job_extra="", top=""):
+    def start(self, job_extra="", top="", binary=None):
         config = f"""
 scoreboard_dir: {self.sbdir}
 {top}
@@ -481,7 +481,16 @@ jobs:
     listen: ["127.0.0.1:0"]
     workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
 {job_extra}"""
-        c = self.corral(["run", "{config}"], config=config)
+        if binary:
+            import harness
+            saved = harness.CORRAL
+            harness.CORRAL = binary
+            try:
+                c = self.corral(["run", "{config}"], config=config)
+            finally:
+                harness.CORRAL = saved
+        else:
+            c = self.corral(["run", "{config}"], config=config)
         c.wait_idle(self.sbdir, "legacy", 1, timeout=30)
         return c
 
@@ -500,8 +509,22 @@ jobs:
             with self.subTest(measure=measure):
                 self._hard_max_rss_kill(measure)
 
-    def _hard_max_rss_kill(self, measure):
-        c = self.start(f"    memory: {{ hard_max_rss: 100MiB, interval: 100ms, measure: {measure} }}\n")
+    def test_hard_max_rss_still_sees_the_program_after_sigusr2(self):
+        # The new image takes the job from the hand-over's configuration text: it counts
+        # the warm programs too (and rewrites the header flag `corral status` reads).
+        binary = self.upgradable_binary()
+        c = self._hard_max_rss_kill("rss", binary=binary, stop=False)
+        self.replace_binary(binary)
+        c.signal(signal.SIGUSR2)
+        c.wait_log(r"binary upgrade: took over 1 job\(s\) and 1 listener\(s\)")
+        self.assertEqual(c.status(self.sbdir)["supervisor"]["pid"], c.pid)
+        self._hard_max_rss_kill("rss", c=c, kills=2)
+
+    def _hard_max_rss_kill(self, measure, binary=None, stop=True, c=None, kills=1):
+        if c is None:
+            c = self.start(f"    memory: {{ hard_max_rss: 100MiB, interval: 100ms, measure: {measure} }}\n",
+                           binary=binary)
+        c.wait_idle(self.sbdir, "legacy", 1, timeout=30)
         port = c.port(self.sbdir, "legacy")
         s, program = self.grow(port, 200)
         # The connection ends: not by the client, by corral (EOF, or a reset).
@@ -522,7 +545,7 @@ jobs:
         rx = (rf"worker (\d+) \(slot (\d+)\) uses (\d+) bytes of memory, its warm program "
               rf"{program} (\d+) of them, above hard_max_rss 104857600; killing it")
         c.wait_log(rx, timeout=20)
-        acceptor, _slot, total, mine = (int(x) for x in re.search(rx, c.log_text()).groups())
+        acceptor, _slot, total, mine = (int(x) for x in re.findall(rx, c.log_text())[-1])
         self.assertGreater(total, 100 << 20)
         self.assertLessEqual(mine, total)
         self.assertGreater(mine, total // 2)
@@ -530,7 +553,7 @@ jobs:
         # PR_SET_PDEATHSIG), by pid, within a deadline.
         wait_until(lambda: not pid_alive(program) and not pid_alive(acceptor), timeout=10,
                    what=f"program {program} and acceptor {acceptor} gone", log=c)
-        wait_until(lambda: c.job(self.sbdir, "legacy")["exits"]["memory"] >= 1, log=c)
+        wait_until(lambda: c.job(self.sbdir, "legacy")["exits"]["memory"] >= kills, log=c)
         # The next client is served by a fresh warm program.
         with connect(port, timeout=30) as s2:
             s2.sendall(b"hello\n")
@@ -538,7 +561,9 @@ jobs:
         m = re.fullmatch(rb"pid (\d+)\n", line)
         self.assertIsNotNone(m, line)
         self.assertNotEqual(int(m.group(1)), program)
-        self.assertEqual(c.stop(), 0)
+        if stop:
+            self.assertEqual(c.stop(), 0)
+        return c
 
     def test_status_and_metrics_count_the_warm_program(self):
         import test_metrics as metrics_client  # a module object: its tests are not collected here
