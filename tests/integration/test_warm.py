@@ -37,12 +37,15 @@ def ask(port, request=b"hello\n", body=b"", timeout=10):
     return json.loads(line), rest
 
 
-class WarmTest(CorralTest):
+class WarmCase(CorralTest):
+    """Starts one warm inetd job (no tests of its own)."""
+
     def start(self, command=None, workers=WORKERS, extra="", inetd="{ warm: true }", idle=2,
-              binary=None):
+              binary=None, top=""):
         command = command or f'["{LEGACY}"]'
         config = f"""
 scoreboard_dir: {self.sbdir}
+{top}
 jobs:
   legacy:
     command: {command}
@@ -51,19 +54,12 @@ jobs:
     listen: ["127.0.0.1:0"]
     workers: {workers}
 {extra}"""
-        if binary:
-            import harness
-            saved = harness.CORRAL
-            harness.CORRAL = binary
-            try:
-                c = self.corral(["run", "{config}"], config=config)
-            finally:
-                harness.CORRAL = saved
-        else:
-            c = self.corral(["run", "{config}"], config=config)
+        c = self.corral(["run", "{config}"], config=config, binary=binary)
         c.wait_idle(self.sbdir, "legacy", idle, timeout=30)
         return c
 
+
+class WarmTest(WarmCase):
     def waiting_programs(self, c):
         """Pids of the warm programs: the acceptors' children."""
         return {k for w in c.job(self.sbdir, "legacy")["workers"] for k in children_of(w["pid"])}
@@ -465,34 +461,13 @@ os.execv({LEGACY!r}, [{LEGACY!r}])
 GROW = os.path.join(SOURCE, "tests", "integration", "warm_grow.py")
 
 
-class WarmMemoryTest(CorralTest):
+class WarmMemoryTest(WarmCase):
     """memory: limits, status and metrics see a warm worker as its acceptor plus the
     program it started (docs/LIMITS.md), not the acceptor alone."""
 
     def start(self, job_extra="", top="", binary=None):
-        config = f"""
-scoreboard_dir: {self.sbdir}
-{top}
-jobs:
-  legacy:
-    command: ["{GROW}"]
-    mode: inetd
-    inetd: {{ warm: true }}
-    listen: ["127.0.0.1:0"]
-    workers: {{ start: 1, min_spare: 1, max_spare: 2, max: 4 }}
-{job_extra}"""
-        if binary:
-            import harness
-            saved = harness.CORRAL
-            harness.CORRAL = binary
-            try:
-                c = self.corral(["run", "{config}"], config=config)
-            finally:
-                harness.CORRAL = saved
-        else:
-            c = self.corral(["run", "{config}"], config=config)
-        c.wait_idle(self.sbdir, "legacy", 1, timeout=30)
-        return c
+        return super().start(command=f'["{GROW}"]', extra=job_extra, top=top, binary=binary,
+                             workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }", idle=1)
 
     def grow(self, port, mib):
         """A client that has the program grow by `mib`: (socket, the program's pid)."""
