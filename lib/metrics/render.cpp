@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "common/proc_memory.h"
 #include "metrics/exposition.h"
 
 namespace corral {
@@ -278,20 +279,9 @@ ProcessSample read_process_sample() noexcept {
 }
 
 std::optional<std::uint64_t> resident_bytes_of(int pid) noexcept {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/statm", pid);
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  char buf[256];
-  ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) return std::nullopt;
-  buf[n] = '\0';
-  char* end = nullptr;
-  std::strtoull(buf, &end, 10);  // size
-  if (end == buf) return std::nullopt;
-  const unsigned long long pages = std::strtoull(end, nullptr, 10);
-  return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::uint64_t bytes = 0;
+  if (!process_memory(pid, MemoryMeasure::rss, bytes)) return std::nullopt;
+  return bytes;
 }
 
 }  // namespace corral

@@ -127,7 +127,8 @@ std::string render_metrics(const SupervisorSample& sample);
 /// `valid` false when /proc is not readable. Non-blocking (procfs).
 ProcessSample read_process_sample() noexcept;
 
-/// A process's resident set in bytes (/proc/PID/statm), or nullopt.
+/// A process's resident set in bytes (/proc/PID/statm), or nullopt: process_memory()
+/// of common/proc_memory.h, which counts a warm acceptor's children too (worker_memory).
 std::optional<std::uint64_t> resident_bytes_of(int pid) noexcept;
 
 }  // namespace corral

@@ -580,6 +580,11 @@ void Scoreboard::set_limits(unsigned cpus, std::uint64_t memory_bytes) {
   store(&h->limit_memory_bytes, memory_bytes);
 }
 
+void Scoreboard::set_flags(std::uint32_t flags) {
+  if (base_ == nullptr || !writable_) return;
+  store(&static_cast<corral_sb_header*>(base_)->flags, flags);
+}
+
 int Scoreboard::idle_hint() const {
   if (base_ == nullptr) return 0;
   return __atomic_load_n(&static_cast<corral_sb_header*>(base_)->idle_hint, __ATOMIC_ACQUIRE);

@@ -113,6 +113,8 @@ class Scoreboard {
 
   /// Header offsets 924 and 928: the container's CPUs and memory limit (0: none), for status.
   void set_limits(unsigned cpus, std::uint64_t memory_bytes);
+  /// Supervisor: the header's flags (CORRAL_SB_FLAG_*).
+  void set_flags(std::uint32_t flags);
 
   /// The workers' idle hint (header offset 960), and the supervisor's correction.
   [[nodiscard]] int idle_hint() const;

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/proc_memory.h"
 #include "common/unique_fd.h"
 #include "metrics/health.h"
 #include "metrics/render.h"
@@ -130,10 +131,11 @@ nlohmann::json job_json(const Scoreboard& sb, std::uint64_t now) {
                           {"requests", s.requests},
                           {"seconds_in_state", round1(seconds)},
                           {"generation", s.generation}};
-    // /proc/PID/statm, one bounded read; null when the pid is gone or unreadable.
-    std::optional<std::uint64_t> rss;
-    if (s.pid > 0) rss = resident_bytes_of(s.pid);
-    worker["rss_bytes"] = rss ? nlohmann::json(*rss) : nlohmann::json(nullptr);
+    // /proc/PID/statm, one bounded read (a warm acceptor's children's too, found in
+    // /proc); null when the pid is gone or unreadable. Display only: the pid is the slot's.
+    const WorkerMemory rss =
+        worker_memory(s.pid, MemoryMeasure::rss, (h.flags & CORRAL_SB_FLAG_WARM) != 0);
+    worker["rss_bytes"] = rss.valid ? nlohmann::json(rss.bytes) : nlohmann::json(nullptr);
     if (s.extended) worker["oom_kills"] = s.oom_kills;
     workers.push_back(std::move(worker));
   }

@@ -71,6 +71,12 @@ inline std::string describe_status(int status) {
   return "ended with status " + std::to_string(status);
 }
 
+// A warm inetd job: each worker (an acceptor) has the program as its child, and a
+// worker's memory is the acceptor's plus its children's (docs/LIMITS.md).
+inline bool warm_inetd(const JobConfig& cfg) {
+  return cfg.mode == Mode::inetd && cfg.inetd.warm;
+}
+
 struct WorkerRec {
   pid_t pid = 0;
   unsigned slot = 0;
@@ -84,6 +90,10 @@ struct WorkerRec {
   std::uint64_t retire_at = 0;       // its own draw of max_lifetime (+ jitter); 0: none
   std::uint64_t rss_bytes = 0;       // last memory sample (RSS or PSS); 0: not sampled
   std::uint64_t rss_sampled_at = 0;
+  // Of that sample, a warm acceptor's program (its largest child, found in /proc, never
+  // in the slot): for the log line only, never signalled. Not handed over: resampled.
+  pid_t rss_program = 0;
+  std::uint64_t rss_program_bytes = 0;
   // Token-hog watch: its /proc/PID/io rchar and its requests when corral last restored
   // the accept token (kUnknown: not watched).
   static constexpr std::uint64_t kUnknown = ~0ULL;
@@ -163,6 +173,7 @@ struct JobHealth {
   std::uint64_t backoff_ns = 0;
   std::uint64_t retry_at = 0;
   bool sb_gone_logged = false;
+  bool children_unknown_logged = false;  // warm: /proc/PID/task/PID/children is missing
   bool budget_limited = false;   // memory.budget held starts back at the last look (logged once)
   std::uint64_t pool_bytes = 0;  // memory.budget: the pool's total at the last look
 };

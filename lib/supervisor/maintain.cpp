@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/duration.h"
+#include "common/proc_memory.h"
 #include "container/cgroup.h"
 #include "container/limits.h"
 #include "log/log.h"
@@ -90,32 +91,6 @@ std::uint64_t draw(std::uint64_t range) {
   state ^= state >> 7;
   state ^= state << 17;
   return state % (range + 1);
-}
-
-// A worker's resident memory: /proc/PID/statm's resident pages, or the Pss line of
-// /proc/PID/smaps_rollup. One read into a stack buffer, no allocation; 0 if unreadable.
-std::uint64_t sample_memory(pid_t pid, bool pss) {
-  char path[64];
-  std::snprintf(path, sizeof path, pss ? "/proc/%d/smaps_rollup" : "/proc/%d/statm",
-                static_cast<int>(pid));
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  char buf[1024];
-  ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
-  if (!pss) {
-    unsigned long long size = 0, resident = 0;
-    if (std::sscanf(buf, "%llu %llu", &size, &resident) != 2) return 0;
-    static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-    return resident * page;
-  }
-  const char* at = std::strstr(buf, "\nPss:");
-  if (at == nullptr) return 0;
-  unsigned long long kib = 0;
-  if (std::sscanf(at + 5, "%llu", &kib) != 1) return 0;
-  return kib * 1024;
 }
 
 }  // namespace
@@ -388,8 +363,19 @@ PoolSnapshot Supervisor::Impl::observe(Job& job, std::uint64_t now) noexcept {
     // The budget covers every live worker of the job (an old generation's too).
     if (memory_bounded && (v.current || budget) &&
         now - w.rss_sampled_at >= to_ns(job.cfg.memory.interval)) {
-      w.rss_bytes = sample_memory(pid, job.cfg.memory.pss);
+      const WorkerMemory m = worker_memory(
+          pid, job.cfg.memory.pss ? MemoryMeasure::pss : MemoryMeasure::rss, warm_inetd(job.cfg));
+      w.rss_bytes = m.bytes;
+      w.rss_program = m.largest_child;
+      w.rss_program_bytes = m.child_bytes;
       w.rss_sampled_at = now;
+      if (m.children_unknown && !job.health.children_unknown_logged) {
+        spdlog::warn(
+            "job {}: /proc/{}/task/{}/children is missing (a kernel without "
+            "CONFIG_PROC_CHILDREN): memory of its warm workers counts the acceptors only",
+            job.cfg.name, pid, pid);
+        job.health.children_unknown_logged = true;
+      }
     }
     v.rss_bytes = w.rss_bytes;
     if (v.current && w.phase != WorkerPhase::stopping && w.phase != WorkerPhase::killing) {
@@ -508,16 +494,22 @@ void Supervisor::Impl::act(Job& job, const Decision& d, std::uint64_t now) noexc
         // hard_max_rss, or cgroup.memory_max enforced by sampling (no cgroup could be made).
         const auto hard = job.cfg.memory.hard_max_rss;
         const auto cg_max = job.res.cgroup_off ? job.cfg.cgroup.memory_max : 0;
+        // A warm acceptor: the program the size is mostly made of (its child, which goes
+        // with it: same process group, PR_SET_PDEATHSIG). Only the acceptor is signalled.
+        const std::string program = w.rss_program != 0
+                                        ? fmt::format(", its warm program {} {} of them",
+                                                      w.rss_program, w.rss_program_bytes)
+                                        : std::string();
         if (cg_max != 0 && (hard == 0 || cg_max < hard)) {
           spdlog::warn(
-              "job {}: worker {} (slot {}) uses {} bytes of memory, above cgroup.memory_max {} "
+              "job {}: worker {} (slot {}) uses {} bytes of memory{}, above cgroup.memory_max {} "
               "(enforced by sampling: no cgroup); killing it",
-              name, w.pid, w.slot, w.rss_bytes, cg_max);
+              name, w.pid, w.slot, w.rss_bytes, program, cg_max);
         } else {
           spdlog::warn(
-              "job {}: worker {} (slot {}) uses {} bytes of memory, above "
+              "job {}: worker {} (slot {}) uses {} bytes of memory{}, above "
               "hard_max_rss {}; killing it",
-              name, w.pid, w.slot, w.rss_bytes, hard);
+              name, w.pid, w.slot, w.rss_bytes, program, hard);
         }
         break;
       }
@@ -890,6 +882,7 @@ void Supervisor::Impl::write_headers(std::uint64_t now) noexcept {
                              job->cfg.name, job->res.listeners_text);
     const auto& limits = container_limits();
     job->res.sb.set_limits(limits.cpus, limits.memory_bytes.value_or(0));
+    job->res.sb.set_flags(warm_inetd(job->cfg) ? CORRAL_SB_FLAG_WARM : 0);
     publish_totals(*job, now);
   }
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "common/proc_memory.h"
 #include "container/limits.h"
 #include "listen/listener.h"
 #include "listen/sock_diag.h"
@@ -222,7 +223,9 @@ SupervisorSample Supervisor::Impl::sample_metrics(bool for_textfile, std::uint64
         sl.state_seconds = slot.state_since_ns != 0 && slot.state_since_ns <= now
                                ? static_cast<double>(now - slot.state_since_ns) / 1e9
                                : 0.0;
-        sl.rss_bytes = resident_bytes_of(pid);
+        if (const WorkerMemory m = worker_memory(pid, MemoryMeasure::rss, warm_inetd(job->cfg));
+            m.valid)
+          sl.rss_bytes = m.bytes;
         p.slots.push_back(sl);
       }
       std::sort(p.slots.begin(), p.slots.end(),

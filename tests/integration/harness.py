@@ -154,9 +154,10 @@ class Corral:
     """One running `corral run` process, with its log in a file."""
 
     def __init__(self, testcase, args, config=None, env=None, cwd=None, name="corral",
-                 launcher=(), pass_fds=()):
+                 launcher=(), pass_fds=(), binary=None):
         """launcher: argv put before corral's (it must exec corral in place, keeping the
-        pid, as systemd-socket-activate does); pass_fds: fds the launcher inherits."""
+        pid, as systemd-socket-activate does); pass_fds: fds the launcher inherits;
+        binary: the corral to run instead of the build's (an upgradable_binary())."""
         self.tmp = testcase.tmp
         self.log_path = os.path.join(self.tmp, f"{name}.log")
         self.config_path = None
@@ -172,7 +173,7 @@ class Corral:
         if env:
             full_env.update(env)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(list(launcher) + [CORRAL] + args, stdout=self.log,
+        self.proc = subprocess.Popen(list(launcher) + [binary or CORRAL] + args, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=full_env, cwd=cwd or self.tmp,
                                      stdin=subprocess.DEVNULL, pass_fds=pass_fds)
         self.pid = self.proc.pid

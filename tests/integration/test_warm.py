@@ -2,6 +2,7 @@
 connection and blocks in its first read; a connection is relayed to it (docs/INETD.md)."""
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -36,12 +37,15 @@ def ask(port, request=b"hello\n", body=b"", timeout=10):
     return json.loads(line), rest
 
 
-class WarmTest(CorralTest):
+class WarmCase(CorralTest):
+    """Starts one warm inetd job (no tests of its own)."""
+
     def start(self, command=None, workers=WORKERS, extra="", inetd="{ warm: true }", idle=2,
-              binary=None):
+              binary=None, top=""):
         command = command or f'["{LEGACY}"]'
         config = f"""
 scoreboard_dir: {self.sbdir}
+{top}
 jobs:
   legacy:
     command: {command}
@@ -50,19 +54,12 @@ jobs:
     listen: ["127.0.0.1:0"]
     workers: {workers}
 {extra}"""
-        if binary:
-            import harness
-            saved = harness.CORRAL
-            harness.CORRAL = binary
-            try:
-                c = self.corral(["run", "{config}"], config=config)
-            finally:
-                harness.CORRAL = saved
-        else:
-            c = self.corral(["run", "{config}"], config=config)
+        c = self.corral(["run", "{config}"], config=config, binary=binary)
         c.wait_idle(self.sbdir, "legacy", idle, timeout=30)
         return c
 
+
+class WarmTest(WarmCase):
     def waiting_programs(self, c):
         """Pids of the warm programs: the acceptors' children."""
         return {k for w in c.job(self.sbdir, "legacy")["workers"] for k in children_of(w["pid"])}
@@ -459,3 +456,111 @@ os.execv({LEGACY!r}, [{LEGACY!r}])
         out = self.run_cli(["check", path])
         self.assertNotEqual(out.returncode, 0)
         self.assertIn("inetd: applies to mode inetd only", out.stderr + out.stdout)
+
+
+GROW = os.path.join(SOURCE, "tests", "integration", "warm_grow.py")
+
+
+class WarmMemoryTest(WarmCase):
+    """memory: limits, status and metrics see a warm worker as its acceptor plus the
+    program it started (docs/LIMITS.md), not the acceptor alone."""
+
+    def start(self, job_extra="", top="", binary=None):
+        return super().start(command=f'["{GROW}"]', extra=job_extra, top=top, binary=binary,
+                             workers="{ start: 1, min_spare: 1, max_spare: 2, max: 4 }", idle=1)
+
+    def grow(self, port, mib):
+        """A client that has the program grow by `mib`: (socket, the program's pid)."""
+        s = connect(port, timeout=20)
+        self.addCleanup(s.close)
+        s.sendall(b"grow %d\n" % mib)
+        line = recv_until(s)
+        m = re.fullmatch(rb"pid (\d+)\n", line)
+        self.assertIsNotNone(m, line)
+        return s, int(m.group(1))
+
+    def test_a_warm_program_above_hard_max_rss_is_killed_and_replaced(self):
+        for measure in ("rss", "pss"):
+            with self.subTest(measure=measure):
+                self._hard_max_rss_kill(measure)
+
+    def test_hard_max_rss_still_sees_the_program_after_sigusr2(self):
+        # The new image takes the job from the hand-over's configuration text: it counts
+        # the warm programs too (and rewrites the header flag `corral status` reads).
+        binary = self.upgradable_binary()
+        c = self._hard_max_rss_kill("rss", binary=binary, stop=False)
+        self.replace_binary(binary)
+        c.signal(signal.SIGUSR2)
+        c.wait_log(r"binary upgrade: took over 1 job\(s\) and 1 listener\(s\)")
+        self.assertEqual(c.status(self.sbdir)["supervisor"]["pid"], c.pid)
+        self._hard_max_rss_kill("rss", c=c, kills=2)
+
+    def _hard_max_rss_kill(self, measure, binary=None, stop=True, c=None, kills=1):
+        if c is None:
+            c = self.start(f"    memory: {{ hard_max_rss: 100MiB, interval: 100ms, measure: {measure} }}\n",
+                           binary=binary)
+        c.wait_idle(self.sbdir, "legacy", 1, timeout=30)
+        port = c.port(self.sbdir, "legacy")
+        s, program = self.grow(port, 200)
+        # The connection ends: not by the client, by corral (EOF, or a reset).
+        t0 = time.monotonic()
+        rest = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+        except ConnectionResetError:
+            pass
+        s.close()
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertIn(rest, (b"", b"grew 200\n"))
+        # The log names the slot, the acceptor, the program and the sizes.
+        rx = (rf"worker (\d+) \(slot (\d+)\) uses (\d+) bytes of memory, its warm program "
+              rf"{program} (\d+) of them, above hard_max_rss 104857600; killing it")
+        c.wait_log(rx, timeout=20)
+        acceptor, _slot, total, mine = (int(x) for x in re.findall(rx, c.log_text())[-1])
+        self.assertGreater(total, 100 << 20)
+        self.assertLessEqual(mine, total)
+        self.assertGreater(mine, total // 2)
+        # Only the acceptor was signalled; the program went with it (its process group,
+        # PR_SET_PDEATHSIG), by pid, within a deadline.
+        wait_until(lambda: not pid_alive(program) and not pid_alive(acceptor), timeout=10,
+                   what=f"program {program} and acceptor {acceptor} gone", log=c)
+        wait_until(lambda: c.job(self.sbdir, "legacy")["exits"]["memory"] >= kills, log=c)
+        # The next client is served by a fresh warm program.
+        with connect(port, timeout=30) as s2:
+            s2.sendall(b"hello\n")
+            line = recv_until(s2)
+        m = re.fullmatch(rb"pid (\d+)\n", line)
+        self.assertIsNotNone(m, line)
+        self.assertNotEqual(int(m.group(1)), program)
+        if stop:
+            self.assertEqual(c.stop(), 0)
+        return c
+
+    def test_status_and_metrics_count_the_warm_program(self):
+        import test_metrics as metrics_client  # a module object: its tests are not collected here
+        c = self.start(top='metrics: { listen: "127.0.0.1:0" }\n')
+        c.wait_log(r"metrics: serving /metrics, /healthz and /readyz on ")
+        mport = int(re.search(r"metrics: serving /metrics, /healthz and /readyz on \S+:(\d+)",
+                              c.log_text()).group(1))
+        port = c.port(self.sbdir, "legacy")
+        s, program = self.grow(port, 200)
+        self.assertEqual(recv_until(s), b"grew 200\n")
+        worker = next(w for w in c.job(self.sbdir, "legacy")["workers"]
+                      if program in children_of(w["pid"]))
+        acceptor = worker["pid"]
+        with open(f"/proc/{acceptor}/statm") as f:
+            own = int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
+        self.assertLess(own, 32 << 20)
+        self.assertGreaterEqual(worker["rss_bytes"], 200 << 20, worker)
+        self.assertGreater(worker["rss_bytes"], own)
+        status, _, body = metrics_client.http(mport, "/metrics")
+        self.assertEqual(status, 200)
+        rss = metrics_client.value(body.decode(), "corral_slot_resident_memory_bytes",
+                                   pool="legacy", slot=str(worker["slot"]))
+        self.assertGreaterEqual(rss, 200 << 20)
+        s.close()
+        self.assertEqual(c.stop(), 0)

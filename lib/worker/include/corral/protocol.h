@@ -82,6 +82,9 @@ enum corral_job_state {
 #define CORRAL_EXIT_SICK 75  /* resources short: slow down spawning (EX_TEMPFAIL) */
 #define CORRAL_EXIT_FATAL 78 /* configuration broken: stop respawning the job (EX_CONFIG) */
 
+/* Header flags (corral_sb_header.flags). */
+#define CORRAL_SB_FLAG_WARM 1u /* inetd.warm: a worker's program is the worker's child */
+
 /* The header: written by the supervisor only (a worker must not write it). */
 struct corral_sb_header {
   char magic[8];                /*   0: "CORRALSB" */
@@ -98,7 +101,7 @@ struct corral_sb_header {
   uint32_t min_spare;           /*  56 */
   uint32_t max_spare;           /*  60 */
   uint32_t max_workers;         /*  64 */
-  uint32_t reserved0;           /*  68 */
+  uint32_t flags;               /*  68: CORRAL_SB_FLAG_* bits */
   uint64_t updated_mono_ns;     /*  72: CLOCK_MONOTONIC of the supervisor's last write */
   char job_name[CORRAL_SB_JOB_NAME_SIZE];   /*  80: NUL-terminated */
   char listeners[CORRAL_SB_LISTENERS_SIZE]; /* 144: bound addresses, '\n'-separated, NUL-terminated
