@@ -581,7 +581,7 @@ bool Supervisor::Impl::spawn_worker(Job& job, std::uint64_t now) noexcept {
   plan.parent = self_;
   plan.nofile = original_nofile_;
   // An inetd program leads its own session, as under xinetd and systemd's Accept=yes
-  // (a CPU autogroup of its own on a busy machine: docs/BENCHMARKS.md section 13).
+  // (a CPU autogroup of its own on a busy machine: docs/BENCHMARKS.md section 14).
   plan.new_session = cfg.mode == Mode::inetd;
   for (const auto& l : cfg.limits)
     plan.rlimits.emplace_back(l.resource,
