@@ -4,6 +4,7 @@ explicit kinds are unchanged. The supervisor alone sets O_NONBLOCK. What a user 
 the workers' environment and fds, bytes on sockets, exit codes, timings."""
 import os
 import platform
+import re
 import signal
 import socket
 import threading
@@ -327,7 +328,9 @@ jobs:
                                 what="the first worker to claim the missed SIGTERM", log=c))
         wait_until(lambda: not pid_alive(victim), timeout=5,
                    what=f"worker {victim} to leave after a SIGTERM its main thread missed", log=c)
-        wait_until(lambda: f"worker {victim} (slot" in c.log_text(), what="its exit logged", log=c)
+        # Its exit line ("started worker N (slot" is there from the start).
+        ended = re.compile(rf"worker {victim} \(slot \d+\) (exited|killed|ended)")
+        wait_until(lambda: ended.search(c.log_text()), what="its exit logged", log=c)
         self.assertRegex(c.log_text(), rf"worker {victim} \(slot \d+\) exited with status 0")
         c.wait_idle(self.sbdir, "echo", 2)
         port = c.port(self.sbdir, "echo")
