@@ -116,8 +116,11 @@ def watch_for_a_missed_sigterm(handled):
             signal.set_wakeup_fd(-1)
         except ValueError:
             pass
-        os.close(r)
-        os.close(w)
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     os.register_at_fork(after_in_child=in_child)
 
