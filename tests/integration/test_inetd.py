@@ -80,7 +80,7 @@ class InetdTest(CorralTest):
         # does corral's inetd program. With kernel.sched_autogroup_enabled (Debian's
         # default) a session is also its own CPU autogroup: programs sharing corral's
         # session would share one CPU share against the rest of a busy machine (3.8x
-        # fewer connections/s than xinetd, docs/BENCHMARKS.md section 13).
+        # fewer connections/s than xinetd, docs/BENCHMARKS.md section 14).
         script = self.write("session.sh", """#!/bin/sh
 read -r _ <&0
 set -- $(sed 's/^.*) //' /proc/$$/stat)
