@@ -4,7 +4,9 @@
         Watches DIR (which this user can write) with inotify and, each time NAME is
         created in it, renames a symbolic link to TARGET over it at once: the race
         against a root process that changes NAME by path after creating it. Prints
-        "ready" once watching, then "swap N" after each swap.
+        "ready" once watching, then "swap N" after each swap. A file created under a
+        name starting with ".fence" is answered with "fence NAME": inotify keeps its
+        events in order, so once that line is read every earlier creation was handled.
     path_attacker.py lock FILE PID
         Opens FILE read-write if it can (read-only otherwise), writes a scoreboard header
         naming PID if it could open it for writing, takes an exclusive flock and holds it.
@@ -47,6 +49,9 @@ def swap(directory, name, target):
             _, _, _, length = EVENT.unpack_from(data, at)
             event_name = data[at + EVENT.size:at + EVENT.size + length].rstrip(b"\0").decode()
             at += EVENT.size + length
+            if event_name.startswith(".fence"):
+                print(f"fence {event_name}", flush=True)
+                continue
             if event_name != name:
                 continue
             try:

@@ -69,7 +69,8 @@ class SecurityTest(CorralTest):
         proc.wait(10)
 
     def attack(self, *args):
-        proc = self.as_user(self.attacker, [PYTHON, ATTACKER] + list(args),
+        # Unbuffered, so that read_line's select sees every line not yet read.
+        proc = self.as_user(self.attacker, [PYTHON, ATTACKER] + list(args), bufsize=0,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.addCleanup(proc.stdout.close)
         self.addCleanup(proc.stdin.close)
@@ -112,7 +113,7 @@ jobs:
       - {{ address: "unix:{sock_path}"{mode}{listener_extra} }}
     workers: {{ start: 1 }}
 """
-        refused = served = 0
+        refused = served = swaps = 0
         deadline = time.monotonic() + 90
         for attempt in range(20):
             if time.monotonic() > deadline:
@@ -133,9 +134,15 @@ jobs:
                 served += 1
                 self.assertEqual(c.stop(), 0, c.log_text())
             self.assert_untouched(target, before)
+            # Wait until the attacker has handled this attempt's creation: a swap that
+            # came late would otherwise land between the unlink above and the next bind.
+            fence = f".fence-{attempt}"
+            open(os.path.join(sockdir, fence), "w").close()
+            while (line := read_line(attacker)) != f"fence {fence}":
+                swaps += line.startswith("swap ")
+            os.unlink(os.path.join(sockdir, fence))
         os.kill(attacker.pid, signal.SIGKILL)
         attacker.wait(10)
-        swaps = attacker.stdout.read().decode().count("swap ")
         # The attack was performed (the helper swapped a link in), and did no harm.
         self.assertGreater(swaps, 0)
         self.assertGreater(refused + served, 0)
