@@ -90,8 +90,9 @@ echo "pid $$ pgid $3 sid $4 autogroup $(cat /proc/$$/autogroup 2>/dev/null | cut
         port = c.port(self.sbdir, "legacy")
         with open(f"/proc/{c.pid}/stat") as f:
             corral_sid = int(f.read().rsplit(")", 1)[1].split()[3])
-        # The autogroup file may be absent or empty (a kernel without
-        # CONFIG_SCHED_AUTOGROUP, or a sandbox that hides it); the session check stands.
+        # The autogroup file is empty for a process in the default autogroup (one whose
+        # session line never called setsid(), as in some CI runners; /proc/1/autogroup
+        # is empty too) and absent without CONFIG_SCHED_AUTOGROUP: the session check stands.
         corral_group = (read_text(f"/proc/{c.pid}/autogroup") or "").split()
         seen = set()
         for _ in range(3):

@@ -139,6 +139,7 @@ jobs:
             fence = f".fence-{attempt}"
             open(os.path.join(sockdir, fence), "w").close()
             while (line := read_line(attacker)) != f"fence {fence}":
+                self.assertTrue(line, "the attacker exited before answering the fence")
                 swaps += line.startswith("swap ")
             os.unlink(os.path.join(sockdir, fence))
         os.kill(attacker.pid, signal.SIGKILL)
