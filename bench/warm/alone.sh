@@ -17,29 +17,16 @@ SECS="${1:-20}"
 ROUNDS="${2:-2}"
 PROGRAM="${3:-$ROOT/bench/inetd/hello_py.py}"
 W="$(mktemp -d /tmp/corral-warm-alone.XXXXXX)"
-CP=""
-CG=""
-stop() {
-  [[ -n $CP ]] && { kill "$CP" 2>/dev/null || true; wait "$CP" 2>/dev/null || true; }
-  if [[ -n $CG ]]; then
-    for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do [[ -z $(cat "$CG/cgroup.procs" 2>/dev/null) ]] && break; sleep 0.1; done
-    rmdir "$CG" 2>/dev/null || true
-  fi
-  CP=""
-  CG=""
-}
-trap 'stop; rm -rf "$W"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/warm/corral_cg.sh
+. "$HERE/corral_cg.sh"
+trap 'corral_cg_stop; rm -rf "$W"' EXIT
 echo "| round | contender | conn/s | CPU ms/conn | of which the supervisor |"
 echo "|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   order="warm inetd"; ((r % 2 == 0)) && order="inetd warm"
   for kind in $order; do
     w=false; [[ $kind == warm ]] && w=true
-    P=$(port)
-    CG=/sys/fs/cgroup/cpuacct/corral-warm-alone-$$-$kind
-    mkdir -p "$CG"
+    P=$(free_port)
     cat >"$W/$kind.yaml" <<YAML
 scoreboard_dir: $W/sb-$kind-$r
 jobs:
@@ -50,13 +37,8 @@ jobs:
     listen: ["127.0.0.1:$P"]
     workers: { start: 8, min_spare: 8, max_spare: 16, max: 64 }
 YAML
-    ( echo $BASHPID > "$CG/cgroup.procs"; exec "$CORRAL" run "$W/$kind.yaml" ) >"$W/$kind-$r.log" 2>&1 &
-    CP=$!
-    for _ in $(seq 100); do
-      "$CORRAL" status "$W/$kind.yaml" --json 2>/dev/null | grep -q '"idle": *[1-9]' && break
-      sleep 0.1
-    done
-    sleep 2 # the pool settles: warm programs finish their start-up
+    corral_cg_start "$kind" "$W/$kind.yaml" "$W/$kind-$r.log"
+    corral_cg_wait_idle "$W/$kind.yaml"
     k0=$(awk '{print $14+$15}' /proc/$CP/stat)
     u0=$(cat "$CG/cpuacct.usage")
     out=$(wrk -t2 -c16 -d"${SECS}s" -H "Connection: close" "http://127.0.0.1:$P/" 2>&1)
@@ -65,6 +47,6 @@ YAML
     n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$out")
     printf '| %s | %s | %.1f | %.1f | %.2f |\n' "$r" "$kind" "$(echo "$n / $SECS" | bc -l)" \
       "$(echo "($u1 - $u0) / 1000000 / $n" | bc -l)" "$(echo "($k1 - $k0) * 10 / $n" | bc -l)"
-    stop
+    corral_cg_stop
   done
 done

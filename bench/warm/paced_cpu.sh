@@ -16,27 +16,18 @@ BCLIENT="$ROOT/bench/results/bin/bclient"
 WARM="$1"
 RATE="$2"
 SECS="$3"
+[[ -x $BCLIENT ]] || { echo "build bclient first: bench/run.sh builds it" >&2; exit 2; }
 W="$(mktemp -d /tmp/corral-paced-cpu.XXXXXX)"
+# shellcheck source=bench/warm/corral_cg.sh
+. "$HERE/corral_cg.sh"
+trap 'corral_cg_stop; rm -rf "$W"' EXIT
 PROGRAM="${4:-}"
 if [[ -z $PROGRAM ]]; then
   gcc -O2 -o "$W/hello1" "$ROOT/bench/inetd/hello1.c"
   PROGRAM="$W/hello1"
 fi
-[[ -x $BCLIENT ]] || { echo "build bclient first: bench/run.sh builds it" >&2; exit 2; }
-CP=""
-CG=/sys/fs/cgroup/cpuacct/corral-paced-cpu-$$
-cleanup() {
-  [[ -n $CP ]] && { kill "$CP" 2>/dev/null || true; wait "$CP" 2>/dev/null || true; }
-  for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do [[ -z $(cat "$CG/cgroup.procs" 2>/dev/null) ]] && break; sleep 0.1; done
-  rmdir "$CG" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P=$(port)
-M=$(port)
-mkdir -p "$CG"
+P=$(free_port)
+M=$(free_port)
 cat >"$W/c.yaml" <<YAML
 scoreboard_dir: $W/sb
 metrics: { listen: "127.0.0.1:$M" }
@@ -48,13 +39,8 @@ jobs:
     listen: ["127.0.0.1:$P"]
     workers: { start: 8, min_spare: 8, max_spare: 16, max: 64 }
 YAML
-( echo $BASHPID > "$CG/cgroup.procs"; exec "$CORRAL" run "$W/c.yaml" ) >"$W/log" 2>&1 &
-CP=$!
-for _ in $(seq 100); do
-  "$CORRAL" status "$W/c.yaml" --json 2>/dev/null | grep -q '"idle": *[1-9]' && break
-  sleep 0.1
-done
-sleep 2 # the pool settles
+corral_cg_start paced "$W/c.yaml" "$W/log"
+corral_cg_wait_idle "$W/c.yaml"
 metric() { curl -s "http://127.0.0.1:$M/metrics" | awk -v k="$1" '$1 ~ "^"k {s += $2} END {print s + 0}'; }
 ticks() { awk '{print $14 + $15}' "/proc/$CP/stat"; }
 s0=$(metric corral_worker_spawns_total); a0=$(metric corral_pool_connections_accepted_total)
